@@ -1,0 +1,120 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The backend concept: the small set of primitives every orthopt algorithm is written against.
+//
+// A backend is a copyable handle type (the tag selects the implementation at compile time) whose
+// primitives are free functions found by argument-dependent lookup:
+//
+//   gemm(be, alpha, A, trans_a, B, trans_b, beta, C)   C ← α·op(A)·op(B) + β·C        (β = 0 ignores C)
+//   syrk(be, alpha, A, beta, C)                        C ← α·A·Aᵀ + β·C, both triangles written; as in
+//                                                      BLAS, C must be symmetric when β ≠ 0 (one triangle is read)
+//   frobenius_norm(be, X, out)                         out[0] ← ‖X‖_F  (a double in backend memory)
+//   column_norms(be, X, kind, out)                     out[j] ← ‖X[:,j]‖₁ or ‖X[:,j]‖₂  (doubles)
+//   transform(be, X, Y, f)                             Y(i,j) ← f(X(i,j))            (Y may be X)
+//   transform(be, X, Y, Z, f)                          Z(i,j) ← f(X(i,j), Y(i,j))    (Z may be X or Y)
+//   scale_columns(be, d, X)                            X(:,j) ← d[j]·X(:,j)          (d: doubles)
+//   run_scalar(be, f)                                  f() once, where backend memory lives
+//   find_nonfinite(be, X)                              the first NaN/Inf entry, read back to the host
+//   be.allocate<T>(n) → buffer<T>                      owning backend memory; only at setup
+//   prepare_gemm(be, m, n, k), prepare_syrk(be, n, k)  size scratch so later calls never allocate
+//
+// Views passed to the primitives live in the backend's memory space. Scalars that the algorithms compute
+// (norms, normalization factors) stay in backend memory as doubles and are consumed there by the
+// functors, so a GPU backend never synchronizes with the host inside an algorithm. Only
+// `find_nonfinite`, used by the input checks before an algorithm starts, reads back to the host.
+#pragma once
+
+#include <cmath>
+#include <concepts>
+#include <cstddef>
+#include <optional>
+
+#include "orthopt/view.hpp"
+
+namespace orthopt {
+
+/// op(A) in gemm: the matrix as it is, or its transpose.
+enum class op : bool { none = false, transpose = true };
+
+/// The column reduction computed by column_norms.
+enum class column_norm : unsigned char { l1, l2 };
+
+/// Where find_nonfinite found a NaN or an Inf, and its value.
+struct nonfinite_entry {
+  index_t row = 0;
+  index_t col = 0;
+  double value = 0.0;
+};
+
+/// Backends in orthopt compute scalars (norms, factors) in double whatever the element type: the spec
+/// asks for at least float and never bf16, and double keeps ‖X‖² of float data free of overflow and
+/// underflow for every finite float input.
+using scalar_t = double;
+
+/// Element-wise functors shared by the algorithms. Each is usable on the host and on a device.
+namespace functors {
+
+/// y = x
+struct identity {
+  template <class T>
+  ORTHOPT_HD T operator()(T x) const noexcept {
+    return x;
+  }
+};
+
+/// y = s·x, with s a double in backend memory (the product is taken in double, then rounded once, so
+/// a factor beyond the element type's range — 2¹³⁹ for a denormal float input — still works).
+struct scale_by_scalar {
+  const scalar_t* factor;
+  template <class T>
+  ORTHOPT_HD T operator()(T x) const noexcept {
+    return static_cast<T>(static_cast<scalar_t>(x) * *factor);
+  }
+};
+
+/// y = a·x (a host constant carried in the functor)
+template <class T>
+struct scale_by {
+  T a;
+  ORTHOPT_HD T operator()(T x) const noexcept { return a * x; }
+};
+
+/// y = x + a
+template <class T>
+struct add_constant {
+  T a;
+  ORTHOPT_HD T operator()(T x) const noexcept { return x + a; }
+};
+
+/// The sign map of AdaMuon (seed 002, Theorem 1): sign(x) ∈ {−1, 0, +1}, sign(0) = 0, sign(NaN) = NaN.
+struct sign {
+  template <class T>
+  ORTHOPT_HD T operator()(T x) const noexcept {
+    return x > T(0) ? T(1) : (x < T(0) ? T(-1) : x);
+  }
+};
+
+}  // namespace functors
+
+// clang-format off
+/// A type providing every primitive above for element type T.
+template <class Backend, class T>
+concept backend_for = std::copy_constructible<Backend> &&
+  requires(Backend& be, matrix_view<T> m, const_matrix_view<T> c, scalar_t* s, const scalar_t* cs,
+           T alpha, index_t n) {
+    { be.template allocate<T>(n) };
+    { be.template allocate<scalar_t>(n) };
+    gemm(be, alpha, c, op::none, c, op::none, alpha, m);
+    syrk(be, alpha, c, alpha, m);
+    frobenius_norm(be, c, s);
+    column_norms(be, c, column_norm::l1, s);
+    scale_columns(be, cs, m);
+    prepare_gemm<T>(be, n, n, n);
+    prepare_syrk<T>(be, n, n);
+    transform(be, c, m, functors::identity{});
+    transform(be, c, c, m, functors::identity{});
+    { find_nonfinite(be, c) } -> std::same_as<std::optional<nonfinite_entry>>;
+  };
+// clang-format on
+
+}  // namespace orthopt

@@ -1,0 +1,642 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The Eigen CPU backend: the primitives of orthopt/backend.hpp on host memory, and the tensor_traits
+// that make Eigen matrices, maps, refs and blocks into orthopt views without copying.
+//
+// Products run Eigen 3.4's own GEMM and rank-update kernels, but on packing buffers this backend owns:
+// Eigen's product expressions allocate their packing space on every call once a matrix passes
+// EIGEN_STACK_ALLOCATION_LIMIT, which would break orthopt's "no allocation after setup" rule. With
+// OpenMP (compile with -fopenmp) the products split over threads, each thread with its own buffers.
+#pragma once
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <new>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
+#include "orthopt/backend.hpp"
+#include "orthopt/view.hpp"
+
+#if !EIGEN_VERSION_AT_LEAST(3, 4, 0)
+#error "orthopt's Eigen backend needs Eigen 3.4 or newer"
+#endif
+
+// The packed-buffer kernels below use Eigen 3.4's internal GEMM interface; another Eigen version uses
+// plain Eigen products instead (correct, but those may allocate inside a call).
+#if EIGEN_WORLD_VERSION == 3 && EIGEN_MAJOR_VERSION == 4
+#define ORTHOPT_EIGEN_PACKED_KERNELS 1
+#else
+#define ORTHOPT_EIGEN_PACKED_KERNELS 0
+#endif
+
+namespace orthopt {
+
+// ---------------------------------------------------------------------------------------------------
+// Eigen types as orthopt tensors
+// ---------------------------------------------------------------------------------------------------
+namespace detail {
+template <class E>
+concept eigen_direct_access =
+    std::is_base_of_v<Eigen::DenseBase<E>, E> &&
+    (static_cast<unsigned>(Eigen::internal::traits<E>::Flags) & Eigen::DirectAccessBit) != 0;
+}  // namespace detail
+
+/// Any Eigen dense object with direct memory access (Matrix, Map, Ref, Block of those, Array) is a
+/// tensor: make_view(m) views its memory with its own strides, for either storage order.
+template <class E>
+  requires detail::eigen_direct_access<E>
+struct tensor_traits<E> {
+  using scalar_type = typename E::Scalar;
+  static auto* data(E& e) noexcept { return e.data(); }
+  static const scalar_type* data(const E& e) noexcept { return e.data(); }
+  static index_t rows(const E& e) noexcept { return static_cast<index_t>(e.rows()); }
+  static index_t cols(const E& e) noexcept { return static_cast<index_t>(e.cols()); }
+  static index_t row_stride(const E& e) noexcept { return static_cast<index_t>(e.rowStride()); }
+  static index_t col_stride(const E& e) noexcept { return static_cast<index_t>(e.colStride()); }
+};
+
+namespace detail {
+
+/// Owning, 64-byte aligned, zero-initialized host memory.
+template <class T>
+class host_buffer {
+ public:
+  host_buffer() = default;
+  explicit host_buffer(std::size_t n) : size_(n) {
+    if (n > 0) {
+      data_.reset(static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{64})));
+      std::memset(static_cast<void*>(data_.get()), 0, n * sizeof(T));
+    }
+  }
+  [[nodiscard]] T* data() noexcept { return data_.get(); }
+  [[nodiscard]] const T* data() const noexcept { return data_.get(); }
+  [[nodiscard]] std::size_t size() const noexcept { return size_; }
+
+ private:
+  struct deleter {
+    void operator()(T* p) const noexcept { ::operator delete(static_cast<void*>(p), std::align_val_t{64}); }
+  };
+  std::unique_ptr<T, deleter> data_;
+  std::size_t size_ = 0;
+};
+
+}  // namespace detail
+
+// ---------------------------------------------------------------------------------------------------
+// The backend handle
+// ---------------------------------------------------------------------------------------------------
+
+/// The Eigen CPU backend. A handle: copies share one scratch area (the GEMM packing buffers), so plans
+/// made from one handle share their scratch. One handle must not be used by two threads at once; give
+/// each host thread its own handle. `threads` is fixed at construction (default: Eigen::nbThreads(),
+/// i.e. OpenMP's thread count when compiled with -fopenmp, else 1).
+class eigen_backend {
+ public:
+  template <class T>
+  using buffer = detail::host_buffer<T>;
+  /// The thin SVD used by exact_polar, defined in orthopt/eigen/svd.hpp.
+  template <class T>
+  class svd_workspace;
+
+  eigen_backend() : eigen_backend(Eigen::nbThreads()) {}
+  explicit eigen_backend(int threads) : scratch_(std::make_shared<scratch>()) {
+#if defined(_OPENMP)
+    threads_ = std::max(1, threads);
+#else
+    (void)threads;
+    threads_ = 1;
+#endif
+    Eigen::initParallel();
+    scratch_->per_thread.resize(static_cast<std::size_t>(threads_));
+  }
+
+  [[nodiscard]] int threads() const noexcept { return threads_; }
+
+  template <class T>
+  [[nodiscard]] buffer<T> allocate(index_t n) const {
+    return buffer<T>(static_cast<std::size_t>(n));
+  }
+
+  /// Bytes of packing scratch held (all threads): what setup reserved for the products seen so far.
+  [[nodiscard]] std::size_t scratch_bytes() const noexcept {
+    std::size_t total = 0;
+    for (const auto& t : scratch_->per_thread) total += t.a_bytes + t.b_bytes;
+    return total;
+  }
+
+  // Internal: the packing buffers of one thread, grown (an allocation) only when a product needs more
+  // than setup reserved.
+  struct thread_scratch {
+    std::unique_ptr<std::byte[]> a;
+    std::unique_ptr<std::byte[]> b;
+    std::size_t a_bytes = 0;
+    std::size_t b_bytes = 0;
+  };
+  void reserve(int thread, std::size_t a_bytes, std::size_t b_bytes) {
+    auto& t = scratch_->per_thread[static_cast<std::size_t>(thread)];
+    // 64 bytes of slack: the pointers handed to Eigen are aligned up inside the block.
+    if (a_bytes + 64 > t.a_bytes) {
+      t.a.reset(new std::byte[a_bytes + 64]);
+      t.a_bytes = a_bytes + 64;
+    }
+    if (b_bytes + 64 > t.b_bytes) {
+      t.b.reset(new std::byte[b_bytes + 64]);
+      t.b_bytes = b_bytes + 64;
+    }
+  }
+  template <class T>
+  [[nodiscard]] T* block_a(int thread) const noexcept {
+    return align_up<T>(scratch_->per_thread[static_cast<std::size_t>(thread)].a.get());
+  }
+  template <class T>
+  [[nodiscard]] T* block_b(int thread) const noexcept {
+    return align_up<T>(scratch_->per_thread[static_cast<std::size_t>(thread)].b.get());
+  }
+
+ private:
+  template <class T>
+  static T* align_up(std::byte* p) noexcept {
+    auto addr = reinterpret_cast<std::uintptr_t>(p);
+    addr = (addr + 63u) & ~static_cast<std::uintptr_t>(63u);
+    return reinterpret_cast<T*>(addr);
+  }
+  struct scratch {
+    std::vector<thread_scratch> per_thread;
+  };
+  std::shared_ptr<scratch> scratch_;
+  int threads_ = 1;
+};
+
+namespace detail {
+
+/// Products smaller than this many multiply-adds run on one thread: a parallel region costs more.
+inline constexpr double eigen_parallel_min_work = 64.0 * 64.0 * 64.0;
+
+inline int eigen_threads_for(const eigen_backend& be, double work, index_t split_extent) {
+  if (be.threads() <= 1 || work < eigen_parallel_min_work) return 1;
+  return static_cast<int>(std::min<index_t>(be.threads(), std::max<index_t>(1, split_extent / 16)));
+}
+
+/// A matrix operand as the Eigen kernels take it: data, leading dimension and storage order.
+template <class T>
+struct kernel_operand {
+  const T* data;
+  index_t stride;
+  bool row_major;
+};
+
+/// The operand form of `v` if it has a unit stride in one direction (a kernel can read it directly).
+template <class T>
+std::optional<kernel_operand<T>> as_kernel_operand(const_matrix_view<T> v) {
+  if (v.row_stride == 1 || v.rows == 1) return kernel_operand<T>{v.data, v.cols <= 1 ? std::max<index_t>(v.rows, 1) : v.col_stride, false};
+  if (v.col_stride == 1 || v.cols == 1) return kernel_operand<T>{v.data, v.rows <= 1 ? std::max<index_t>(v.cols, 1) : v.row_stride, true};
+  return std::nullopt;
+}
+
+#if ORTHOPT_EIGEN_PACKED_KERNELS
+/// Eigen's level-3 blocking descriptor, pointed at orthopt-owned packing buffers.
+template <class T>
+class packed_blocking : public Eigen::internal::level3_blocking<T, T> {
+ public:
+  packed_blocking(index_t kc, index_t mc, index_t nc, T* a, T* b) {
+    this->m_kc = kc;
+    this->m_mc = mc;
+    this->m_nc = nc;
+    this->m_blockA = a;
+    this->m_blockB = b;
+  }
+};
+
+struct block_sizes {
+  index_t kc, mc, nc;
+  std::size_t a_elems, b_elems;
+};
+
+/// Eigen's cache blocking for C(m×n) += A(m×k)·B(k×n), as its own gemm_blocking_space computes it.
+template <class T>
+block_sizes gemm_block_sizes(index_t m, index_t n, index_t k) {
+  Eigen::Index kc = k, mc = m, nc = n;
+  Eigen::internal::computeProductBlockingSizes<T, T, 1, Eigen::Index>(kc, mc, nc, Eigen::Index(1));
+  return {kc, mc, nc, static_cast<std::size_t>(kc * mc), static_cast<std::size_t>(kc * nc)};
+}
+
+/// The same for the lower triangle of C(n×n) += A(n×k)·B(k×n) (Eigen's rank-update blocking: the
+/// packed right-hand side spans the whole n).
+template <class T>
+block_sizes triangular_block_sizes(index_t n, index_t k) {
+  Eigen::Index kc = k, mc = n, nc = n;
+  Eigen::internal::computeProductBlockingSizes<T, T, 1, Eigen::Index>(kc, mc, nc, Eigen::Index(1));
+  return {kc, mc, n, static_cast<std::size_t>(kc * mc), static_cast<std::size_t>(kc * n)};
+}
+
+template <class T, int LhsOrder, int RhsOrder>
+void run_gemm_kernel(index_t m, index_t n, index_t k, const T* l, index_t ls, const T* r, index_t rs, T* c,
+                     index_t cs, T alpha, T* a_buf, T* b_buf) {
+  const block_sizes bs = gemm_block_sizes<T>(m, n, k);
+  packed_blocking<T> blocking(bs.kc, bs.mc, bs.nc, a_buf, b_buf);
+  Eigen::internal::general_matrix_matrix_product<Eigen::Index, T, LhsOrder, false, T, RhsOrder, false,
+                                                 Eigen::ColMajor, 1>::run(m, n, k, l, ls, r, rs, c, 1, cs,
+                                                                          alpha, blocking, nullptr);
+}
+
+template <class T, int LhsOrder, int RhsOrder>
+void run_lower_kernel(index_t n, index_t k, const T* l, index_t ls, const T* r, index_t rs, T* c, index_t cs,
+                      T alpha, T* a_buf, T* b_buf) {
+  const block_sizes bs = triangular_block_sizes<T>(n, k);
+  packed_blocking<T> blocking(bs.kc, bs.mc, bs.nc, a_buf, b_buf);
+  Eigen::internal::general_matrix_matrix_triangular_product<Eigen::Index, T, LhsOrder, false, T, RhsOrder,
+                                                            false, Eigen::ColMajor, 1, Eigen::Lower>::run(
+      n, k, l, ls, r, rs, c, 1, cs, alpha, blocking);
+}
+#endif
+
+/// C(m×n, column-major, ld cs) += α·L(m×k)·R(k×n) on one thread, with thread `tid`'s buffers.
+template <class T>
+void gemm_single(const eigen_backend& be, int tid, index_t m, index_t n, index_t k, kernel_operand<T> L,
+                 kernel_operand<T> R, T* c, index_t cs, T alpha) {
+#if ORTHOPT_EIGEN_PACKED_KERNELS
+  T* a = be.template block_a<T>(tid);
+  T* b = be.template block_b<T>(tid);
+  constexpr int RM = Eigen::RowMajor, CM = Eigen::ColMajor;
+  if (L.row_major) {
+    if (R.row_major) run_gemm_kernel<T, RM, RM>(m, n, k, L.data, L.stride, R.data, R.stride, c, cs, alpha, a, b);
+    else run_gemm_kernel<T, RM, CM>(m, n, k, L.data, L.stride, R.data, R.stride, c, cs, alpha, a, b);
+  } else {
+    if (R.row_major) run_gemm_kernel<T, CM, RM>(m, n, k, L.data, L.stride, R.data, R.stride, c, cs, alpha, a, b);
+    else run_gemm_kernel<T, CM, CM>(m, n, k, L.data, L.stride, R.data, R.stride, c, cs, alpha, a, b);
+  }
+#else
+  (void)be;
+  (void)tid;
+  using dyn = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+  using stride = Eigen::Stride<Eigen::Dynamic, Eigen::Dynamic>;
+  auto map = [](kernel_operand<T> o, index_t r, index_t cl) {
+    return Eigen::Map<const dyn, 0, stride>(o.data, r, cl, o.row_major ? stride(1, o.stride) : stride(o.stride, 1));
+  };
+  Eigen::Map<dyn, 0, Eigen::OuterStride<>> C(c, m, n, Eigen::OuterStride<>(cs));
+  C.noalias() += alpha * (map(L, m, k) * map(R, k, n));
+#endif
+}
+
+#if ORTHOPT_EIGEN_PACKED_KERNELS
+/// lower(C(n×n)) += α·L(n×k)·R(k×n) on one thread, with thread `tid`'s buffers.
+template <class T>
+void lower_single(const eigen_backend& be, int tid, index_t n, index_t k, kernel_operand<T> L, kernel_operand<T> R,
+                  T* c, index_t cs, T alpha) {
+  T* a = be.template block_a<T>(tid);
+  T* b = be.template block_b<T>(tid);
+  constexpr int RM = Eigen::RowMajor, CM = Eigen::ColMajor;
+  if (L.row_major) {
+    if (R.row_major) run_lower_kernel<T, RM, RM>(n, k, L.data, L.stride, R.data, R.stride, c, cs, alpha, a, b);
+    else run_lower_kernel<T, RM, CM>(n, k, L.data, L.stride, R.data, R.stride, c, cs, alpha, a, b);
+  } else {
+    if (R.row_major) run_lower_kernel<T, CM, RM>(n, k, L.data, L.stride, R.data, R.stride, c, cs, alpha, a, b);
+    else run_lower_kernel<T, CM, CM>(n, k, L.data, L.stride, R.data, R.stride, c, cs, alpha, a, b);
+  }
+}
+#endif
+
+/// Offset of column j of a kernel operand.
+template <class T>
+kernel_operand<T> operand_columns_from(kernel_operand<T> o, index_t j) {
+  return {o.data + (o.row_major ? j : j * o.stride), o.stride, o.row_major};
+}
+/// Offset of row i of a kernel operand.
+template <class T>
+kernel_operand<T> operand_rows_from(kernel_operand<T> o, index_t i) {
+  return {o.data + (o.row_major ? i * o.stride : i), o.stride, o.row_major};
+}
+
+/// The column ranges [begin_t, begin_{t+1}) that split n columns over `parts` threads.
+inline index_t split_point(index_t n, int parts, int t) { return n * t / parts; }
+
+/// Row bands for the lower triangle of an n×n product: band t spans rows [p_t, p_{t+1}) with
+/// p_t = n·sqrt(t/parts), so each band's share (gemm block left of the diagonal + its triangle) is equal.
+inline index_t triangle_split_point(index_t n, int parts, int t) {
+  if (t >= parts) return n;
+  return static_cast<index_t>(static_cast<double>(n) * std::sqrt(static_cast<double>(t) / parts));
+}
+
+template <class F>
+void parallel_for_threads(int parts, F&& body) {
+  if (parts <= 1) {
+    body(0);
+    return;
+  }
+#if defined(_OPENMP)
+#pragma omp parallel for num_threads(parts) schedule(static, 1)
+  for (int t = 0; t < parts; ++t) body(t);
+#else
+  for (int t = 0; t < parts; ++t) body(t);
+#endif
+}
+
+/// Straightforward product for operands without a unit stride (rare: views with two non-unit strides).
+template <class T>
+void gemm_strided(T alpha, const_matrix_view<T> L, const_matrix_view<T> R, matrix_view<T> C) {
+  for (index_t i = 0; i < C.rows; ++i) {
+    for (index_t j = 0; j < C.cols; ++j) {
+      T acc = T(0);
+      for (index_t p = 0; p < L.cols; ++p) acc += L(i, p) * R(p, j);
+      C(i, j) += alpha * acc;
+    }
+  }
+}
+
+/// Visit every element of one or more same-shape views, fastest over the first view's unit stride.
+template <class F, class V0, class... V>
+void for_each_index(const V0& first, F&& f, const V&... rest) {
+  const bool all_contiguous_alike =
+      first.is_contiguous() && ((rest.is_contiguous() && rest.row_stride == first.row_stride &&
+                                 rest.col_stride == first.col_stride) && ...);
+  if (all_contiguous_alike) {
+    const index_t n = first.size();
+    f.linear(n);
+    return;
+  }
+  if (first.col_stride <= first.row_stride) {
+    for (index_t i = 0; i < first.rows; ++i)
+      for (index_t j = 0; j < first.cols; ++j) f(i, j);
+  } else {
+    for (index_t j = 0; j < first.cols; ++j)
+      for (index_t i = 0; i < first.rows; ++i) f(i, j);
+  }
+}
+
+template <class T>
+void scale_in_place(matrix_view<T> C, T beta) {
+  if (beta == T(1)) return;
+  for (index_t j = 0; j < C.cols; ++j)
+    for (index_t i = 0; i < C.rows; ++i) C(i, j) = (beta == T(0)) ? T(0) : beta * C(i, j);
+}
+
+}  // namespace detail
+
+// ---------------------------------------------------------------------------------------------------
+// The primitives
+// ---------------------------------------------------------------------------------------------------
+template <class T>
+void prepare_gemm(eigen_backend& be, index_t m, index_t n, index_t k);
+template <class T>
+void prepare_syrk(eigen_backend& be, index_t n, index_t k);
+
+/// C ← α·op(A)·op(B) + β·C. With β = 0, C's previous contents (even NaN) are ignored.
+template <class T, class TA, class TB>
+  requires(std::same_as<std::remove_const_t<TA>, T> && std::same_as<std::remove_const_t<TB>, T>)
+void gemm(eigen_backend& be, std::type_identity_t<T> alpha, matrix_view<TA> A, op op_a, matrix_view<TB> B, op op_b,
+          std::type_identity_t<T> beta, matrix_view<T> C) {
+  const_matrix_view<T> L = op_a == op::transpose ? A.as_const().transposed() : A.as_const();
+  const_matrix_view<T> R = op_b == op::transpose ? B.as_const().transposed() : B.as_const();
+  if (L.rows != C.rows || R.cols != C.cols || L.cols != R.rows) {
+    throw shape_error("orthopt::gemm: op(A) is " + shape_string(L) + ", op(B) is " + shape_string(R) +
+                      " and C is " + shape_string(C) + "; they do not multiply");
+  }
+  // The kernels write column-major C; a row-major C is the transposed problem Cᵀ = op(B)ᵀ·op(A)ᵀ.
+  if (!(C.row_stride == 1 || C.rows == 1) && (C.col_stride == 1 || C.cols == 1)) {
+    const_matrix_view<T> new_l = R.transposed();
+    R = L.transposed();
+    L = new_l;
+    C = C.transposed();
+  }
+  detail::scale_in_place(C, beta);
+  const index_t m = C.rows, n = C.cols, k = L.cols;
+  if (m == 0 || n == 0 || k == 0 || alpha == T(0)) return;
+  const auto lo = detail::as_kernel_operand(L);
+  const auto ro = detail::as_kernel_operand(R);
+  const bool c_col_major = C.row_stride == 1 || C.rows == 1;
+  if (!lo || !ro || !c_col_major) {
+    detail::gemm_strided(alpha, L, R, C);
+    return;
+  }
+  const index_t cs = C.cols <= 1 ? std::max<index_t>(m, 1) : C.col_stride;
+  const int parts = detail::eigen_threads_for(be, double(m) * double(n) * double(k), n);
+  prepare_gemm<T>(be, m, n, k);
+  detail::parallel_for_threads(parts, [&](int t) {
+    const index_t j0 = detail::split_point(n, parts, t), j1 = detail::split_point(n, parts, t + 1);
+    if (j1 <= j0) return;
+    detail::gemm_single<T>(be, t, m, j1 - j0, k, *lo, detail::operand_columns_from(*ro, j0), C.data + j0 * cs, cs,
+                           alpha);
+  });
+}
+
+/// Reserve the packing scratch a gemm of C(m×n) = A(m×k)·B(k×n) needs, so the call itself allocates
+/// nothing. Harmless to call again; grows only.
+template <class T>
+void prepare_gemm(eigen_backend& be, index_t m, index_t n, index_t k) {
+#if ORTHOPT_EIGEN_PACKED_KERNELS
+  // Either orientation may reach the kernels (row-major C is transposed), so reserve for both.
+  const int parts = detail::eigen_threads_for(be, double(m) * double(n) * double(k), std::min(m, n));
+  const int parts_n = detail::eigen_threads_for(be, double(m) * double(n) * double(k), n);
+  const int parts_m = detail::eigen_threads_for(be, double(m) * double(n) * double(k), m);
+  (void)parts;
+  for (int t = 0; t < std::max(parts_n, parts_m); ++t) {
+    std::size_t a = 0, b = 0;
+    auto need = [&](index_t rows, index_t cols) {
+      const auto bs = detail::gemm_block_sizes<T>(rows, cols, k);
+      a = std::max(a, bs.a_elems * sizeof(T));
+      b = std::max(b, bs.b_elems * sizeof(T));
+    };
+    if (t < parts_n) need(m, detail::split_point(n, parts_n, t + 1) - detail::split_point(n, parts_n, t));
+    if (t < parts_m) need(n, detail::split_point(m, parts_m, t + 1) - detail::split_point(m, parts_m, t));
+    be.reserve(t, a, b);
+  }
+#else
+  (void)be, (void)m, (void)n, (void)k;
+#endif
+}
+
+/// C ← α·A·Aᵀ + β·C for A (n×k) and C (n×n); both triangles of C are written. For Aᵀ·A pass
+/// A.transposed(). Half the multiply-adds of a gemm: only the lower triangle is computed, then mirrored;
+/// so, as in BLAS syrk, C must be symmetric on input when β ≠ 0 (its upper triangle is not read).
+template <class T, class TA>
+  requires std::same_as<std::remove_const_t<TA>, T>
+void syrk(eigen_backend& be, std::type_identity_t<T> alpha, matrix_view<TA> A_in, std::type_identity_t<T> beta,
+          matrix_view<T> C) {
+  const const_matrix_view<T> A = A_in.as_const();
+  if (C.rows != A.rows || C.cols != A.rows) {
+    throw shape_error("orthopt::syrk: A is " + shape_string(A) + " so C must be " + shape_string(A.rows, A.rows) +
+                      ", but C is " + shape_string(C));
+  }
+  const index_t n = A.rows, k = A.cols;
+  detail::scale_in_place(C, beta);
+  if (n == 0 || k == 0 || alpha == T(0)) return;
+  const auto ao = detail::as_kernel_operand(A);
+  const auto at = detail::as_kernel_operand(A.transposed());
+  const bool c_col_major = C.row_stride == 1 || C.rows == 1;
+  if (!ao || !at || !c_col_major) {
+    if (!ao || !at) {
+      detail::gemm_strided(alpha, A, A.transposed(), C);
+      return;
+    }
+    // A row-major C: the lower triangle of C is the upper of Cᵀ, and C is symmetric, so fill Cᵀ.
+    C = C.transposed();
+  }
+  const index_t cs = C.cols <= 1 ? std::max<index_t>(n, 1) : C.col_stride;
+  prepare_syrk<T>(be, n, k);
+#if ORTHOPT_EIGEN_PACKED_KERNELS
+  const int parts = detail::eigen_threads_for(be, 0.5 * double(n) * double(n) * double(k), n);
+  detail::parallel_for_threads(parts, [&](int t) {
+    const index_t p0 = detail::triangle_split_point(n, parts, t);
+    const index_t p1 = detail::triangle_split_point(n, parts, t + 1);
+    if (p1 <= p0) return;
+    const auto band = detail::operand_rows_from(*ao, p0);
+    // The block left of the diagonal: C[p0:p1, 0:p0] += α·A[p0:p1, :]·A[0:p0, :]ᵀ
+    if (p0 > 0) detail::gemm_single<T>(be, t, p1 - p0, p0, k, band, *at, C.data + p0, cs, alpha);
+    // The diagonal block's lower triangle.
+    const auto band_t = detail::operand_columns_from(*at, p0);
+    detail::lower_single<T>(be, t, p1 - p0, k, band, band_t, C.data + p0 + p0 * cs, cs, alpha);
+  });
+#else
+  detail::gemm_single<T>(be, 0, n, n, k, *ao, *at, C.data, cs, alpha);
+#endif
+  // Mirror the lower triangle into the upper one.
+  for (index_t j = 1; j < n; ++j)
+    for (index_t i = 0; i < j; ++i) C.data[i + j * cs] = C.data[j + i * cs];
+}
+
+/// Reserve the scratch a syrk of A (n×k) needs.
+template <class T>
+void prepare_syrk(eigen_backend& be, index_t n, index_t k) {
+#if ORTHOPT_EIGEN_PACKED_KERNELS
+  const int parts = detail::eigen_threads_for(be, 0.5 * double(n) * double(n) * double(k), n);
+  for (int t = 0; t < parts; ++t) {
+    const index_t p0 = detail::triangle_split_point(n, parts, t);
+    const index_t p1 = detail::triangle_split_point(n, parts, t + 1);
+    if (p1 <= p0) continue;
+    const auto g = detail::gemm_block_sizes<T>(p1 - p0, std::max<index_t>(p0, 1), k);
+    const auto tri = detail::triangular_block_sizes<T>(p1 - p0, k);
+    be.reserve(t, std::max(g.a_elems, tri.a_elems) * sizeof(T), std::max(g.b_elems, tri.b_elems) * sizeof(T));
+  }
+#else
+  (void)be, (void)n, (void)k;
+#endif
+}
+
+namespace detail {
+/// Sum of squares in double, with a rescaled second pass when the plain one under- or overflows (double
+/// data near 1e±154), so ‖X‖ is accurate for every finite input.
+template <class T, class Visit>
+double stable_norm(Visit&& visit) {
+  double ssq = 0.0;
+  visit([&](T x) { ssq += double(x) * double(x); });
+  // A plain sum in [1e-280, 1e280] is accurate; 0 may be an underflow of tiny non-zero entries.
+  if (ssq > 1e-280 && ssq < 1e280) return std::sqrt(ssq);
+  double amax = 0.0;
+  visit([&](T x) { amax = std::max(amax, std::abs(double(x))); });
+  if (std::isnan(ssq)) return ssq;
+  if (amax == 0.0 || !std::isfinite(amax)) return amax;
+  double scaled = 0.0;
+  visit([&](T x) {
+    const double y = double(x) / amax;
+    scaled += y * y;
+  });
+  return amax * std::sqrt(scaled);
+}
+}  // namespace detail
+
+/// out[0] ← ‖X‖_F, accumulated in double. NaN if X has a NaN; Inf if it has an Inf.
+template <class TX>
+void frobenius_norm(eigen_backend&, matrix_view<TX> X, scalar_t* out) {
+  using T = std::remove_const_t<TX>;
+  out[0] = detail::stable_norm<T>([&](auto&& f) {
+    if (X.is_contiguous()) {
+      const index_t n = X.size();
+      for (index_t p = 0; p < n; ++p) f(X.data[p]);
+    } else {
+      for (index_t j = 0; j < X.cols; ++j)
+        for (index_t i = 0; i < X.rows; ++i) f(X(i, j));
+    }
+  });
+}
+
+/// out[j] ← the l1 or l2 norm of column j, accumulated in double.
+template <class TX>
+void column_norms(eigen_backend&, matrix_view<TX> X, column_norm kind, scalar_t* out) {
+  using T = std::remove_const_t<TX>;
+  for (index_t j = 0; j < X.cols; ++j) {
+    const auto col = X.column(j);
+    if (kind == column_norm::l1) {
+      double s = 0.0;
+      for (index_t i = 0; i < col.rows; ++i) s += std::abs(double(col(i, 0)));
+      out[j] = s;
+    } else {
+      out[j] = detail::stable_norm<T>([&](auto&& f) {
+        for (index_t i = 0; i < col.rows; ++i) f(col(i, 0));
+      });
+    }
+  }
+}
+
+/// Y(i,j) ← f(X(i,j)). Y may be X itself (in place); partial overlap is not allowed.
+template <class T, class U, class F>
+void transform(eigen_backend&, matrix_view<T> X, matrix_view<U> Y, F f) {
+  struct visitor {
+    matrix_view<T> X;
+    matrix_view<U> Y;
+    F f;
+    void linear(index_t n) {
+      const auto* x = X.data;
+      U* y = Y.data;
+      for (index_t p = 0; p < n; ++p) y[p] = static_cast<U>(f(x[p]));
+    }
+    void operator()(index_t i, index_t j) { Y(i, j) = static_cast<U>(f(X(i, j))); }
+  } v{X, Y, f};
+  detail::for_each_index(Y, v, X);
+}
+
+/// Z(i,j) ← f(X(i,j), Y(i,j)). Z may be X or Y.
+template <class T, class U, class V, class F>
+void transform(eigen_backend&, matrix_view<T> X, matrix_view<U> Y, matrix_view<V> Z, F f) {
+  struct visitor {
+    matrix_view<T> X;
+    matrix_view<U> Y;
+    matrix_view<V> Z;
+    F f;
+    void linear(index_t n) {
+      const auto* x = X.data;
+      const auto* y = Y.data;
+      V* z = Z.data;
+      for (index_t p = 0; p < n; ++p) z[p] = static_cast<V>(f(x[p], y[p]));
+    }
+    void operator()(index_t i, index_t j) { Z(i, j) = static_cast<V>(f(X(i, j), Y(i, j))); }
+  } v{X, Y, Z, f};
+  detail::for_each_index(Z, v, X, Y);
+}
+
+/// X(:,j) ← d[j]·X(:,j), the product taken in double. Rows: scale_columns(be, d, X.transposed()).
+template <class T>
+void scale_columns(eigen_backend&, const scalar_t* d, matrix_view<T> X) {
+  for (index_t j = 0; j < X.cols; ++j)
+    for (index_t i = 0; i < X.rows; ++i) X(i, j) = static_cast<T>(double(X(i, j)) * d[j]);
+}
+
+/// Runs f() once; on the CPU, backend memory is host memory.
+template <class F>
+void run_scalar(eigen_backend&, F&& f) {
+  f();
+}
+
+/// The first NaN or Inf in row-major order, if any.
+template <class T>
+std::optional<nonfinite_entry> find_nonfinite(eigen_backend&, matrix_view<T> X) {
+  for (index_t i = 0; i < X.rows; ++i)
+    for (index_t j = 0; j < X.cols; ++j)
+      if (!std::isfinite(X(i, j))) return nonfinite_entry{i, j, double(X(i, j))};
+  return std::nullopt;
+}
+
+}  // namespace orthopt

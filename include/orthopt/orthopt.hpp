@@ -1,0 +1,14 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// orthopt's backend-independent core: views and the tensor concept, the backend concept, Newton–Schulz
+// schedules and the generic polar operators. Include a backend's umbrella header to run them:
+// orthopt/eigen.hpp (CPU) or orthopt/cuda.cuh (GPU, nvcc only).
+#pragma once
+
+#include "orthopt/backend.hpp"
+#include "orthopt/errors.hpp"
+#include "orthopt/newton_schulz.hpp"
+#include "orthopt/ns_schedule.hpp"
+#include "orthopt/polar.hpp"
+#include "orthopt/version.hpp"
+#include "orthopt/view.hpp"

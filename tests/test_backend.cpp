@@ -1,0 +1,148 @@
+// The Eigen backend's primitives against float64 references, for every storage order and op.
+#include <catch2/catch.hpp>
+
+#include "test_util.hpp"
+
+using namespace testing;
+using orthopt::eigen_backend;
+using orthopt::op;
+
+namespace {
+/// An owning matrix of either storage order, viewed through orthopt.
+template <class T>
+struct any_order {
+  Mat<T> cm;
+  MatRM<T> rm;
+  bool row_major;
+  any_order(const MatD& x, bool rmaj) : cm(x.cast<T>()), rm(x.cast<T>()), row_major(rmaj) {}
+  orthopt::matrix_view<T> view() { return row_major ? orthopt::make_view(rm) : orthopt::make_view(cm); }
+  MatD value() const { return row_major ? MatD(rm.template cast<double>()) : MatD(cm.template cast<double>()); }
+};
+}  // namespace
+
+TEMPLATE_TEST_CASE("gemm matches float64 for every op and storage order, with alpha and beta", "[backend][gemm]", float,
+                   double) {
+  using T = TestType;
+  for (int threads : {1, 2}) {
+    eigen_backend be(threads);
+    for (const shape s : {shape{1, 1}, shape{3, 1}, shape{1, 5}, shape{17, 33}, shape{70, 130}, shape{129, 65}}) {
+      const index_t m = s.rows, n = s.cols, k = (s.rows + s.cols) / 2 + 1;
+      for (int mask = 0; mask < 32; ++mask) {
+        const bool ta = mask & 1, tb = mask & 2, ra = mask & 4, rb = mask & 8, rc = mask & 16;
+        const MatD a = gaussian(ta ? k : m, ta ? m : k, seed_of(s, 21));
+        const MatD b = gaussian(tb ? n : k, tb ? k : n, seed_of(s, 22));
+        const MatD c0 = gaussian(m, n, seed_of(s, 23));
+        any_order<T> A(a, ra), B(b, rb), C(c0, rc);
+        const T alpha = T(0.75), beta = T(-0.5);
+        orthopt::gemm(be, alpha, A.view(), ta ? op::transpose : op::none, B.view(), tb ? op::transpose : op::none,
+                      beta, C.view());
+        const MatD ad = A.value(), bd = B.value();
+        const MatD ref = 0.75 * (ta ? MatD(ad.transpose()) : ad) * (tb ? MatD(bd.transpose()) : bd) +
+                         (-0.5) * c0.cast<T>().template cast<double>();
+        INFO("threads " << threads << " shape " << to_string(s) << " mask " << mask);
+        CHECK(max_abs_diff(C.value(), ref) <= tol<T>(10, {k, k}) * std::sqrt(double(k)));
+      }
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("gemm with beta = 0 ignores NaN in C; strided operands take the general path", "[backend][gemm]",
+                   float, double) {
+  using T = TestType;
+  eigen_backend be;
+  const MatD a = gaussian(9, 7, 31), b = gaussian(7, 5, 32);
+  Mat<T> at = a.cast<T>(), bt = b.cast<T>();
+  Mat<T> c = Mat<T>::Constant(9, 5, std::numeric_limits<T>::quiet_NaN());
+  orthopt::gemm(be, T(1), orthopt::make_view(at), op::none, orthopt::make_view(bt), op::none, T(0), orthopt::make_view(c));
+  CHECK(max_abs_diff(c.template cast<double>(), at.template cast<double>() * bt.template cast<double>()) <=
+        tol<T>(10, {9, 9}));
+  // Every other element of a larger buffer in both directions: no unit stride anywhere.
+  Mat<T> big = Mat<T>::Zero(18, 14);
+  for (index_t j = 0; j < 7; ++j)
+    for (index_t i = 0; i < 9; ++i) big(2 * i, 2 * j) = at(i, j);
+  const orthopt::matrix_view<T> strided{big.data(), 9, 7, 2, 36};
+  Mat<T> c2(9, 5);
+  orthopt::gemm(be, T(1), strided, op::none, orthopt::make_view(bt), op::none, T(0), orthopt::make_view(c2));
+  CHECK(max_abs_diff(c2.template cast<double>(), c.template cast<double>()) <= tol<T>(10, {9, 9}));
+  CHECK_THROWS_AS(orthopt::gemm(be, T(1), orthopt::make_view(at), op::none, orthopt::make_view(at), op::none, T(0),
+                                orthopt::make_view(c2)),
+                  orthopt::shape_error);
+}
+
+TEMPLATE_TEST_CASE("syrk fills both triangles of A·Aᵀ for every storage order", "[backend][syrk]", float, double) {
+  using T = TestType;
+  for (int threads : {1, 2}) {
+    eigen_backend be(threads);
+    for (const shape s : {shape{1, 1}, shape{1, 8}, shape{8, 1}, shape{31, 17}, shape{100, 150}, shape{150, 100}}) {
+      for (int mask = 0; mask < 8; ++mask) {
+        const bool ra = mask & 1, rc = mask & 2, transposed = mask & 4;
+        const MatD a = gaussian(s.rows, s.cols, seed_of(s, 24));
+        // syrk's contract (as BLAS's): C is symmetric on input when β ≠ 0; only its lower triangle is read.
+        const MatD g = gaussian(transposed ? s.cols : s.rows, transposed ? s.cols : s.rows, seed_of(s, 25));
+        const MatD c0 = g + g.transpose();
+        any_order<T> A(a, ra), C(c0, rc);
+        const auto av = transposed ? A.view().transposed() : A.view();
+        orthopt::syrk(be, T(2), av, T(0.5), C.view());
+        const MatD ad = transposed ? MatD(A.value().transpose()) : A.value();
+        const MatD ref = 2.0 * ad * ad.transpose() + 0.5 * c0.cast<T>().template cast<double>();
+        INFO("threads " << threads << " shape " << to_string(s) << " mask " << mask);
+        CHECK(max_abs_diff(C.value(), ref) <= tol<T>(20, s) * std::sqrt(double(std::max(s.rows, s.cols))));
+        CHECK(max_abs_diff(C.value(), C.value().transpose()) == 0.0);
+      }
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("norms are accurate over the whole finite range", "[backend][norms]", float, double) {
+  using T = TestType;
+  eigen_backend be;
+  const MatD x = gaussian(13, 29, 41);
+  const double lo = std::is_same_v<T, float> ? 1e-35 : 1e-300;
+  const double hi = std::is_same_v<T, float> ? 1e35 : 1e300;
+  for (double c : {lo, 1e-20, 1.0, 1e20, hi}) {
+    Mat<T> xt = (x * c).cast<T>();
+    double nrm = 0.0;
+    orthopt::frobenius_norm(be, orthopt::make_view(xt), &nrm);
+    const double ref = c * (xt.template cast<double>() / c).norm();
+    INFO("scale " << c);
+    CHECK(nrm == Approx(ref).epsilon(1e-12));
+    std::vector<double> cols(29);
+    orthopt::column_norms(be, orthopt::make_view(xt), orthopt::column_norm::l2, cols.data());
+    orthopt::column_norms(be, orthopt::make_view(xt), orthopt::column_norm::l2, cols.data());
+    for (index_t j = 0; j < 29; ++j) CHECK(cols[j] == Approx(c * (xt.col(j).template cast<double>() / c).norm()).epsilon(1e-12));
+  }
+  Mat<T> xt = x.cast<T>();
+  std::vector<double> l1(29);
+  orthopt::column_norms(be, orthopt::make_view(xt), orthopt::column_norm::l1, l1.data());
+  for (index_t j = 0; j < 29; ++j) CHECK(l1[j] == Approx(xt.col(j).template cast<double>().cwiseAbs().sum()).epsilon(1e-12));
+  xt(4, 5) = std::numeric_limits<T>::quiet_NaN();
+  double nrm = 0.0;
+  orthopt::frobenius_norm(be, orthopt::make_view(xt), &nrm);
+  CHECK(std::isnan(nrm));
+  const auto bad = orthopt::find_nonfinite(be, orthopt::make_view(xt));
+  REQUIRE(bad.has_value());
+  CHECK((bad->row == 4 && bad->col == 5 && std::isnan(bad->value)));
+  xt(4, 5) = 1;
+  CHECK_FALSE(orthopt::find_nonfinite(be, orthopt::make_view(xt)).has_value());
+}
+
+TEMPLATE_TEST_CASE("transform, scale_columns and run_scalar", "[backend][elementwise]", float, double) {
+  using T = TestType;
+  eigen_backend be;
+  const MatD x = gaussian(6, 4, 51), y = gaussian(6, 4, 52);
+  Mat<T> xt = x.cast<T>();
+  MatRM<T> yt = y.cast<T>();
+  Mat<T> z(6, 4);
+  orthopt::transform(be, orthopt::make_view(xt), orthopt::make_view(yt), orthopt::make_view(z),
+                     [](T a, T b) { return a * b + T(1); });
+  CHECK(max_abs_diff(z.template cast<double>(),
+                     (xt.template cast<double>().array() * yt.template cast<double>().array() + 1.0).matrix()) <=
+        4 * eps<T>() * 10);
+  std::vector<double> d = {2.0, -1.0, 0.5, 0.0};
+  orthopt::scale_columns(be, d.data(), orthopt::make_view(xt));
+  for (index_t j = 0; j < 4; ++j)
+    CHECK(max_abs_diff(xt.col(j).template cast<double>(), x.col(j).cast<T>().template cast<double>() * d[j]) <= 10 * eps<T>());
+  double s = 0.0;
+  orthopt::run_scalar(be, [&] { s = 42.0; });
+  CHECK(s == 42.0);
+}

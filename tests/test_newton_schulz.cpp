@@ -1,0 +1,284 @@
+// Property tests of the Newton–Schulz operator on the Eigen backend, float and double.
+#include <catch2/catch.hpp>
+
+#include "test_util.hpp"
+
+using namespace testing;
+using orthopt::eigen_backend;
+using orthopt::ns_config;
+namespace presets = orthopt::ns_presets;
+
+namespace {
+std::vector<ns_config> all_presets() {
+  return {presets::keller(),  presets::polar_express(), presets::polar_express_nanogpt(), presets::quintic(),
+          presets::cans(),    presets::aol(),           presets::you(),                   presets::cubic()};
+}
+
+/// A Gaussian matrix rescaled to ‖X‖_F = 1, where orthopt's relative ε and the reference formulas'
+/// absolute ε give the same normalization.
+MatD unit_norm_gaussian(shape s, std::uint64_t salt) {
+  MatD x = gaussian(s.rows, s.cols, seed_of(s, salt));
+  return x / x.norm();
+}
+}  // namespace
+
+TEMPLATE_TEST_CASE("NS agrees with a plain float64 transcription for every schedule", "[ns][reference]", float,
+                   double) {
+  for (const ns_config& cfg : all_presets()) {
+    for (const shape s : property_shapes()) {
+      const MatD x = unit_norm_gaussian(s, 1);
+      const MatD ref = reference_ns(x, cfg);
+      const MatD got = run_ns<TestType>(x, cfg);
+      // Rounding errors grow by at most the schedule's gain (the product of its polynomials' slopes);
+      // 10 ε·√n·gain. Wrong coefficients are caught exactly by the table test below.
+      INFO("schedule " << cfg.name << " shape " << to_string(s) << " gain " << schedule_gain(cfg));
+      CHECK(max_abs_diff(got, ref) <= tol<TestType>(10 * schedule_gain(cfg), s));
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("NS is invariant to scaling the input from 1e-30 to 1e30", "[ns][scale]", float, double) {
+  const std::vector<double> factors = {1e-30, 1e-20, 1e-10, 1e-3, 0.37, 3.0, 1e3, 1e10, 1e20, 1e30};
+  for (const ns_config& cfg : all_presets()) {
+    for (const shape s : property_shapes(3)) {
+      const MatD x = gaussian(s.rows, s.cols, seed_of(s, 2));
+      // The unscaled result from the same element type; scaled copies are rounded to T before NS.
+      const MatD base = run_ns<TestType>(x, cfg);
+      for (double c : factors) {
+        const MatD scaled = run_ns<TestType>(x * c, cfg);
+        INFO("schedule " << cfg.name << " shape " << to_string(s) << " factor " << c);
+        REQUIRE(scaled.allFinite());
+        // Rounding c·X to T perturbs each entry by ε; NS amplifies that by at most its gain.
+        CHECK(max_abs_diff(scaled, base) <= tol<TestType>(10 * schedule_gain(cfg), s));
+      }
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("polar_express with 8 steps lands a well-conditioned input on the polar factor", "[ns][polar_express]",
+                   float, double) {
+  for (const shape s : property_shapes()) {
+    const index_t k = std::min(s.rows, s.cols);
+    // Condition number 10: singular values log-uniform in [0.1, 1], scaled arbitrarily.
+    const synthetic syn = with_singular_values(s.rows, s.cols, spread(k, 0.1, 1.0, seed_of(s, 3)), seed_of(s, 4));
+    const MatD x = 7.0 * syn.x;
+    const MatD q = run_ns<TestType>(x, presets::polar_express(8));
+    const Eigen::VectorXd sv = singular_values(q);
+    INFO("shape " << to_string(s) << " singular values in [" << sv.minCoeff() << ", " << sv.maxCoeff() << "]");
+    // Measured: |σ − 1| ≤ 3e-7 (float), 1e-14 (double) on these inputs; bound 50 ε·√n.
+    CHECK((sv.array() - 1.0).abs().maxCoeff() <= tol<TestType>(50, s));
+    CHECK(max_abs_diff(q, svd_polar(x)) <= tol<TestType>(50, s));
+  }
+}
+
+TEMPLATE_TEST_CASE("keller with 5 steps keeps rectangular Gaussian singular values in its measured band", "[ns][keller]",
+                   float, double) {
+  // Measured (tests/test_newton_schulz.cpp's shapes, float and double alike): every singular value of
+  // NS5-keller on these Gaussian inputs of aspect ratio ≥ 2 lay in [0.6818, 1.1344] — the spec reports
+  // roughly [0.68, 1.14]. Asserted with that band. (Square Gaussian inputs are excluded: their smallest
+  // singular values stay near 0, as the spec notes.)
+  std::vector<shape> shapes = {{32, 64}, {64, 32}, {50, 200}, {200, 50}, {17, 61}, {96, 192}, {1, 40}, {40, 1}};
+  std::mt19937_64 rng(99);
+  for (int i = 0; i < 40; ++i) {
+    index_t m = 2 + static_cast<index_t>(rng() % 100);
+    index_t n = 2 * m + static_cast<index_t>(rng() % 100);
+    if (i % 2) std::swap(m, n);
+    shapes.push_back({m, n});
+  }
+  for (const shape s : shapes) {
+    const MatD x = gaussian(s.rows, s.cols, seed_of(s, 5));
+    const Eigen::VectorXd sv = singular_values(run_ns<TestType>(x, presets::keller()));
+    INFO("shape " << to_string(s) << " singular values in [" << sv.minCoeff() << ", " << sv.maxCoeff() << "]");
+    CHECK(sv.minCoeff() >= 0.68);
+    CHECK(sv.maxCoeff() <= 1.14);
+  }
+}
+
+TEST_CASE("each schedule reproduces its coefficient table", "[ns][tables]") {
+  // The tables as published (typed here from the sources independently of the library's header).
+  const std::vector<orthopt::ns_coefficients> pe_raw = {
+      {8.28721201814563, -23.595886519098837, 17.300387312530933},
+      {4.107059111542203, -2.9478499167379106, 0.5448431082926601},
+      {3.9486908534822946, -2.908902115962949, 0.5518191394370137},
+      {3.3184196573706015, -2.488488024314874, 0.51004894012372},
+      {2.300652019954817, -1.6689039845747493, 0.4188073119525673},
+      {1.891301407787398, -1.2679958271945868, 0.37680408948524835},
+      {1.8750014808534479, -1.2500016453999487, 0.3750001645474248},
+      {1.875, -1.25, 0.375}};
+  std::vector<orthopt::ns_coefficients> pe = pe_raw;
+  for (std::size_t r = 0; r + 1 < pe.size(); ++r) {
+    pe[r] = {pe_raw[r].a / 1.01, pe_raw[r].b / std::pow(1.01, 3), pe_raw[r].c / std::pow(1.01, 5)};
+  }
+  struct expected {
+    ns_config cfg;
+    std::vector<orthopt::ns_coefficients> table;
+    int steps;
+    double eps, safety;
+  };
+  const double d = 1024.0;
+  const std::vector<expected> cases = {
+      {presets::keller(), {{3.4445, -4.7750, 2.0315}}, 5, 1e-7, 0.0},
+      {presets::polar_express(), pe, 5, 1e-7, 0.01},
+      {presets::polar_express_nanogpt(),
+       {{8.156554524902461, -22.48329292557795, 15.878769915207462},
+        {4.042929935166739, -2.808917465908714, 0.5000178451051316},
+        {3.8916678022926607, -2.772484153217685, 0.5060648178503393},
+        {3.285753657755655, -2.3681294933425376, 0.46449024233003106},
+        {2.3465413258596377, -1.7097828382687081, 0.42323551169305323}},
+       5, 1e-6, 0.02},
+      {presets::quintic(),
+       {{4.0848, -6.8946, 2.9270}, {3.9505, -6.3029, 2.6377}, {3.7418, -5.5913, 2.3037}, {2.8769, -3.1427, 1.2046},
+        {2.8366, -3.0525, 1.2012}},
+       5, 1e-7, 0.0},
+      {presets::cans(),
+       {{8.4703, -25.1081, 18.6293}, {4.1828, -3.1087, 0.5806}, {3.9619, -2.9541, 0.5630}, {3.2866, -2.4647, 0.5074},
+        {2.2737, -1.6447, 0.4162}},
+       5, 1e-7, 0.0},
+      {presets::aol(),
+       {{4.0098, -7.0585, 2.4635}, {3.4585, -5.5479, 2.5959}, {2.7573, -3.2939, 1.4254}, {2.7215, -3.0494, 1.3169}},
+       4, 1e-7, 0.0},
+      {presets::you(),
+       {{3955 / d, -8306 / d, 5008 / d}, {3735 / d, -6681 / d, 3463 / d}, {3799 / d, -6499 / d, 3211 / d},
+        {4019 / d, -6385 / d, 2906 / d}, {2677 / d, -3029 / d, 1162 / d}, {2172 / d, -1833 / d, 682 / d}},
+       6, 1e-7, 0.0},
+      {presets::cubic(), {{1.5, -0.5, 0.0}}, 10, 1e-7, 0.0},
+  };
+  for (const auto& e : cases) {
+    INFO("schedule " << e.cfg.name);
+    REQUIRE(e.cfg.table.size() == e.table.size());
+    for (std::size_t r = 0; r < e.table.size(); ++r) {
+      CHECK(e.cfg.table[r].a == Approx(e.table[r].a).epsilon(1e-15));
+      CHECK(e.cfg.table[r].b == Approx(e.table[r].b).epsilon(1e-15));
+      CHECK(e.cfg.table[r].c == Approx(e.table[r].c).epsilon(1e-15));
+    }
+    CHECK(e.cfg.steps == e.steps);
+    CHECK(e.cfg.eps == e.eps);
+    CHECK(e.cfg.safety == e.safety);
+
+    // The operator applies the table: on X = U·diag(σ)·Vᵀ each singular value follows the scalar
+    // recurrence σ ← aσ + bσ³ + cσ⁵ through steps+2 steps (so the last row's repetition is exercised).
+    if (e.cfg.normalization == orthopt::ns_normalization::aol) continue;  // covered by the transcription test
+    const shape s{12, 20};
+    const std::vector<double> sigma = spread(12, 0.05, 1.0, 77);
+    const synthetic syn = with_singular_values(s.rows, s.cols, sigma, 78);
+    const ns_config cfg = e.cfg.with_steps(e.steps + 2);
+    const MatD x = syn.x / syn.x.norm();
+    const MatD q = run_ns<double>(x, cfg);
+    const MatD core = syn.u.transpose() * q * syn.v;  // should be diagonal
+    const double nrm = x.norm();
+    const double denom = e.cfg.normalization == orthopt::ns_normalization::frobenius_clamp
+                             ? std::max(nrm, e.eps)
+                             : nrm * (1.0 + e.safety) + e.eps;
+    for (index_t i = 0; i < 12; ++i) {
+      double v = sigma[static_cast<std::size_t>(i)] / syn.x.norm() / denom;
+      for (int k = 1; k <= cfg.steps; ++k) {
+        const auto& c = e.table[static_cast<std::size_t>(std::min<int>(k, static_cast<int>(e.table.size())) - 1)];
+        v = c.a * v + c.b * v * v * v + c.c * v * v * v * v * v;
+      }
+      CHECK(core(i, i) == Approx(v).epsilon(1e-9).margin(1e-12));
+    }
+    MatD off = core;
+    off.diagonal().setZero();
+    CHECK(off.cwiseAbs().maxCoeff() <= 1e-10);
+  }
+}
+
+TEMPLATE_TEST_CASE("Theorem 1: the sign map is scale invariant, sign consistent, odd and bounded", "[sign][theorem1]",
+                   float, double) {
+  using T = TestType;
+  eigen_backend be;
+  std::mt19937_64 rng(1234);
+  std::normal_distribution<double> normal(0.0, 1.0);
+  std::uniform_real_distribution<double> log_scale(-30.0, 30.0);
+  const orthopt::functors::sign sgn;
+  for (int trial = 0; trial < 2000; ++trial) {
+    const T x = static_cast<T>(normal(rng) * std::pow(10.0, log_scale(rng) / 3.0));
+    const T c = static_cast<T>(std::pow(10.0, log_scale(rng) / 3.0));  // positive, 1e-10 .. 1e10
+    const T y = sgn(x);
+    INFO("x = " << x << " c = " << c);
+    if (x != T(0) && std::isfinite(c * x) && c * x != T(0)) CHECK(sgn(static_cast<T>(c * x)) == y);  // (1) scale
+    if (x > T(0)) CHECK(y > T(0));                                                                  // (2) sign
+    if (x < T(0)) CHECK(y < T(0));
+    CHECK(sgn(static_cast<T>(-x)) == -y);                 // (3) odd
+    CHECK(std::abs(y) <= T(1));                           // (4) bounded
+  }
+  CHECK(sgn(T(0)) == T(0));
+  CHECK(sgn(std::numeric_limits<T>::denorm_min()) == T(1));
+  CHECK(sgn(-std::numeric_limits<T>::max()) == T(-1));
+
+  // NS(sign(D⊙M)) = NS(sign(M)) for random positive element-wise D, through the backend's transform.
+  for (const shape s : property_shapes(3)) {
+    Mat<T> m = gaussian(s.rows, s.cols, seed_of(s, 6)).cast<T>();
+    Mat<T> dm = m;
+    std::uniform_real_distribution<double> logd(-20.0, 20.0);
+    for (index_t j = 0; j < s.cols; ++j)
+      for (index_t i = 0; i < s.rows; ++i) dm(i, j) = static_cast<T>(dm(i, j) * std::exp(logd(rng)));
+    Mat<T> sm(s.rows, s.cols), sdm(s.rows, s.cols);
+    transform(be, orthopt::make_const_view(m), orthopt::make_view(sm), sgn);
+    transform(be, orthopt::make_const_view(dm), orthopt::make_view(sdm), sgn);
+    const MatD a = run_ns<T>(sm.template cast<double>(), presets::keller());
+    const MatD b = run_ns<T>(sdm.template cast<double>(), presets::keller());
+    INFO("shape " << to_string(s));
+    CHECK(max_abs_diff(a, b) == 0.0);
+    // Without the sign map the same D changes the result: the property is not vacuous.
+    if (s.rows > 1 && s.cols > 1) {
+      CHECK(max_abs_diff(run_ns<T>(m.template cast<double>(), presets::keller()),
+                         run_ns<T>(dm.template cast<double>(), presets::keller())) > 1e-2);
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("NS gives the same result for any storage order, block or transposed view", "[ns][views]", float,
+                   double) {
+  using T = TestType;
+  for (const shape s : property_shapes(3)) {
+    const MatD x = gaussian(s.rows, s.cols, seed_of(s, 7));
+    const MatD base = run_ns<T>(x, presets::polar_express());
+    orthopt::newton_schulz<T, eigen_backend> ns(s.rows, s.cols, presets::polar_express());
+    INFO("shape " << to_string(s));
+    {  // row-major in and out
+      MatRM<T> xr = x.cast<T>(), qr(s.rows, s.cols);
+      ns(orthopt::make_view(xr), orthopt::make_view(qr));
+      CHECK(max_abs_diff(qr.template cast<double>(), base) <= tol<T>(100, s));
+    }
+    {  // a block of a larger matrix in, a transposed view of a column-major matrix out
+      Mat<T> big = Mat<T>::Constant(s.rows + 5, s.cols + 3, T(99));
+      big.block(2, 1, s.rows, s.cols) = x.cast<T>();
+      Mat<T> qt(s.cols, s.rows);
+      ns(orthopt::make_view(big.block(2, 1, s.rows, s.cols)), orthopt::make_view(qt).transposed());
+      CHECK(max_abs_diff(qt.transpose().template cast<double>(), base) <= tol<T>(100, s));
+    }
+    {  // in place: q and x the same memory
+      Mat<T> xq = x.cast<T>();
+      ns(orthopt::make_view(xq), orthopt::make_view(xq));
+      CHECK(max_abs_diff(xq.template cast<double>(), base) <= tol<T>(100, s));
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("NS over a batch equals NS of each matrix, and threads do not change results", "[ns][batch]", float,
+                   double) {
+  using T = TestType;
+  const index_t E = 4, M = 24, N = 40;
+  std::vector<T> in(static_cast<std::size_t>(E * M * N)), out(in.size());
+  const MatD all = gaussian(E * M, N, 8);
+  for (index_t e = 0; e < E; ++e)
+    for (index_t i = 0; i < M; ++i)
+      for (index_t j = 0; j < N; ++j) in[static_cast<std::size_t>((e * M + i) * N + j)] = static_cast<T>(all(e * M + i, j));
+  orthopt::newton_schulz<T, eigen_backend> ns(M, N, presets::keller());
+  ns(orthopt::row_major_batch<const T>(in.data(), E, M, N), orthopt::row_major_batch(out.data(), E, M, N));
+  for (index_t e = 0; e < E; ++e) {
+    const MatD single = run_ns<T>(all.block(e * M, 0, M, N).template cast<T>().template cast<double>(), presets::keller());
+    Eigen::Map<const MatRM<T>> got(out.data() + e * M * N, M, N);
+    // Same values, other storage order: only the order of the norm's summation differs.
+    CHECK(max_abs_diff(got.template cast<double>(), single) <= tol<T>(10 * schedule_gain(presets::keller()), {M, N}));
+  }
+  // A two-thread backend splits the products differently; results agree to rounding.
+  for (const shape s : {shape{200, 300}, shape{300, 200}, shape{257, 257}}) {
+    const MatD x = gaussian(s.rows, s.cols, seed_of(s, 9));
+    const MatD one = run_ns<T>(x, presets::polar_express(), eigen_backend(1));
+    const MatD two = run_ns<T>(x, presets::polar_express(), eigen_backend(2));
+    INFO("shape " << to_string(s));
+    CHECK(max_abs_diff(one, two) <= tol<T>(10 * schedule_gain(presets::polar_express()), s));
+  }
+}

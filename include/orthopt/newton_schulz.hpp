@@ -9,6 +9,8 @@
 // products are rank-k updates (syrk); a_k·X is folded into the last product as B + a_k·I.
 #pragma once
 
+#include <math.h>  // ::ldexp, ::ilogb, ::sqrt, INFINITY, NAN: the names a CUDA device function can call too
+
 #include <cmath>
 #include <string>
 #include <utility>

@@ -24,8 +24,9 @@ struct polar_rank_mask {
   index_t count;
   double threshold_factor;
   ORTHOPT_HD void operator()() const {
-    const double tol = threshold_factor * sigma[0];
-    for (index_t i = 0; i < count; ++i) sigma[i] = (sigma[i] > tol && sigma[0] > 0.0) ? 1.0 : 0.0;
+    const double largest = sigma[0];  // read before the loop overwrites sigma[0]
+    const double tol = threshold_factor * largest;
+    for (index_t i = 0; i < count; ++i) sigma[i] = (largest > 0.0 && sigma[i] > tol) ? 1.0 : 0.0;
   }
 };
 }  // namespace detail

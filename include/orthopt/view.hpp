@@ -189,6 +189,7 @@ struct tensor_traits<matrix_view<T>> {
 /// The view of a host tensor, without copying. Each static_assert names what the type lacks.
 template <class Tensor>
 auto make_view(Tensor&& t) {
+  // Each missing piece is reported once: later checks are skipped when an earlier one failed.
   static_assert(detail::has_tensor_traits<Tensor>,
                 "orthopt::make_view: this type is not a tensor orthopt knows: specialize "
                 "orthopt::tensor_traits<T> for it (see orthopt/view.hpp), or include the backend header "
@@ -196,21 +197,22 @@ auto make_view(Tensor&& t) {
   if constexpr (detail::has_tensor_traits<Tensor>) {
     static_assert(detail::traits_name_scalar_type<Tensor>,
                   "orthopt::make_view: orthopt::tensor_traits<T> is missing `using scalar_type = ...;`");
-    static_assert(detail::traits_give_data<Tensor>,
-                  "orthopt::make_view: orthopt::tensor_traits<T> is missing `static scalar_type* data(T&)` "
-                  "(or `const scalar_type* data(const T&)` for a read-only tensor)");
-    static_assert(detail::traits_give_extents<Tensor>,
-                  "orthopt::make_view: orthopt::tensor_traits<T> is missing `static index_t rows(const T&)` "
-                  "or `cols(const T&)`");
-    static_assert(detail::traits_give_strides<Tensor>,
-                  "orthopt::make_view: orthopt::tensor_traits<T> is missing `static index_t "
-                  "row_stride(const T&)` or `col_stride(const T&)`");
-    if constexpr (matrix_like<Tensor>) {
-      using traits = detail::traits_of<Tensor>;
-      return matrix_view<detail::view_element_t<Tensor>>(traits::data(t), static_cast<index_t>(traits::rows(t)),
-                                 static_cast<index_t>(traits::cols(t)),
-                                 static_cast<index_t>(traits::row_stride(t)),
-                                 static_cast<index_t>(traits::col_stride(t)));
+    if constexpr (detail::traits_name_scalar_type<Tensor>) {
+      static_assert(detail::traits_give_data<Tensor>,
+                    "orthopt::make_view: orthopt::tensor_traits<T> is missing `static scalar_type* data(T&)` "
+                    "(or `const scalar_type* data(const T&)` for a read-only tensor)");
+      static_assert(detail::traits_give_extents<Tensor>,
+                    "orthopt::make_view: orthopt::tensor_traits<T> is missing `static index_t rows(const T&)` "
+                    "or `cols(const T&)`");
+      static_assert(detail::traits_give_strides<Tensor>,
+                    "orthopt::make_view: orthopt::tensor_traits<T> is missing `static index_t "
+                    "row_stride(const T&)` or `col_stride(const T&)`");
+      if constexpr (matrix_like<Tensor>) {
+        using traits = detail::traits_of<Tensor>;
+        return matrix_view<detail::view_element_t<Tensor>>(
+            traits::data(t), static_cast<index_t>(traits::rows(t)), static_cast<index_t>(traits::cols(t)),
+            static_cast<index_t>(traits::row_stride(t)), static_cast<index_t>(traits::col_stride(t)));
+      }
     }
   }
 }

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The one test command (see README.md): installs what the build needs on Debian/Ubuntu, configures,
+# builds and runs every test.
+#
+#   bash tests/run.sh              Release build in ./build, warnings as errors, all tests
+#   bash tests/run.sh --sanitize   RelWithDebInfo build in ./build-sanitize with AddressSanitizer and
+#                                  UndefinedBehaviorSanitizer (no benchmarks, no examples), all tests
+#
+# Works from any directory; exits non-zero when any step fails.
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo_root"
+
+sanitize=0
+for arg in "$@"; do
+  case "$arg" in
+    --sanitize) sanitize=1 ;;
+    -h|--help) sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "tests/run.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+# ---- Dependencies (Debian packages) -------------------------------------------------------------
+packages=(cmake g++ make libeigen3-dev catch2 libbenchmark-dev zlib1g-dev)
+if command -v apt-get >/dev/null 2>&1; then
+  missing=()
+  for p in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
+      missing+=("$p")
+    fi
+  done
+  if ((${#missing[@]} > 0)); then
+    echo "tests/run.sh: installing ${missing[*]}"
+    sudo=()
+    if [[ "$(id -u)" -ne 0 ]]; then
+      sudo=(sudo)
+    fi
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
+  fi
+else
+  echo "tests/run.sh: no apt-get here; assuming ${packages[*]} (or equivalents) are installed" >&2
+fi
+
+# ---- Configure, build, test ----------------------------------------------------------------------
+if ((sanitize)); then
+  build_dir=build-sanitize
+  cmake_args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DORTHOPT_SANITIZE=address,undefined
+              -DORTHOPT_BUILD_BENCHMARKS=OFF -DORTHOPT_BUILD_EXAMPLES=OFF)
+else
+  build_dir=build
+  cmake_args=(-DCMAKE_BUILD_TYPE=Release -DORTHOPT_WERROR=ON)
+fi
+
+jobs="$(nproc 2>/dev/null || echo 2)"
+cmake -S . -B "$build_dir" "${cmake_args[@]}"
+cmake --build "$build_dir" -j "$jobs"
+ctest --test-dir "$build_dir" --output-on-failure -j2

@@ -56,24 +56,22 @@ struct ns_config {
     return table[static_cast<std::size_t>((k < last ? k : last) - 1)];
   }
 
-  /// Throws value_error naming the first offending field.
+  /// Throws value_error naming the first offending field. Allocates nothing unless it throws.
   void validate() const {
-    const std::string who = "orthopt::ns_config '" + name + "'";
-    if (table.empty()) throw value_error(who + ": the coefficient table is empty");
-    if (steps < 1) throw value_error(who + ": steps = " + std::to_string(steps) + "; at least 1 step is needed");
+    const auto fail = [this](const std::string& what) {
+      throw value_error("orthopt::ns_config '" + name + "': " + what);
+    };
+    if (table.empty()) fail("the coefficient table is empty");
+    if (steps < 1) fail("steps = " + std::to_string(steps) + "; at least 1 step is needed");
     for (std::size_t r = 0; r < table.size(); ++r) {
       const auto& t = table[r];
       if (!std::isfinite(t.a) || !std::isfinite(t.b) || !std::isfinite(t.c)) {
-        throw value_error(who + ": table row " + std::to_string(r + 1) + " has a non-finite coefficient");
+        fail("table row " + std::to_string(r + 1) + " has a non-finite coefficient");
       }
     }
-    if (!std::isfinite(eps) || eps < 0.0) throw value_error(who + ": eps = " + std::to_string(eps) + " must be finite and >= 0");
-    if (!std::isfinite(safety) || safety < 0.0) {
-      throw value_error(who + ": safety = " + std::to_string(safety) + " must be finite and >= 0");
-    }
-    if (normalization == ns_normalization::frobenius_clamp && eps <= 0.0) {
-      throw value_error(who + ": frobenius_clamp needs eps > 0");
-    }
+    if (!std::isfinite(eps) || eps < 0.0) fail("eps = " + std::to_string(eps) + " must be finite and >= 0");
+    if (!std::isfinite(safety) || safety < 0.0) fail("safety = " + std::to_string(safety) + " must be finite and >= 0");
+    if (normalization == ns_normalization::frobenius_clamp && eps <= 0.0) fail("frobenius_clamp needs eps > 0");
   }
 
   /// The same configuration with another step count.

@@ -10,5 +10,6 @@
 #include "orthopt/newton_schulz.hpp"
 #include "orthopt/ns_schedule.hpp"
 #include "orthopt/polar.hpp"
+#include "orthopt/rules.hpp"
 #include "orthopt/version.hpp"
 #include "orthopt/view.hpp"

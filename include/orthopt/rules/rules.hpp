@@ -1,0 +1,517 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The update rules — Muon, AdaMuon, NAMO, NAMO-D, AdamW — written once over the backend concept from the
+// shared stages (orthopt/rules/stages.hpp), and the per-parameter state they keep.
+//
+// Use: a rule object holds the options (change `options().lr` between steps for a schedule); a state
+// is made once per parameter (`make_state(rows, cols[, count])`) and allocates everything the steps need;
+// `step(W, G, state)` updates W in place and allocates nothing.
+//
+// Every step first checks its inputs and throws, leaving W and the state untouched, on: a parameter,
+// gradient and state of different shapes (shape_error naming them), a state made by another rule
+// (value_error), NaN or Inf in the gradient (value_error naming its position; set check_finite = false
+// to skip the check, one device→host read per step on a GPU), or invalid hyper-parameters (value_error).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "orthopt/backend.hpp"
+#include "orthopt/errors.hpp"
+#include "orthopt/rules/options.hpp"
+#include "orthopt/rules/stages.hpp"
+#include "orthopt/view.hpp"
+
+namespace orthopt {
+
+/// Which rule a state belongs to (also the tag a checkpoint records).
+enum class rule_kind : std::uint32_t { muon = 1, adamuon = 2, namo = 3, namo_d = 4, adamw = 5 };
+
+inline const char* rule_name(rule_kind k) {
+  switch (k) {
+    case rule_kind::muon: return "muon";
+    case rule_kind::adamuon: return "adamuon";
+    case rule_kind::namo: return "namo";
+    case rule_kind::namo_d: return "namo_d";
+    case rule_kind::adamw: return "adamw";
+  }
+  return "unknown";
+}
+
+/// The state of one parameter (or of a batch of `count` same-shape matrices) under one rule.
+///
+/// Persistent tensors, reachable by the host to inspect, shard or save (views into backend memory):
+///   momentum(k)        the first moment M (all rules; AdamW's m)
+///   second_moment(k)   AdaMuon's V and AdamW's v (rows×cols); empty for the others
+///   column_moment(k)   NAMO's scalar v (1×1) and NAMO-D's per-column V_j (1×cols), in double
+///   step()             the number of completed steps t (shared by the batch)
+/// Besides these it owns the scratch of a step (the direction U, the orthogonalized O, the polar plan).
+template <class T, class Backend>
+class param_state {
+ public:
+  param_state(rule_kind kind, index_t rows, index_t cols, index_t count, const orthogonalizer* ortho,
+              const Backend& be)
+      : kind_(kind), rows_(rows), cols_(cols), count_(count), backend_(be) {
+    if (rows < 1 || cols < 1 || count < 1) {
+      throw shape_error(std::string("orthopt::") + rule_name(kind) + ": cannot make a state for " + std::to_string(count) +
+                        " matrices of shape " + shape_string(rows, cols) + "; every extent must be at least 1");
+    }
+    const index_t n = rows * cols;
+    momentum_ = backend_.template allocate<T>(count * n);
+    if (kind == rule_kind::adamuon || kind == rule_kind::adamw) second_ = backend_.template allocate<T>(count * n);
+    if (kind == rule_kind::namo) column_ = backend_.template allocate<scalar_t>(count);
+    if (kind == rule_kind::namo_d) column_ = backend_.template allocate<scalar_t>(count * cols);
+    direction_ = backend_.template allocate<T>(n);
+    ortho_out_ = backend_.template allocate<T>(n);
+    scalars_ = backend_.template allocate<scalar_t>(4 + 2 * cols);
+    if (ortho != nullptr) plan_.emplace(rows, cols, *ortho, backend_);
+  }
+
+  [[nodiscard]] rule_kind kind() const noexcept { return kind_; }
+  [[nodiscard]] index_t rows() const noexcept { return rows_; }
+  [[nodiscard]] index_t cols() const noexcept { return cols_; }
+  [[nodiscard]] index_t count() const noexcept { return count_; }
+  [[nodiscard]] std::int64_t step() const noexcept { return step_; }
+  /// Set the step count (checkpoint loading; bias corrections depend on it).
+  void set_step(std::int64_t t) {
+    if (t < 0) throw value_error("orthopt::param_state::set_step: step = " + std::to_string(t) + " < 0");
+    step_ = t;
+  }
+
+  [[nodiscard]] matrix_view<T> momentum(index_t k = 0) { return row_major_view(momentum_.data() + k * rows_ * cols_, rows_, cols_); }
+  [[nodiscard]] matrix_view<T> second_moment(index_t k = 0) {
+    if (second_.size() == 0) return {};
+    return row_major_view(second_.data() + k * rows_ * cols_, rows_, cols_);
+  }
+  [[nodiscard]] matrix_view<scalar_t> column_moment(index_t k = 0) {
+    if (column_.size() == 0) return {};
+    const index_t w = kind_ == rule_kind::namo_d ? cols_ : 1;
+    return row_major_view(column_.data() + k * w, 1, w);
+  }
+
+  /// Every persistent tensor as (name, element size, data, element count): what a checkpoint stores.
+  struct slot {
+    const char* name;
+    std::size_t element_bytes;
+    void* data;
+    std::size_t elements;
+  };
+  [[nodiscard]] std::vector<slot> slots() {
+    std::vector<slot> s;
+    s.push_back({"momentum", sizeof(T), momentum_.data(), momentum_.size()});
+    if (second_.size() > 0) s.push_back({"second_moment", sizeof(T), second_.data(), second_.size()});
+    if (column_.size() > 0) s.push_back({"column_moment", sizeof(scalar_t), column_.data(), column_.size()});
+    return s;
+  }
+
+ private:
+  template <class, class>
+  friend class muon;
+  template <class, class>
+  friend class adamuon;
+  template <class, class>
+  friend class namo;
+  template <class, class>
+  friend class namo_d;
+  template <class, class>
+  friend class adamw;
+
+  matrix_view<T> direction() { return row_major_view(direction_.data(), rows_, cols_); }
+  matrix_view<T> ortho_out() { return row_major_view(ortho_out_.data(), rows_, cols_); }
+
+  rule_kind kind_;
+  index_t rows_, cols_, count_;
+  std::int64_t step_ = 0;
+  Backend backend_;
+  typename Backend::template buffer<T> momentum_, second_, direction_, ortho_out_;
+  typename Backend::template buffer<scalar_t> column_, scalars_;
+  std::optional<stages::orthogonalizer_plan<T, Backend>> plan_;
+};
+
+namespace detail {
+
+/// The checks every step runs before it writes anything.
+template <class T, class Backend>
+void check_step(const char* rule, rule_kind kind, Backend& be, batch_view<T> W, batch_view<const T> G,
+                param_state<T, Backend>& s, bool check_finite) {
+  const auto who = [rule] { return std::string("orthopt::") + rule + "::step"; };
+  if (s.kind() != kind) {
+    throw value_error(who() + ": the state was made by " + rule_name(s.kind()) + ", not by " + rule);
+  }
+  if (W.count != s.count() || G.count != s.count()) {
+    throw shape_error(who() + ": parameter batch of " + std::to_string(W.count) + " and gradient batch of " +
+                      std::to_string(G.count) + " matrices, but the state holds " + std::to_string(s.count()));
+  }
+  for (index_t k = 0; k < W.count; ++k) {
+    const auto w = W[k];
+    const auto g = G[k];
+    if (!view_is_usable(w) || !view_is_usable(g)) {
+      check_view(w, who().c_str(), "parameter");
+      check_view(g, who().c_str(), "gradient");
+    }
+    if (w.rows != s.rows() || w.cols != s.cols() || g.rows != s.rows() || g.cols != s.cols()) {
+      throw shape_error(who() + ": parameter is " + shape_string(w) + ", gradient is " + shape_string(g) +
+                        " and the state is " + shape_string(s.rows(), s.cols()) + (W.count > 1 ? " (batch item " + std::to_string(k) + ")" : ""));
+    }
+  }
+  if (check_finite) {
+    for (index_t k = 0; k < G.count; ++k) {
+      if (const auto bad = find_nonfinite(be, G[k])) {
+        throw value_error(who() + ": gradient(" + std::to_string(bad->row) + ", " + std::to_string(bad->col) + ") is " +
+                          std::to_string(bad->value) + (G.count > 1 ? " in batch item " + std::to_string(k) : "") +
+                          "; parameters and state are unchanged");
+      }
+    }
+  }
+}
+
+template <class T>
+batch_view<T> single(matrix_view<T> m) {
+  return {m, 1, 0};
+}
+
+inline double shape_factor(shape_scale s, index_t rows, index_t cols) {
+  const double a = static_cast<double>(rows), b = static_cast<double>(cols);
+  switch (s) {
+    case shape_scale::original: return std::sqrt(std::max(1.0, a / b));
+    case shape_scale::match_rms_adamw: return 0.2 * std::sqrt(std::max(a, b));
+    case shape_scale::spectral: return std::sqrt(a / b);
+    case shape_scale::none: return 1.0;
+  }
+  return 1.0;
+}
+
+/// Shared plumbing of a rule: options, backend, state creation, single/batch step dispatch.
+template <class Derived, class T, class Backend, class Options>
+class rule_base {
+ public:
+  using value_type = T;
+  using backend_type = Backend;
+  using options_type = Options;
+
+  explicit rule_base(Options options, Backend backend) : options_(std::move(options)), backend_(std::move(backend)) {
+    options_.validate();
+  }
+
+  [[nodiscard]] Options& options() noexcept { return options_; }
+  [[nodiscard]] const Options& options() const noexcept { return options_; }
+  [[nodiscard]] Backend& backend() noexcept { return backend_; }
+
+  /// The state of a rows×cols parameter, or of `count` stacked ones; allocates all a step needs.
+  [[nodiscard]] param_state<T, Backend> make_state(index_t rows, index_t cols, index_t count = 1) const {
+    return param_state<T, Backend>(Derived::kind, rows, cols, count, Derived::ortho_of(options_), backend_);
+  }
+
+  /// W ← one step of the rule, from gradient G.
+  void step(matrix_view<T> W, const_matrix_view<T> G, param_state<T, Backend>& s) {
+    step(single(W), single(G), s);
+  }
+
+  /// One step for every matrix of a batch (stacked experts, row blocks of a fused matrix), each with its
+  /// own state entry; all checks pass before the first matrix is written.
+  void step(batch_view<T> W, batch_view<const T> G, param_state<T, Backend>& s) {
+    options_.validate();
+    check_step(Derived::name, Derived::kind, backend_, W, G, s, options_.check_finite);
+    const std::int64_t t = s.step() + 1;
+    for (index_t k = 0; k < W.count; ++k) static_cast<Derived*>(this)->step_one(W[k], G[k], s, k, t);
+    s.set_step(t);
+  }
+
+ protected:
+  Options options_;
+  Backend backend_;
+};
+
+}  // namespace detail
+
+// ---------------------------------------------------------------------------------------------------
+/// Muon (Jordan 2024; algorithms.md §2): M ← momentum(M, G); U ← nesterov ? mix(G, M) : M; O ← NS(U);
+/// W ← W(1 − ηλ) − η·scale(A, B)·O. Presets in muon_presets (keller, moonlight, torch).
+template <class T, class Backend>
+class muon : public detail::rule_base<muon<T, Backend>, T, Backend, muon_options> {
+  using base = detail::rule_base<muon<T, Backend>, T, Backend, muon_options>;
+  friend base;
+
+ public:
+  static constexpr rule_kind kind = rule_kind::muon;
+  static constexpr const char* name = "muon";
+  explicit muon(muon_options o = muon_presets::keller(), Backend be = Backend{}) : base(std::move(o), std::move(be)) {}
+
+ private:
+  static const orthogonalizer* ortho_of(const muon_options& o) { return &o.ortho; }
+  void step_one(matrix_view<T> W, const_matrix_view<T> G, param_state<T, Backend>& s, index_t k, std::int64_t) {
+    const muon_options& o = this->options_;
+    Backend& be = this->backend_;
+    const matrix_view<T> M = s.momentum(k);
+    stages::accumulate_momentum(be, o.momentum_type, o.momentum, G, M);
+    matrix_view<T> U = M;
+    if (o.nesterov) {
+      U = s.direction();
+      stages::nesterov_direction(be, o.momentum_type, o.momentum, G, M.as_const(), U);
+    }
+    const matrix_view<T> O = s.ortho_out();
+    (*s.plan_)(U.as_const(), O);
+    const double scale = detail::shape_factor(o.scale, W.rows, W.cols);
+    stages::set_decay_and_step(be, s.scalars_.data(), 1.0 - o.lr * o.weight_decay, o.lr * scale);
+    stages::decay_and_update(be, W, O.as_const(), s.scalars_.data());
+  }
+};
+
+namespace detail {
+/// AdaMuon's RMS alignment (seed 002 Eq. 8): decay = 1 − ηλ, step = η·0.2·√(AB)/(‖Ô‖_F + ε_γ); a zero Ô
+/// (zero gradient history) gives step 0 rather than 0/0.
+struct adamuon_scale {
+  const scalar_t* norm;
+  scalar_t* out;
+  double lr, decay, rms_target, eps;
+  ORTHOPT_HD void operator()() const {
+    const double n = *norm + eps;
+    out[0] = decay;
+    out[1] = n > 0.0 ? lr * rms_target / n : 0.0;
+  }
+};
+}  // namespace detail
+
+/// AdaMuon (Si, Zhang, Shen 2025; algorithms.md §3): the sign map before NS, an element-wise second
+/// moment of the orthogonalized direction, and RMS alignment to 0.2 (an update of RMS exactly 0.2·η
+/// before weight decay). Presets in adamuon_presets (paper, code, code_gpt2, v1).
+template <class T, class Backend>
+class adamuon : public detail::rule_base<adamuon<T, Backend>, T, Backend, adamuon_options> {
+  using base = detail::rule_base<adamuon<T, Backend>, T, Backend, adamuon_options>;
+  friend base;
+
+ public:
+  static constexpr rule_kind kind = rule_kind::adamuon;
+  static constexpr const char* name = "adamuon";
+  explicit adamuon(adamuon_options o = adamuon_presets::code(), Backend be = Backend{})
+      : base(std::move(o), std::move(be)) {}
+
+ private:
+  static const orthogonalizer* ortho_of(const adamuon_options& o) { return &o.ortho; }
+  void step_one(matrix_view<T> W, const_matrix_view<T> G, param_state<T, Backend>& s, index_t k, std::int64_t t) {
+    const adamuon_options& o = this->options_;
+    Backend& be = this->backend_;
+    const matrix_view<T> M = s.momentum(k);
+    const matrix_view<T> V = s.second_moment(k);
+    const matrix_view<T> U = s.direction();
+    const matrix_view<T> O = s.ortho_out();
+    if (o.form == adamuon_form::paper) {
+      // Algorithm 1: M ← βM + G; U = sign(M)
+      stages::accumulate_momentum(be, momentum_kind::classical, o.beta, G, M);
+      transform(be, M.as_const(), U, functors::identity{});
+    } else {
+      // The authors' code: ema momentum, Nesterov mix, sign of the mix
+      stages::accumulate_momentum(be, momentum_kind::ema, o.beta, G, M);
+      stages::nesterov_direction(be, momentum_kind::ema, o.beta, G, M.as_const(), U);
+    }
+    if (o.sign) stages::apply_sign(be, U);
+    (*s.plan_)(U.as_const(), O);
+    // Second moment of O; arXiv v1: its own β2 with bias correction 1/(1 − β2ᵗ).
+    const bool v1 = o.beta2 > 0.0;
+    const double beta_v = v1 ? o.beta2 : o.beta;
+    const double unbias = v1 ? 1.0 / (1.0 - std::pow(o.beta2, static_cast<double>(t))) : 1.0;
+    stages::accumulate_square(be, beta_v, O.as_const(), V);
+    stages::divide_by_root_second_moment(be, O.as_const(), V.as_const(), 1.0, unbias, o.eps, O);
+    scalar_t* sc = s.scalars_.data();
+    frobenius_norm(be, O.as_const(), sc + 2);
+    const double rms_target = 0.2 * std::sqrt(static_cast<double>(W.rows) * static_cast<double>(W.cols));
+    const double gamma_eps = o.form == adamuon_form::code ? o.eps : 0.0;
+    run_scalar(be, detail::adamuon_scale{sc + 2, sc, o.lr, 1.0 - o.lr * o.weight_decay, rms_target, gamma_eps});
+    stages::decay_and_update(be, W, O.as_const(), sc);
+  }
+};
+
+namespace detail {
+/// NAMO's adaptive step (seed 003; minxin-zhg/namo): v ← μ2v + (1−μ2)‖G‖², then decay and step from
+/// α = bias·‖U‖/(√v + ε) in the paper or the code form.
+struct namo_scale {
+  const scalar_t* g_norm;
+  const scalar_t* u_norm;
+  scalar_t* v;
+  scalar_t* out;
+  double mu2, eps, lr, wd, bias, rms, code_form;
+  ORTHOPT_HD void operator()() const {
+    const double g = *g_norm;
+    *v = mu2 * *v + (1.0 - mu2) * g * g;
+    const double ratio = *u_norm / (::sqrt(*v) + eps);
+    if (code_form != 0.0) {
+      const double alpha = lr * bias * ratio;  // bias = √(1−μ2ᵗ)/((1−μ1ᵗ) + 1e-12)
+      out[0] = 1.0 - wd * (alpha < 1.0 ? alpha : 1.0);
+      const double step = alpha * rms;
+      out[1] = step < 1.0 ? step : 1.0;
+    } else {
+      const double alpha = bias * ratio;  // bias = √(1−μ2ᵗ)/(1−μ1ᵗ)
+      out[0] = 1.0 - lr * alpha * wd;
+      out[1] = lr * alpha;
+    }
+  }
+};
+
+/// NAMO-D's per-column step (minxin-zhg/namo): V_j ← μ2V_j + (1−μ2)‖G[:,j]‖²; d_j = ‖U[:,j]‖/(√V_j + ε);
+/// with 0 < c ≤ 1, d_j is clamped to [c·d̄, d̄/c] around the mean d̄ of the finite d_j (when d̄ is
+/// finite and > 0); decay_j = max(1 − λ·min(d_j·base, 1), 0), step_j = min(d_j·base·0.2·√max(A,B), 1).
+/// On entry g holds ‖G[:,j]‖ and u holds ‖U[:,j]‖; on exit g holds decay_j and u holds step_j.
+struct namo_d_scale {
+  scalar_t* g;
+  scalar_t* u;
+  scalar_t* v;
+  index_t cols;
+  double mu2, eps, base, wd, rms, clamp;
+  ORTHOPT_HD void operator()() const {
+    double sum = 0.0;
+    index_t finite = 0;
+    for (index_t j = 0; j < cols; ++j) {
+      v[j] = mu2 * v[j] + (1.0 - mu2) * g[j] * g[j];
+      const double d = u[j] / (::sqrt(v[j]) + eps);
+      u[j] = d;
+      if (d - d == 0.0) {  // finite
+        sum += d;
+        ++finite;
+      }
+    }
+    const double mean = finite > 0 ? sum / static_cast<double>(finite) : 0.0;
+    const bool do_clamp = clamp > 0.0 && clamp <= 1.0 && mean > 0.0 && mean - mean == 0.0;
+    for (index_t j = 0; j < cols; ++j) {
+      double d = u[j];
+      if (do_clamp) {
+        const double lo = clamp * mean, hi = mean / clamp;
+        d = d < lo ? lo : (d > hi ? hi : d);
+      }
+      const double a = d * base;
+      const double decay = 1.0 - wd * (a < 1.0 ? a : 1.0);
+      g[j] = decay > 0.0 ? decay : 0.0;
+      const double step = a * rms;
+      u[j] = step < 1.0 ? step : 1.0;
+    }
+  }
+};
+}  // namespace detail
+
+/// NAMO (seed 003; algorithms.md §4): Muon's orthogonalized direction scaled by an Adam-like scalar
+/// α = ‖U‖/(√v + ε), v the running mean of ‖G‖². Presets in namo_presets (code, paper).
+///
+/// Documented behaviour: ε acts as in Adam, so gradients far below ε in norm (1e-30) give steps that
+/// shrink with them rather than steps of normal size, as in the authors' code.
+template <class T, class Backend>
+class namo : public detail::rule_base<namo<T, Backend>, T, Backend, namo_options> {
+  using base = detail::rule_base<namo<T, Backend>, T, Backend, namo_options>;
+  friend base;
+
+ public:
+  static constexpr rule_kind kind = rule_kind::namo;
+  static constexpr const char* name = "namo";
+  explicit namo(namo_options o = namo_presets::code(), Backend be = Backend{}) : base(std::move(o), std::move(be)) {}
+
+ private:
+  static const orthogonalizer* ortho_of(const namo_options& o) { return &o.ortho; }
+  void step_one(matrix_view<T> W, const_matrix_view<T> G, param_state<T, Backend>& s, index_t k, std::int64_t t) {
+    const namo_options& o = this->options_;
+    Backend& be = this->backend_;
+    const bool code = o.form == namo_form::code;
+    scalar_t* sc = s.scalars_.data();
+    frobenius_norm(be, G, sc + 2);
+    const matrix_view<T> M = s.momentum(k);
+    stages::accumulate_momentum(be, momentum_kind::ema, o.mu1, G, M);
+    matrix_view<T> U = M;
+    if (code && o.nesterov) {
+      U = s.direction();
+      stages::nesterov_direction(be, momentum_kind::ema, o.mu1, G, M.as_const(), U);
+    }
+    frobenius_norm(be, U.as_const(), sc + 3);
+    const matrix_view<T> O = s.ortho_out();
+    (*s.plan_)(U.as_const(), O);
+    const double td = static_cast<double>(t);
+    const double root = std::sqrt(1.0 - std::pow(o.mu2, td));
+    const double bias = code ? root / ((1.0 - std::pow(o.mu1, td)) + 1e-12) : root / (1.0 - std::pow(o.mu1, td));
+    const double rms = o.rms_scale * std::sqrt(static_cast<double>(std::max(W.rows, W.cols)));
+    run_scalar(be, detail::namo_scale{sc + 2, sc + 3, s.column_moment(k).data, sc, o.mu2, o.eps, o.lr, o.weight_decay,
+                                      bias, rms, code ? 1.0 : 0.0});
+    stages::decay_and_update(be, W, O.as_const(), sc);
+  }
+};
+
+/// NAMO-D (seed 003; algorithms.md §4): NAMO with one adaptive factor per column (input feature),
+/// clamped around their mean by c = column_clamp. Only the authors' code form exists; presets in
+/// namo_d_presets (code with c = 0.75, gpt2_small with c = 0.01).
+template <class T, class Backend>
+class namo_d : public detail::rule_base<namo_d<T, Backend>, T, Backend, namo_options> {
+  using base = detail::rule_base<namo_d<T, Backend>, T, Backend, namo_options>;
+  friend base;
+
+ public:
+  static constexpr rule_kind kind = rule_kind::namo_d;
+  static constexpr const char* name = "namo_d";
+  explicit namo_d(namo_options o = namo_d_presets::code(), Backend be = Backend{}) : base(std::move(o), std::move(be)) {
+    if (this->options_.form != namo_form::code) {
+      throw value_error("orthopt::namo_d: only the code form exists for NAMO-D (preset '" + this->options_.preset + "')");
+    }
+  }
+
+ private:
+  static const orthogonalizer* ortho_of(const namo_options& o) { return &o.ortho; }
+  void step_one(matrix_view<T> W, const_matrix_view<T> G, param_state<T, Backend>& s, index_t k, std::int64_t t) {
+    const namo_options& o = this->options_;
+    Backend& be = this->backend_;
+    scalar_t* g_cols = s.scalars_.data() + 4;
+    scalar_t* u_cols = g_cols + W.cols;
+    column_norms(be, G, column_norm::l2, g_cols);
+    const matrix_view<T> M = s.momentum(k);
+    stages::accumulate_momentum(be, momentum_kind::ema, o.mu1, G, M);
+    matrix_view<T> U = M;
+    if (o.nesterov) {
+      U = s.direction();
+      stages::nesterov_direction(be, momentum_kind::ema, o.mu1, G, M.as_const(), U);
+    }
+    column_norms(be, U.as_const(), column_norm::l2, u_cols);
+    const matrix_view<T> O = s.ortho_out();
+    (*s.plan_)(U.as_const(), O);
+    const double td = static_cast<double>(t);
+    const double base = o.lr * std::sqrt(1.0 - std::pow(o.mu2, td)) / ((1.0 - std::pow(o.mu1, td)) + 1e-12);
+    const double rms = o.rms_scale * std::sqrt(static_cast<double>(std::max(W.rows, W.cols)));
+    run_scalar(be, detail::namo_d_scale{g_cols, u_cols, s.column_moment(k).data, W.cols, o.mu2, o.eps, base,
+                                        o.weight_decay, rms, o.column_clamp});
+    stages::decay_and_update_columns(be, W, O, g_cols, u_cols);
+  }
+};
+
+/// AdamW (algorithms.md §6) in the torch or the Moonlight form, for the parameters Muon-family rules do
+/// not take (vectors, embeddings, output heads); any shape (view a vector as 1×n). Presets in
+/// adamw_presets.
+template <class T, class Backend>
+class adamw : public detail::rule_base<adamw<T, Backend>, T, Backend, adamw_options> {
+  using base = detail::rule_base<adamw<T, Backend>, T, Backend, adamw_options>;
+  friend base;
+
+ public:
+  static constexpr rule_kind kind = rule_kind::adamw;
+  static constexpr const char* name = "adamw";
+  explicit adamw(adamw_options o = adamw_presets::torch(), Backend be = Backend{}) : base(std::move(o), std::move(be)) {}
+
+ private:
+  static const orthogonalizer* ortho_of(const adamw_options&) { return nullptr; }
+  void step_one(matrix_view<T> W, const_matrix_view<T> G, param_state<T, Backend>& s, index_t k, std::int64_t t) {
+    const adamw_options& o = this->options_;
+    Backend& be = this->backend_;
+    const matrix_view<T> m = s.momentum(k);
+    const matrix_view<T> v = s.second_moment(k);
+    stages::accumulate_momentum(be, momentum_kind::ema, o.beta1, G, m);
+    stages::accumulate_square(be, o.beta2, G, v);
+    const double td = static_cast<double>(t);
+    const double c1 = 1.0 - std::pow(o.beta1, td), c2 = 1.0 - std::pow(o.beta2, td);
+    const matrix_view<T> D = s.direction();
+    if (o.form == adamw_form::torch) {
+      stages::divide_by_root_second_moment(be, m.as_const(), v.as_const(), 1.0 / c1, 1.0 / c2, o.eps, D);
+    } else {
+      stages::divide_by_root_second_moment(be, m.as_const(), v.as_const(), std::sqrt(c2) / c1, 1.0, o.eps, D);
+    }
+    stages::set_decay_and_step(be, s.scalars_.data(), 1.0 - o.lr * o.weight_decay, o.lr);
+    stages::decay_and_update(be, W, D.as_const(), s.scalars_.data());
+  }
+};
+
+}  // namespace orthopt

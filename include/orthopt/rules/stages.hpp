@@ -1,0 +1,160 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The stages of an update step, each a small function over the backend concept, shared by the rules:
+//
+//   gradient → momentum → (Nesterov direction) → (sign) → orthogonalize → (second moment / adaptive
+//   scale) → shape or RMS scaling → weight decay and update
+//
+// Scalars computed from the data (norms, adaptive factors) stay in backend memory as doubles; host
+// constants (β, η, bias corrections from the host-side step count) travel inside the functors.
+#pragma once
+
+#include <math.h>  // ::sqrt for device code
+
+#include <optional>
+#include <utility>
+
+#include "orthopt/backend.hpp"
+#include "orthopt/newton_schulz.hpp"
+#include "orthopt/polar.hpp"
+#include "orthopt/rules/options.hpp"
+#include "orthopt/view.hpp"
+
+namespace orthopt::stages {
+
+namespace fn {
+/// m ← μm + (1−μ)g  (ema)  or  m ← μm + g  (classical)
+template <class T>
+struct momentum_update {
+  T mu, g_weight;
+  ORTHOPT_HD T operator()(T g, T m) const { return mu * m + g_weight * g; }
+};
+/// u ← (1−μ)g + μm  (ema)  or  u ← g + μm  (classical): the Nesterov direction
+template <class T>
+struct nesterov_mix {
+  T mu, g_weight;
+  ORTHOPT_HD T operator()(T g, T m) const { return g_weight * g + mu * m; }
+};
+/// v ← βv + (1−β)x²
+template <class T>
+struct square_average {
+  T beta;
+  ORTHOPT_HD T operator()(T x, T v) const { return beta * v + (T(1) - beta) * x * x; }
+};
+/// out ← c·x / (√(v·s) + ε)
+template <class T>
+struct divide_by_root {
+  T c, s, eps;
+  ORTHOPT_HD T operator()(T x, T v) const { return c * x / (static_cast<T>(::sqrt(static_cast<double>(v * s))) + eps); }
+};
+/// w ← w·decay − step·o, decay and step doubles in backend memory
+struct decay_and_step {
+  const scalar_t* decay;
+  const scalar_t* step;
+  template <class T>
+  ORTHOPT_HD T operator()(T o, T w) const {
+    return static_cast<T>(static_cast<scalar_t>(w) * *decay - *step * static_cast<scalar_t>(o));
+  }
+};
+/// w ← w − o
+struct subtract {
+  template <class T>
+  ORTHOPT_HD T operator()(T o, T w) const {
+    return w - o;
+  }
+};
+/// Writes two host constants into backend memory.
+struct set_pair {
+  scalar_t* out;
+  double first, second;
+  ORTHOPT_HD void operator()() const {
+    out[0] = first;
+    out[1] = second;
+  }
+};
+}  // namespace fn
+
+/// Momentum: M ← μM + (1−μ)G (ema) or M ← μM + G (classical).
+template <class T, class Backend>
+void accumulate_momentum(Backend& be, momentum_kind kind, double mu, const_matrix_view<T> G, matrix_view<T> M) {
+  const T g_weight = kind == momentum_kind::ema ? static_cast<T>(1.0 - mu) : T(1);
+  transform(be, G, M.as_const(), M, fn::momentum_update<T>{static_cast<T>(mu), g_weight});
+}
+
+/// The Nesterov direction: U ← (1−μ)G + μM (ema) or U ← G + μM (classical).
+template <class T, class Backend>
+void nesterov_direction(Backend& be, momentum_kind kind, double mu, const_matrix_view<T> G, const_matrix_view<T> M,
+                        matrix_view<T> U) {
+  const T g_weight = kind == momentum_kind::ema ? static_cast<T>(1.0 - mu) : T(1);
+  transform(be, G, M, U, fn::nesterov_mix<T>{static_cast<T>(mu), g_weight});
+}
+
+/// The sign map of AdaMuon (Theorem 1): U ← sign(U), sign(0) = 0.
+template <class T, class Backend>
+void apply_sign(Backend& be, matrix_view<T> U) {
+  transform(be, U, U, functors::sign{});
+}
+
+/// V ← βV + (1−β)·X⊙X
+template <class T, class Backend>
+void accumulate_square(Backend& be, double beta, const_matrix_view<T> X, matrix_view<T> V) {
+  transform(be, X, V.as_const(), V, fn::square_average<T>{static_cast<T>(beta)});
+}
+
+/// Out ← c·X ⊘ (√(V·s) + ε): the adaptive normalization (s undoes a bias in V, c in X).
+template <class T, class Backend>
+void divide_by_root_second_moment(Backend& be, const_matrix_view<T> X, const_matrix_view<T> V, double c, double s,
+                                  double eps, matrix_view<T> out) {
+  transform(be, X, V, out, fn::divide_by_root<T>{static_cast<T>(c), static_cast<T>(s), static_cast<T>(eps)});
+}
+
+/// W ← W·decay − step·O with decay = scalars[0], step = scalars[1] in backend memory.
+template <class T, class Backend>
+void decay_and_update(Backend& be, matrix_view<T> W, const_matrix_view<T> O, const scalar_t* scalars) {
+  transform(be, O, W.as_const(), W, fn::decay_and_step{scalars, scalars + 1});
+}
+
+/// Per column j: W[:,j] ← W[:,j]·decay[j] − step[j]·O[:,j]  (O is overwritten with step[j]·O[:,j]).
+template <class T, class Backend>
+void decay_and_update_columns(Backend& be, matrix_view<T> W, matrix_view<T> O, const scalar_t* decay,
+                              const scalar_t* step) {
+  scale_columns(be, decay, W);
+  scale_columns(be, step, O);
+  transform(be, O.as_const(), W.as_const(), W, fn::subtract{});
+}
+
+/// decay = scalars[0], step = scalars[1] from host constants.
+template <class Backend>
+void set_decay_and_step(Backend& be, scalar_t* scalars, double decay, double step) {
+  run_scalar(be, fn::set_pair{scalars, decay, step});
+}
+
+/// The polar operator a rule uses, planned for one shape: Newton–Schulz or the exact polar factor.
+template <class T, class Backend>
+class orthogonalizer_plan {
+ public:
+  orthogonalizer_plan(index_t rows, index_t cols, const orthogonalizer& o, const Backend& be) {
+    if (o.exact) {
+      polar_.emplace(rows, cols, be, /*check_finite=*/false);
+    } else {
+      ns_config cfg = o.ns;
+      cfg.check_finite = false;  // the rule checked its gradient; momentum of finite data stays finite
+      ns_.emplace(rows, cols, std::move(cfg), be);
+    }
+  }
+  /// O ← polar(U) (approximately, with Newton–Schulz).
+  void operator()(const_matrix_view<T> U, matrix_view<T> O) {
+    if (ns_) (*ns_)(U, O);
+    else (*polar_)(U, O);
+  }
+  /// Change the Newton–Schulz step count (the adaptive budget uses this); no effect on exact polar.
+  void set_steps(int steps) {
+    if (ns_) ns_->set_steps(steps);
+  }
+
+ private:
+  std::optional<newton_schulz<T, Backend>> ns_;
+  std::optional<exact_polar<T, Backend>> polar_;
+};
+
+}  // namespace orthopt::stages

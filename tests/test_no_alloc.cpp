@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include "counting_malloc.hpp"
+#include "optimizer_test_util.hpp"
 #include "test_util.hpp"
 
 using namespace testing;
@@ -67,5 +68,90 @@ TEMPLATE_TEST_CASE("batched NS and the exact polar allocate nothing after setup"
     }
     INFO("shape " << to_string(s));
     CHECK(n == 0);
+  }
+}
+
+TEMPLATE_TEST_CASE("an optimizer step allocates nothing after the first step", "[alloc][optimizer]", float, double) {
+  using T = TestType;
+  // Every rule, every kind of registration (split rows, N-D, stacked experts, vectors), schedules.
+  toy_model<T> model;
+  auto opt = model.make_optimizer();
+  for (std::size_t i = 0; i < model.tensors.size(); ++i) {
+    const orthopt::param_id p{i};
+    opt.bind_gradient(p, opt.gradient_like(p, model.tensors[i].grad.data()));
+  }
+  model.fill_gradients(0);
+  const auto grads = model.gradient_views();
+  opt.step(grads);  // warm-up: thread pools and the like start up
+  model.fill_gradients(1);
+  long n = -1;
+  {
+    counting_malloc::scope scope;
+    opt.step(grads);
+    opt.step();  // bound gradients
+    opt.step(grads);
+    n = scope.allocations();
+  }
+  CHECK(opt.steps_taken() == 4);
+  CHECK(n == 0);
+}
+
+TEMPLATE_TEST_CASE("an update-rule step allocates nothing after the state is made", "[alloc][rules]", float, double) {
+  using T = TestType;
+  eigen_backend be;
+  // Rule objects of each kind (and the exact polar); every step runs its checks (shapes, finiteness,
+  // options().validate()) too, which must not allocate either.
+  orthopt::muon_options exact = orthopt::muon_presets::moonlight();
+  exact.ortho.exact = true;
+  orthopt::muon<T, eigen_backend> muon(orthopt::muon_presets::keller(), be), muon_exact(exact, be);
+  orthopt::adamuon<T, eigen_backend> ada_paper(orthopt::adamuon_presets::paper(), be),
+      ada_code(orthopt::adamuon_presets::code(), be), ada_v1(orthopt::adamuon_presets::v1(), be);
+  orthopt::namo<T, eigen_backend> namo_code(orthopt::namo_presets::code(), be), namo_paper(orthopt::namo_presets::paper(), be);
+  orthopt::namo_d<T, eigen_backend> namo_d(orthopt::namo_d_presets::code(), be);
+  orthopt::adamw<T, eigen_backend> adamw(orthopt::adamw_presets::torch(), be), adamw_ml(orthopt::adamw_presets::moonlight(), be);
+  const index_t E = 3;
+  for (const shape s : {shape{1, 7}, shape{40, 30}, shape{300, 200}, shape{200, 300}}) {
+    Mat<T> w = gaussian(s.rows, s.cols, seed_of(s, 63)).cast<T>();
+    const MatRM<T> g = gaussian(s.rows, s.cols, seed_of(s, 64)).cast<T>();
+    std::vector<T> wb(static_cast<std::size_t>(E * s.rows * s.cols)), gb(wb.size());
+    for (std::size_t i = 0; i < wb.size(); ++i) {
+      wb[i] = static_cast<T>(std::sin(0.11 * double(i)));
+      gb[i] = static_cast<T>(std::cos(0.37 * double(i)));
+    }
+    const auto check_rule = [&](auto& rule, const char* label, bool batch) {
+      auto st = rule.make_state(s.rows, s.cols);
+      auto bst = rule.make_state(s.rows, s.cols, E);
+      const auto step_all = [&] {
+        rule.step(orthopt::make_view(w), orthopt::make_view(g), st);
+        if (batch) {
+          rule.step(orthopt::row_major_batch(wb.data(), E, s.rows, s.cols),
+                    orthopt::row_major_batch<const T>(gb.data(), E, s.rows, s.cols), bst);
+        }
+      };
+      step_all();  // warm-up: thread pools and the like start up
+      long n = -1;
+      {
+        counting_malloc::scope scope;
+        for (int k = 0; k < 3; ++k) {
+          rule.options().lr *= 0.9;  // a schedule writes options() between steps
+          step_all();
+        }
+        n = scope.allocations();
+      }
+      INFO(label << " shape " << to_string(s));
+      CHECK(n == 0);
+      CHECK(st.step() == 4);
+    };
+    const bool small = s.rows * s.cols <= 1200;  // the exact polar's SVD is slow on the large shapes
+    check_rule(muon, "muon keller", true);
+    if (small) check_rule(muon_exact, "muon exact polar", true);
+    check_rule(ada_paper, "adamuon paper", true);
+    check_rule(ada_code, "adamuon code", true);
+    check_rule(ada_v1, "adamuon v1", small);
+    check_rule(namo_code, "namo code", true);
+    check_rule(namo_paper, "namo paper", small);
+    check_rule(namo_d, "namo_d code", true);
+    check_rule(adamw, "adamw torch", true);
+    check_rule(adamw_ml, "adamw moonlight", small);
   }
 }

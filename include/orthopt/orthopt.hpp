@@ -6,10 +6,13 @@
 #pragma once
 
 #include "orthopt/backend.hpp"
+#include "orthopt/checkpoint.hpp"
 #include "orthopt/errors.hpp"
 #include "orthopt/newton_schulz.hpp"
 #include "orthopt/ns_schedule.hpp"
+#include "orthopt/optimizer.hpp"
 #include "orthopt/polar.hpp"
 #include "orthopt/rules.hpp"
+#include "orthopt/schedule.hpp"
 #include "orthopt/version.hpp"
 #include "orthopt/view.hpp"

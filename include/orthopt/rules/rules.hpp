@@ -108,6 +108,20 @@ class param_state {
     if (column_.size() > 0) s.push_back({"column_moment", sizeof(scalar_t), column_.data(), column_.size()});
     return s;
   }
+  /// The same, read-only (saving a checkpoint).
+  struct const_slot {
+    const char* name;
+    std::size_t element_bytes;
+    const void* data;
+    std::size_t elements;
+  };
+  [[nodiscard]] std::vector<const_slot> slots() const {
+    std::vector<const_slot> s;
+    s.push_back({"momentum", sizeof(T), momentum_.data(), momentum_.size()});
+    if (second_.size() > 0) s.push_back({"second_moment", sizeof(T), second_.data(), second_.size()});
+    if (column_.size() > 0) s.push_back({"column_moment", sizeof(scalar_t), column_.data(), column_.size()});
+    return s;
+  }
 
  private:
   template <class, class>

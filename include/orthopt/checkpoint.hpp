@@ -1,0 +1,489 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// Saving and loading an optimizer's whole state (orthopt/optimizer.hpp) to a std::ostream / from a
+// std::istream, in a versioned, little-endian binary format with a checksum.
+//
+//   orthopt::save_checkpoint(opt, file);   // every parameter's state, the step counts
+//   orthopt::load_checkpoint(opt, file);   // into an optimizer with the same parameters registered
+//
+// What is saved: the optimizer's completed step count, and per parameter its name, rule kind, shape,
+// step count and every persistent tensor of its state (param_state::slots(): momentum, second moment,
+// column moment). Not saved: the parameters themselves (they are the host's; save them with the model),
+// the hyper-parameters and schedules (configuration, set up in code when the optimizer is rebuilt), and
+// scratch (recomputed by every step). Resuming is bit-exact: k steps, save, load into a freshly built
+// optimizer over the same parameter values, N − k steps gives the same bits as N steps in one go.
+//
+// Loading is all-or-nothing. It reads the whole stream into memory, verifies the magic bytes, format
+// version, element type and checksum, parses it, and checks every parameter (name, rule kind, rows, cols,
+// count) and every slot (name, element size, element count) against the optimizer, before it writes
+// anything; any mismatch throws value_error or shape_error naming the field and both values, and leaves
+// the optimizer exactly as it was. Parameters are matched by name, so registration order may differ.
+//
+// The slots are read and written as host memory: this works for backends whose buffers live on the host
+// (the Eigen backend). A device backend must copy its states to the host first.
+//
+// Format, version 1. Integers are unsigned, little-endian; u32 = 4 bytes, u64 = 8 bytes. Offsets are
+// from the start of the checkpoint. (docs/checkpoint-format.md says the same, with an example.)
+//
+//   offset  size  field
+//   0       8     magic: the bytes 'O' 'R' 'T' 'H' 'O' 'P' 'T' 0x00  (4F 52 54 48 4F 50 54 00)
+//   8       4     u32 format version = 1
+//   12      4     u32 element type of the parameters: 1 = float (IEEE-754 binary32), 2 = double (binary64)
+//   16      8     u64 payload length P in bytes
+//   24      P     payload:
+//                   u64 optimizer steps taken
+//                   u32 parameter count N
+//                   N times, in registration order:
+//                     u32 name length L, then L bytes of the name (no terminator)
+//                     u32 rule kind: 1 muon, 2 adamuon, 3 namo, 4 namo_d, 5 adamw  (orthopt::rule_kind)
+//                     u64 rows, u64 cols, u64 count (matrices in the batch)
+//                     u64 the parameter's step count t
+//                     u32 slot count S
+//                     S times:
+//                       u32 name length, then the name bytes ("momentum", "second_moment", "column_moment")
+//                       u32 element size E in bytes (4 or 8)
+//                       u64 element count C
+//                       C·E bytes: the elements, each IEEE-754 little-endian
+//   24 + P  8     u64 checksum: FNV-1a 64 over bytes [0, 24 + P), i.e. header and payload
+//
+// Bytes after the checksum are not read (a checkpoint may be followed by other data in the stream).
+// FNV-1a 64: h = 14695981039346656037; for each byte b: h = (h XOR b) × 1099511628211 mod 2^64. Every
+// step of it is a bijection of h, so any single changed byte (one flipped bit included) changes the sum.
+#pragma once
+
+#include <algorithm>
+#include <bit>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <istream>
+#include <limits>
+#include <ostream>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <unordered_map>
+#include <vector>
+
+#include "orthopt/errors.hpp"
+#include "orthopt/optimizer.hpp"
+#include "orthopt/rules/rules.hpp"
+
+namespace orthopt {
+
+namespace checkpoint_format {
+inline constexpr unsigned char magic[8] = {'O', 'R', 'T', 'H', 'O', 'P', 'T', 0x00};
+inline constexpr std::uint32_t version = 1;
+inline constexpr std::uint32_t element_float32 = 1;
+inline constexpr std::uint32_t element_float64 = 2;
+inline constexpr std::size_t header_bytes = 24;
+inline constexpr std::size_t checksum_bytes = 8;
+
+inline const char* element_type_name(std::uint32_t code) {
+  switch (code) {
+    case element_float32: return "float32";
+    case element_float64: return "float64";
+  }
+  return "unknown";
+}
+template <class T>
+constexpr std::uint32_t element_code() {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "orthopt checkpoints store float or double parameters");
+  static_assert(std::numeric_limits<T>::is_iec559, "orthopt checkpoints store IEEE-754 values");
+  return std::is_same_v<T, float> ? element_float32 : element_float64;
+}
+}  // namespace checkpoint_format
+
+/// FNV-1a 64 (Fowler–Noll–Vo), the checkpoint's checksum. Not cryptographic: it detects accidental
+/// corruption, not tampering.
+class fnv1a64 {
+ public:
+  void update(const void* data, std::size_t n) noexcept {
+    const auto* p = static_cast<const unsigned char*>(data);
+    for (std::size_t i = 0; i < n; ++i) {
+      hash_ ^= p[i];
+      hash_ *= 1099511628211ull;
+    }
+  }
+  [[nodiscard]] std::uint64_t value() const noexcept { return hash_; }
+
+ private:
+  std::uint64_t hash_ = 14695981039346656037ull;
+};
+
+namespace detail {
+
+/// Bytes as hex pairs in stream order: "4f 52 54 ...".
+inline std::string hex_bytes(const unsigned char* p, std::size_t n) {
+  static const char digits[] = "0123456789abcdef";
+  std::string s;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (i > 0) s += ' ';
+    s += digits[p[i] >> 4];
+    s += digits[p[i] & 0xF];
+  }
+  return s;
+}
+
+inline std::string hex64(std::uint64_t v) {
+  static const char digits[] = "0123456789abcdef";
+  std::string s = "0x";
+  for (int shift = 60; shift >= 0; shift -= 4) s += digits[(v >> shift) & 0xF];
+  return s;
+}
+
+/// Writes little-endian fields to a stream and feeds every byte to the checksum.
+class checkpoint_writer {
+ public:
+  explicit checkpoint_writer(std::ostream& out) : out_(out) {}
+
+  void bytes(const void* data, std::size_t n) {
+    hash_.update(data, n);
+    out_.write(static_cast<const char*>(data), static_cast<std::streamsize>(n));
+  }
+  void u32(std::uint32_t v) { integer(v, 4); }
+  void u64(std::uint64_t v) { integer(v, 8); }
+  void text(std::string_view s) {
+    u32(static_cast<std::uint32_t>(s.size()));
+    bytes(s.data(), s.size());
+  }
+  /// `count` elements of `element_bytes` each, stored little-endian whatever the host's byte order.
+  void elements(const void* data, std::size_t element_bytes, std::size_t count) {
+    if constexpr (std::endian::native == std::endian::little) {
+      bytes(data, element_bytes * count);
+    } else {
+      unsigned char chunk[4096];
+      const auto* p = static_cast<const unsigned char*>(data);
+      const std::size_t per_chunk = sizeof(chunk) / element_bytes;
+      for (std::size_t done = 0; done < count;) {
+        const std::size_t n = std::min(per_chunk, count - done);
+        for (std::size_t e = 0; e < n; ++e)
+          for (std::size_t b = 0; b < element_bytes; ++b)
+            chunk[e * element_bytes + b] = p[(done + e) * element_bytes + element_bytes - 1 - b];
+        bytes(chunk, n * element_bytes);
+        done += n;
+      }
+    }
+  }
+  [[nodiscard]] std::uint64_t checksum() const noexcept { return hash_.value(); }
+
+ private:
+  void integer(std::uint64_t v, int width) {
+    unsigned char b[8];
+    for (int i = 0; i < width; ++i) b[i] = static_cast<unsigned char>(v >> (8 * i));
+    bytes(b, static_cast<std::size_t>(width));
+  }
+  std::ostream& out_;
+  fnv1a64 hash_;
+};
+
+inline std::uint64_t read_le(const unsigned char* p, int width) {
+  std::uint64_t v = 0;
+  for (int i = 0; i < width; ++i) v |= static_cast<std::uint64_t>(p[i]) << (8 * i);
+  return v;
+}
+
+/// Bounds-checked reads from the verified payload. A checksum that passes makes a malformed payload all
+/// but impossible, but the parser still never reads past the end.
+class payload_reader {
+ public:
+  payload_reader(const unsigned char* data, std::size_t size) : data_(data), size_(size) {}
+
+  std::uint32_t u32(const char* field) { return static_cast<std::uint32_t>(read_le(take(4, field), 4)); }
+  std::uint64_t u64(const char* field) { return read_le(take(8, field), 8); }
+  std::string text(const char* field) {
+    const std::uint32_t n = u32(field);
+    const unsigned char* p = take(n, field);
+    return std::string(reinterpret_cast<const char*>(p), n);
+  }
+  /// Skips n bytes and returns their offset in the payload.
+  std::size_t skip(std::uint64_t n, const char* field) {
+    const std::size_t at = pos_;
+    take(n, field);
+    return at;
+  }
+  [[nodiscard]] std::size_t remaining() const noexcept { return size_ - pos_; }
+
+ private:
+  const unsigned char* take(std::uint64_t n, const char* field) {
+    if (n > size_ - pos_) {
+      throw value_error("orthopt::load_checkpoint: malformed payload: " + std::string(field) + " needs " +
+                        std::to_string(n) + " bytes at payload offset " + std::to_string(pos_) + ", only " +
+                        std::to_string(size_ - pos_) + " remain; the optimizer is unchanged");
+    }
+    const unsigned char* p = data_ + pos_;
+    pos_ += static_cast<std::size_t>(n);
+    return p;
+  }
+  const unsigned char* data_;
+  std::size_t size_;
+  std::size_t pos_ = 0;
+};
+
+struct parsed_slot {
+  std::string name;
+  std::uint32_t element_bytes;
+  std::uint64_t elements;
+  std::size_t offset;  // of the first element byte in the payload
+};
+struct parsed_param {
+  std::string name;
+  std::uint32_t kind;
+  std::uint64_t rows, cols, count, step;
+  std::vector<parsed_slot> slots;
+};
+
+inline const char* rule_code_name(std::uint32_t code) {
+  return code >= 1 && code <= 5 ? rule_name(static_cast<rule_kind>(code)) : "unknown";
+}
+
+[[noreturn]] inline void load_fail_value(const std::string& what) {
+  throw value_error("orthopt::load_checkpoint: " + what + "; the optimizer is unchanged");
+}
+[[noreturn]] inline void load_fail_shape(const std::string& what) {
+  throw shape_error("orthopt::load_checkpoint: " + what + "; the optimizer is unchanged");
+}
+
+}  // namespace detail
+
+/// Writes the optimizer's whole state to `out` (format above). Throws value_error if the stream fails.
+template <class T, class Backend>
+void save_checkpoint(const optimizer<T, Backend>& opt, std::ostream& out) {
+  namespace fmt = checkpoint_format;
+  const std::size_t n = opt.param_count();
+  if (n > std::numeric_limits<std::uint32_t>::max()) {
+    throw value_error("orthopt::save_checkpoint: " + std::to_string(n) + " parameters exceed the format's limit");
+  }
+
+  // The payload length goes in the header, so it is computed first.
+  std::uint64_t payload = 8 + 4;
+  for (std::size_t i = 0; i < n; ++i) {
+    const param_id p{i};
+    payload += 4 + opt.param_name(p).size() + 4 + 8 * 4 + 4;
+    for (const auto& s : opt.state(p).slots()) {
+      payload += 4 + std::strlen(s.name) + 4 + 8 + static_cast<std::uint64_t>(s.element_bytes) * s.elements;
+    }
+  }
+
+  detail::checkpoint_writer w(out);
+  w.bytes(fmt::magic, sizeof(fmt::magic));
+  w.u32(fmt::version);
+  w.u32(fmt::element_code<T>());
+  w.u64(payload);
+  w.u64(static_cast<std::uint64_t>(opt.steps_taken()));
+  w.u32(static_cast<std::uint32_t>(n));
+  for (std::size_t i = 0; i < n; ++i) {
+    const param_id p{i};
+    const auto& state = opt.state(p);
+    w.text(opt.param_name(p));
+    w.u32(static_cast<std::uint32_t>(state.kind()));
+    w.u64(static_cast<std::uint64_t>(state.rows()));
+    w.u64(static_cast<std::uint64_t>(state.cols()));
+    w.u64(static_cast<std::uint64_t>(state.count()));
+    w.u64(static_cast<std::uint64_t>(state.step()));
+    const auto slots = state.slots();
+    w.u32(static_cast<std::uint32_t>(slots.size()));
+    for (const auto& s : slots) {
+      w.text(s.name);
+      w.u32(static_cast<std::uint32_t>(s.element_bytes));
+      w.u64(static_cast<std::uint64_t>(s.elements));
+      w.elements(s.data, s.element_bytes, s.elements);
+    }
+  }
+  unsigned char sum[8];
+  const std::uint64_t checksum = w.checksum();
+  for (int i = 0; i < 8; ++i) sum[i] = static_cast<unsigned char>(checksum >> (8 * i));
+  out.write(reinterpret_cast<const char*>(sum), 8);
+  if (!out) throw value_error("orthopt::save_checkpoint: writing to the stream failed");
+}
+
+/// Replaces the optimizer's state with the checkpoint read from `in` (format above). All-or-nothing: on
+/// any error it throws and the optimizer is unchanged.
+template <class T, class Backend>
+void load_checkpoint(optimizer<T, Backend>& opt, std::istream& in) {
+  namespace fmt = checkpoint_format;
+  using detail::load_fail_shape;
+  using detail::load_fail_value;
+
+  // ---- 1. Header: magic, version and element type are checked before the rest is read, so a file of
+  //         another kind or version is reported as such rather than as a bad checksum.
+  unsigned char header[fmt::header_bytes];
+  in.read(reinterpret_cast<char*>(header), fmt::header_bytes);
+  if (static_cast<std::size_t>(in.gcount()) != fmt::header_bytes) {
+    load_fail_value("truncated stream: " + std::to_string(in.gcount()) + " bytes where the " +
+                    std::to_string(fmt::header_bytes) + "-byte header was expected");
+  }
+  if (std::memcmp(header, fmt::magic, sizeof(fmt::magic)) != 0) {
+    load_fail_value("not an orthopt checkpoint: magic bytes " + detail::hex_bytes(header, 8) + ", expected " +
+                    detail::hex_bytes(fmt::magic, 8) + " (\"ORTHOPT\\0\")");
+  }
+  const auto version = static_cast<std::uint32_t>(detail::read_le(header + 8, 4));
+  if (version != fmt::version) {
+    load_fail_value("format version in the checkpoint = " + std::to_string(version) + ", this build reads version " +
+                    std::to_string(fmt::version));
+  }
+  const auto element = static_cast<std::uint32_t>(detail::read_le(header + 12, 4));
+  if (element != fmt::element_code<T>()) {
+    load_fail_value("element type in the checkpoint = " + std::string(fmt::element_type_name(element)) + " (code " +
+                    std::to_string(element) + "), in the optimizer = " +
+                    fmt::element_type_name(fmt::element_code<T>()));
+  }
+  const std::uint64_t payload_bytes = detail::read_le(header + 16, 8);
+
+  // ---- 2. Payload and checksum. The buffer grows as bytes arrive, so a corrupted length cannot make
+  //         it allocate more than the stream holds.
+  std::vector<unsigned char> payload;
+  constexpr std::uint64_t chunk = std::uint64_t{1} << 24;
+  while (payload.size() < payload_bytes) {
+    const std::size_t have = payload.size();
+    const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(chunk, payload_bytes - have));
+    payload.resize(have + want);
+    in.read(reinterpret_cast<char*>(payload.data() + have), static_cast<std::streamsize>(want));
+    const auto got = static_cast<std::size_t>(in.gcount());
+    if (got != want) {
+      load_fail_value("truncated or corrupted stream: the header announces " + std::to_string(payload_bytes) +
+                      " payload bytes, the stream ends after " + std::to_string(have + got));
+    }
+  }
+  unsigned char stored_sum[fmt::checksum_bytes];
+  in.read(reinterpret_cast<char*>(stored_sum), fmt::checksum_bytes);
+  if (static_cast<std::size_t>(in.gcount()) != fmt::checksum_bytes) {
+    load_fail_value("truncated stream: it ends " + std::to_string(in.gcount()) +
+                    " bytes into the 8-byte checksum that follows the payload");
+  }
+  fnv1a64 hash;
+  hash.update(header, fmt::header_bytes);
+  hash.update(payload.data(), payload.size());
+  const std::uint64_t expected = detail::read_le(stored_sum, 8);
+  if (hash.value() != expected) {
+    load_fail_value("checksum mismatch: the checkpoint records " + detail::hex64(expected) +
+                    ", its bytes sum to " + detail::hex64(hash.value()) + " (the data is corrupted)");
+  }
+
+  // ---- 3. Parse.
+  detail::payload_reader r(payload.data(), payload.size());
+  const std::uint64_t steps_taken = r.u64("steps taken");
+  const std::uint32_t param_count = r.u32("parameter count");
+  std::vector<detail::parsed_param> params;
+  params.reserve(std::min<std::size_t>(param_count, payload.size() / 4));
+  for (std::uint32_t i = 0; i < param_count; ++i) {
+    detail::parsed_param p;
+    p.name = r.text("parameter name");
+    p.kind = r.u32("rule kind");
+    p.rows = r.u64("rows");
+    p.cols = r.u64("cols");
+    p.count = r.u64("count");
+    p.step = r.u64("step count");
+    const std::uint32_t slot_count = r.u32("slot count");
+    for (std::uint32_t k = 0; k < slot_count; ++k) {
+      detail::parsed_slot s;
+      s.name = r.text("slot name");
+      s.element_bytes = r.u32("slot element size");
+      s.elements = r.u64("slot element count");
+      if (s.element_bytes != 0 && s.elements > std::numeric_limits<std::uint64_t>::max() / s.element_bytes) {
+        load_fail_value("malformed payload: slot '" + s.name + "' of '" + p.name + "' is too large");
+      }
+      s.offset = r.skip(s.elements * s.element_bytes, "slot data");
+      p.slots.push_back(std::move(s));
+    }
+    params.push_back(std::move(p));
+  }
+  if (r.remaining() != 0) {
+    load_fail_value("malformed payload: " + std::to_string(r.remaining()) + " bytes follow the last parameter");
+  }
+  constexpr auto int64_max = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
+  if (steps_taken > int64_max) load_fail_value("optimizer steps taken = " + std::to_string(steps_taken) + " is out of range");
+
+  // ---- 4. Match against the optimizer, by name.
+  std::unordered_map<std::string_view, std::size_t> by_name;
+  by_name.reserve(params.size());
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    if (!by_name.emplace(params[i].name, i).second) {
+      load_fail_value("the checkpoint holds parameter '" + params[i].name + "' twice");
+    }
+  }
+  for (std::size_t i = 0; i < opt.param_count(); ++i) {
+    if (by_name.find(opt.param_name(param_id{i})) == by_name.end()) {
+      load_fail_value("parameter '" + opt.param_name(param_id{i}) + "' of the optimizer is not in the checkpoint (" +
+                      std::to_string(params.size()) + " parameters there, " + std::to_string(opt.param_count()) +
+                      " in the optimizer)");
+    }
+  }
+  for (const auto& p : params) {
+    if (!opt.find_param(p.name)) {
+      load_fail_value("the checkpoint holds parameter '" + p.name + "', which the optimizer does not have");
+    }
+  }
+
+  // Where each of the optimizer's parameters is in the checkpoint, and its slots: gathered (and
+  // allocated) now so that the copy below cannot fail half-way.
+  using slot_list = decltype(opt.state(param_id{}).slots());
+  std::vector<slot_list> targets(opt.param_count());
+  std::vector<std::size_t> source(opt.param_count());
+  for (std::size_t i = 0; i < opt.param_count(); ++i) {
+    const param_id id{i};
+    const auto& state = opt.state(id);
+    source[i] = by_name.find(opt.param_name(id))->second;
+    const detail::parsed_param& p = params[source[i]];
+    const std::string who = "parameter '" + p.name + "': ";
+    if (p.kind != static_cast<std::uint32_t>(state.kind())) {
+      load_fail_value(who + "rule in the checkpoint = " + detail::rule_code_name(p.kind) + " (" +
+                      std::to_string(p.kind) + "), in the optimizer = " + rule_name(state.kind()));
+    }
+    const auto check_extent = [&](const char* field, std::uint64_t saved, index_t have) {
+      if (saved != static_cast<std::uint64_t>(have)) {
+        load_fail_shape(who + field + " in the checkpoint = " + std::to_string(saved) + ", in the optimizer = " +
+                        std::to_string(have));
+      }
+    };
+    check_extent("rows", p.rows, state.rows());
+    check_extent("cols", p.cols, state.cols());
+    check_extent("count", p.count, state.count());
+    if (p.step > int64_max) load_fail_value(who + "step count = " + std::to_string(p.step) + " is out of range");
+    targets[i] = opt.state(id).slots();
+    const slot_list& have = targets[i];
+    if (p.slots.size() != have.size()) {
+      load_fail_shape(who + "slot count in the checkpoint = " + std::to_string(p.slots.size()) +
+                      ", in the optimizer = " + std::to_string(have.size()));
+    }
+    for (std::size_t k = 0; k < have.size(); ++k) {
+      const detail::parsed_slot& s = p.slots[k];
+      if (s.name != have[k].name) {
+        load_fail_value(who + "slot " + std::to_string(k) + " in the checkpoint = '" + s.name +
+                        "', in the optimizer = '" + have[k].name + "'");
+      }
+      if (s.element_bytes != have[k].element_bytes) {
+        load_fail_shape(who + "slot '" + s.name + "' element size in the checkpoint = " +
+                        std::to_string(s.element_bytes) + " bytes, in the optimizer = " +
+                        std::to_string(have[k].element_bytes));
+      }
+      if (s.elements != have[k].elements) {
+        load_fail_shape(who + "slot '" + s.name + "' element count in the checkpoint = " + std::to_string(s.elements) +
+                        ", in the optimizer = " + std::to_string(have[k].elements));
+      }
+    }
+  }
+
+  // ---- 5. Every check passed: copy. Nothing below throws.
+  for (std::size_t i = 0; i < opt.param_count(); ++i) {
+    const param_id id{i};
+    const detail::parsed_param& p = params[source[i]];
+    opt.state(id).set_step(static_cast<std::int64_t>(p.step));
+    for (std::size_t k = 0; k < targets[i].size(); ++k) {
+      const auto& dst = targets[i][k];
+      const unsigned char* src = payload.data() + p.slots[k].offset;
+      auto* out = static_cast<unsigned char*>(dst.data);
+      if constexpr (std::endian::native == std::endian::little) {
+        std::memcpy(out, src, dst.element_bytes * dst.elements);
+      } else {
+        for (std::size_t e = 0; e < dst.elements; ++e)
+          for (std::size_t b = 0; b < dst.element_bytes; ++b)
+            out[e * dst.element_bytes + b] = src[e * dst.element_bytes + dst.element_bytes - 1 - b];
+      }
+    }
+  }
+  opt.set_steps_taken(static_cast<std::int64_t>(steps_taken));
+}
+
+}  // namespace orthopt

@@ -1,0 +1,652 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// An optimizer over many named parameters: groups, each with one update rule (Muon, AdaMuon, NAMO,
+// NAMO-D or AdamW), its hyper-parameters and a learning-rate schedule; one state per parameter, made
+// from the parameter's shape when it is registered; and a routing helper that sends each parameter to a
+// group the way every Muon-family codebase does (algorithms.md §6).
+//
+//   using opt_t = orthopt::optimizer<float, orthopt::eigen_backend>;
+//   opt_t opt;
+//   auto hidden = opt.add_group("hidden", orthopt::muon<float, orthopt::eigen_backend>(
+//                                             orthopt::muon_presets::moonlight()),
+//                               orthopt::warmup_stable_decay(2000, 100000, 0.2));
+//   auto rest = opt.add_group("adamw", orthopt::adamw<float, orthopt::eigen_backend>(), ...);
+//   orthopt::param_router router(hidden, rest);                // embeddings, head, vectors → AdamW
+//   opt.add_param("blocks.0.mlp.fc.weight", orthopt::make_view(W_fc), router);
+//   opt.add_param("blocks.0.attn.qkv.weight", orthopt::split_rows(orthopt::make_view(W_qkv), 3), router);
+//   opt.add_param("conv1.weight", orthopt::tensor_as_matrix(conv_ptr, {64, 3, 7, 7}), router);
+//   opt.add_param("experts.w1", orthopt::tensor_as_batch(experts_ptr, {8, 512, 128}), router);
+//   ...
+//   opt.step(gradients);   // a span of batch_view<const T>, one per parameter in registration order
+//
+// Parameters are the host's memory: the optimizer keeps non-owning views of them, which must stay valid
+// (and keep their addresses) for as long as the optimizer steps them. Gradients are handed over at each
+// step as views, in registration order (`step(span)`), or bound once to the parameter when the host's
+// gradient buffers keep their addresses (`bind_gradient`, then `step()`). `gradient_like(p, ptr)` builds
+// a gradient view with the parameter's own shape, batch and strides at another address, so a host whose
+// gradients mirror its parameters' layout (PyTorch's .grad, for instance) needs only a pointer.
+//
+// A step is all-or-nothing: every gradient (shape, usable view, NaN/Inf unless the group's rule has
+// check_finite = false), every group's scheduled learning rate and hyper-parameters are checked before
+// the first parameter is written; on any failure step() throws (shape_error / value_error naming the
+// parameter) and leaves every parameter, every state and the step count as they were. After the first
+// step, step() allocates nothing: all states and scratch exist from registration.
+//
+// Hyper-parameters may change between steps without touching the state: set `group(g).lr` (the base
+// learning rate), `group(g).schedule`, or `group(g).options<muon_options>().momentum` and the like. The
+// `lr` inside a rule's options is written by every step (base lr × schedule); set the group's lr
+// instead. The orthogonalizer settings (`options().ortho`) are planned into each state at registration;
+// changing them later has no effect on parameters already registered.
+//
+// Thread safety: an optimizer is not synchronized. Its mutating members (add_group, add_param,
+// bind_gradient, step, set_steps_taken, group(...) writes, checkpoint loading) must not run concurrently
+// with any other member call on the same optimizer. Const members may run concurrently with each other.
+// Two optimizers may step on two threads at once only if their backend handles share no scratch: with
+// the Eigen backend, give each optimizer's rules their own `eigen_backend` object, not copies of one
+// (copies share packing buffers). Results are deterministic for a given backend thread count.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <initializer_list>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "orthopt/backend.hpp"
+#include "orthopt/errors.hpp"
+#include "orthopt/rules/options.hpp"
+#include "orthopt/rules/rules.hpp"
+#include "orthopt/schedule.hpp"
+#include "orthopt/view.hpp"
+
+namespace orthopt {
+
+// ---------------------------------------------------------------------------------------------------
+// Views of N-D parameters
+// ---------------------------------------------------------------------------------------------------
+
+namespace detail {
+inline index_t product_of_dims(std::span<const index_t> dims, const char* who) {
+  index_t n = 1;
+  for (std::size_t i = 0; i < dims.size(); ++i) {
+    if (dims[i] < 1) {
+      throw shape_error(std::string("orthopt::") + who + ": dimension " + std::to_string(i) + " is " +
+                        std::to_string(dims[i]) + "; every dimension must be at least 1");
+    }
+    n *= dims[i];
+  }
+  return n;
+}
+}  // namespace detail
+
+/// A dense row-major N-D tensor [d0, d1, …, dk] as the d0 × (d1⋯dk) matrix Muon-family codebases
+/// orthogonalize: a conv filter [out, in, kh, kw] becomes out × (in·kh·kw). A 1-D tensor [n] is 1×n.
+template <class T>
+matrix_view<T> tensor_as_matrix(T* data, std::span<const index_t> dims) {
+  if (dims.empty()) throw shape_error("orthopt::tensor_as_matrix: the dimension list is empty");
+  const index_t total = detail::product_of_dims(dims, "tensor_as_matrix");
+  if (dims.size() == 1) return row_major_view(data, 1, total);
+  return row_major_view(data, dims[0], total / dims[0]);
+}
+template <class T>
+matrix_view<T> tensor_as_matrix(T* data, std::initializer_list<index_t> dims) {
+  return tensor_as_matrix(data, std::span<const index_t>(dims.begin(), dims.size()));
+}
+
+/// A dense row-major tensor [b0, …, bj, M, N] (at least 3-D) as a batch of b0⋯bj matrices M×N: stacked
+/// MoE experts [E, M, N] are a batch of E matrices, each orthogonalized on its own.
+template <class T>
+batch_view<T> tensor_as_batch(T* data, std::span<const index_t> dims) {
+  if (dims.size() < 3) {
+    throw shape_error("orthopt::tensor_as_batch: a batch needs at least 3 dimensions [batch…, rows, cols], got " +
+                      std::to_string(dims.size()));
+  }
+  const index_t total = detail::product_of_dims(dims, "tensor_as_batch");
+  const index_t rows = dims[dims.size() - 2], cols = dims[dims.size() - 1];
+  return row_major_batch(data, total / (rows * cols), rows, cols);
+}
+template <class T>
+batch_view<T> tensor_as_batch(T* data, std::initializer_list<index_t> dims) {
+  return tensor_as_batch(data, std::span<const index_t>(dims.begin(), dims.size()));
+}
+
+/// A matrix split into k blocks of rows/k consecutive rows, as a batch: a fused QKV projection
+/// [3·d, d] split in 3, or per-head blocks, each orthogonalized alone (microsoft/dion's split). Works for
+/// either storage order (the batch stride is rows/k row strides). Throws shape_error unless k ≥ 1
+/// divides rows.
+template <class T>
+batch_view<T> split_rows(matrix_view<T> m, index_t k) {
+  if (k < 1 || m.rows % k != 0) {
+    throw shape_error("orthopt::split_rows: cannot split " + shape_string(m) + " into " + std::to_string(k) +
+                      " row blocks; the row count must be a multiple of the block count");
+  }
+  const index_t block_rows = m.rows / k;
+  return {m.block(0, 0, block_rows, m.cols), k, block_rows * m.row_stride};
+}
+
+/// One matrix as a batch of one (what step() takes for every parameter).
+template <class T>
+constexpr batch_view<T> as_batch(matrix_view<T> m) noexcept {
+  return {m, 1, 0};
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Groups
+// ---------------------------------------------------------------------------------------------------
+
+/// Names a group of an optimizer (its index, in creation order).
+struct group_id {
+  std::size_t index = 0;
+  friend bool operator==(group_id, group_id) = default;
+};
+/// Names a parameter of an optimizer (its index, in registration order).
+struct param_id {
+  std::size_t index = 0;
+  friend bool operator==(param_id, param_id) = default;
+};
+
+/// One of the five rules.
+template <class T, class Backend>
+using any_rule = std::variant<muon<T, Backend>, adamuon<T, Backend>, namo<T, Backend>, namo_d<T, Backend>,
+                              adamw<T, Backend>>;
+
+/// A learning-rate schedule: the multiplier of the base lr at a 0-based step (orthopt/schedule.hpp).
+/// Called once per group per step; it must not allocate if step() is to allocate nothing.
+using lr_schedule = std::function<double(std::int64_t)>;
+
+/// A group: a rule with its hyper-parameters, a base learning rate and a schedule. Each step uses
+/// lr = lr × schedule(steps_taken) for every parameter of the group.
+template <class T, class Backend>
+struct param_group {
+  std::string name;
+  any_rule<T, Backend> rule;
+  double lr = 0.0;  ///< the base learning rate (taken from the rule's options when the group is made)
+  lr_schedule schedule = constant_schedule{};
+
+  [[nodiscard]] rule_kind kind() const {
+    return std::visit([](const auto& r) { return std::decay_t<decltype(r)>::kind; }, rule);
+  }
+  /// The rule's options (muon_options, adamuon_options, namo_options for NAMO and NAMO-D,
+  /// adamw_options); value_error when the rule takes other options. Their `lr` is overwritten by step().
+  template <class Options>
+  [[nodiscard]] Options& options() {
+    return std::visit(
+        [this](auto& r) -> Options& {
+          if constexpr (std::is_same_v<typename std::decay_t<decltype(r)>::options_type, Options>) {
+            return r.options();
+          } else {
+            throw value_error("orthopt::param_group '" + name + "': the rule is " +
+                              rule_name(std::decay_t<decltype(r)>::kind) + ", which takes other options");
+          }
+        },
+        rule);
+  }
+};
+
+// ---------------------------------------------------------------------------------------------------
+// Routing
+// ---------------------------------------------------------------------------------------------------
+
+/// A parameter-name pattern: a substring, or a whole component of a name split at '.', '/' and ':'.
+/// Whole-component matching keeps short words from matching inside longer ones: "head" matches
+/// "head.weight" and "model.head.bias" but not "attn.multihead.weight" or "heads.0.weight".
+struct name_pattern {
+  std::string text;
+  bool whole_component = false;
+
+  [[nodiscard]] bool matches(std::string_view name) const {
+    if (text.empty()) return false;
+    if (!whole_component) return name.find(text) != std::string_view::npos;
+    std::size_t start = 0;
+    while (start <= name.size()) {
+      std::size_t end = name.find_first_of("./:", start);
+      if (end == std::string_view::npos) end = name.size();
+      if (name.substr(start, end - start) == text) return true;
+      start = end + 1;
+    }
+    return false;
+  }
+  [[nodiscard]] std::string describe() const {
+    return (whole_component ? "name component '" : "name containing '") + text + "'";
+  }
+};
+
+/// Why a parameter went to its group.
+enum class route_reason {
+  explicit_group,  ///< registered with a group directly, no router
+  name_override,   ///< the router's per-name override
+  vector_shape,    ///< rows == 1 or cols == 1 (biases, norms' gains): AdamW
+  embedding_name,  ///< the name matches an embedding pattern: AdamW
+  head_name,       ///< the name matches an output-head pattern: AdamW
+  hidden_matrix,   ///< any other matrix (or batch of matrices): the Muon-family group
+};
+
+inline const char* route_reason_name(route_reason r) {
+  switch (r) {
+    case route_reason::explicit_group: return "explicit_group";
+    case route_reason::name_override: return "name_override";
+    case route_reason::vector_shape: return "vector_shape";
+    case route_reason::embedding_name: return "embedding_name";
+    case route_reason::head_name: return "head_name";
+    case route_reason::hidden_matrix: return "hidden_matrix";
+  }
+  return "unknown";
+}
+
+/// A routing decision: the group and why, in words.
+struct route_decision {
+  group_id group;
+  route_reason reason;
+  std::string why;
+};
+
+/// The routing every Muon-family codebase applies (KellerJordan/Muon, Moonlight, AdaMuon, NAMO code):
+/// 2-D hidden matrices to the Muon-family rule; vectors, embeddings and the output head to AdamW.
+/// Decision order: a per-name override, then vector shape, then embedding names, then head names, else
+/// hidden matrix. Embeddings and heads are found by name because their shapes look like any matrix.
+struct param_router {
+  group_id matrix_group;
+  group_id adamw_group;
+  /// Defaults: any name containing "embed" (embed_tokens, tok_embeddings, word_embeddings), and the
+  /// GPT-2 names "wte" / "wpe" as whole components.
+  std::vector<name_pattern> embedding_patterns{{"embed", false}, {"wte", true}, {"wpe", true}};
+  /// Defaults: any name containing "lm_head", and "head" as a whole component (timm's "head.weight"),
+  /// never "head" inside "multihead".
+  std::vector<name_pattern> head_patterns{{"lm_head", false}, {"head", true}};
+  /// Exact parameter name → group, checked first.
+  std::vector<std::pair<std::string, group_id>> overrides;
+
+  param_router(group_id matrix, group_id adamw) : matrix_group(matrix), adamw_group(adamw) {}
+
+  /// Send the parameter named exactly `name` to `g`, whatever its shape or name.
+  param_router& override_param(std::string name, group_id g) {
+    for (auto& o : overrides) {
+      if (o.first == name) {
+        o.second = g;
+        return *this;
+      }
+    }
+    overrides.emplace_back(std::move(name), g);
+    return *this;
+  }
+
+  /// The group for a parameter of this name whose matrices are rows×cols.
+  [[nodiscard]] route_decision decide(std::string_view name, index_t rows, index_t cols) const {
+    for (const auto& o : overrides) {
+      if (o.first == name) return {o.second, route_reason::name_override, "override for the name '" + o.first + "'"};
+    }
+    if (rows == 1 || cols == 1) {
+      return {adamw_group, route_reason::vector_shape, "shape " + shape_string(rows, cols) + " is a vector"};
+    }
+    for (const auto& p : embedding_patterns) {
+      if (p.matches(name)) return {adamw_group, route_reason::embedding_name, "embedding: " + p.describe()};
+    }
+    for (const auto& p : head_patterns) {
+      if (p.matches(name)) return {adamw_group, route_reason::head_name, "output head: " + p.describe()};
+    }
+    return {matrix_group, route_reason::hidden_matrix, "hidden matrix " + shape_string(rows, cols)};
+  }
+};
+
+/// Where a registered parameter went, for inspection (optimizer::routing()).
+struct route_record {
+  std::string name;
+  std::string group;
+  rule_kind rule;
+  route_reason reason;
+  std::string why;
+  index_t rows, cols, count;
+};
+
+// ---------------------------------------------------------------------------------------------------
+// The optimizer
+// ---------------------------------------------------------------------------------------------------
+
+template <class T, class Backend>
+class optimizer {
+ public:
+  using value_type = T;
+  using backend_type = Backend;
+  using rule_type = any_rule<T, Backend>;
+  using group_type = param_group<T, Backend>;
+  using state_type = param_state<T, Backend>;
+  using gradient_view = batch_view<const T>;
+
+  optimizer() = default;
+  // The groups' schedules and the parameters' views are plain data, but the states own backend memory:
+  // an optimizer moves, it does not copy.
+  optimizer(const optimizer&) = delete;
+  optimizer& operator=(const optimizer&) = delete;
+  optimizer(optimizer&&) noexcept = default;
+  optimizer& operator=(optimizer&&) noexcept = default;
+
+  // ---- Setup (allocates) ----------------------------------------------------------------------
+
+  /// A new group. Its base learning rate is the rule's options().lr; its schedule defaults to constant.
+  group_id add_group(std::string name, rule_type rule, lr_schedule schedule = constant_schedule{}) {
+    if (name.empty()) throw value_error("orthopt::optimizer::add_group: the group name is empty");
+    for (const auto& g : groups_) {
+      if (g.name == name) throw value_error("orthopt::optimizer::add_group: a group named '" + name + "' exists already");
+    }
+    if (!schedule) throw value_error("orthopt::optimizer::add_group: group '" + name + "' has an empty schedule");
+    const double base_lr = std::visit([](auto& r) { return r.options().lr; }, rule);
+    // Reserve first, so a failed allocation leaves the three per-group vectors the same length.
+    groups_.reserve(groups_.size() + 1);
+    saved_lr_.reserve(groups_.size() + 1);
+    saved_check_finite_.reserve(groups_.size() + 1);
+    groups_.push_back(group_type{std::move(name), std::move(rule), base_lr, std::move(schedule)});
+    saved_lr_.push_back(0.0);
+    saved_check_finite_.push_back(0);
+    return {groups_.size() - 1};
+  }
+
+  /// Register a parameter (or a batch of same-shape matrices updated independently) with a group; its
+  /// state is made now from the shape. The view must stay valid while the optimizer is used.
+  param_id add_param(std::string name, group_id g, batch_view<T> param) {
+    return add_param_impl(std::move(name), g, param, route_reason::explicit_group, "registered with this group");
+  }
+  param_id add_param(std::string name, group_id g, matrix_view<T> param) {
+    return add_param(std::move(name), g, as_batch(param));
+  }
+  /// Register a parameter with the group `router` chooses (see param_router); routing() shows why.
+  param_id add_param(std::string name, batch_view<T> param, const param_router& router) {
+    check_group(router.matrix_group, "add_param (router's matrix group)");
+    check_group(router.adamw_group, "add_param (router's AdamW group)");
+    if (groups_[router.adamw_group.index].kind() != rule_kind::adamw) {
+      throw value_error("orthopt::optimizer::add_param: the router's AdamW group '" +
+                        groups_[router.adamw_group.index].name + "' runs " +
+                        rule_name(groups_[router.adamw_group.index].kind()) + ", not adamw");
+    }
+    route_decision d = router.decide(name, param.rows(), param.cols());
+    return add_param_impl(std::move(name), d.group, param, d.reason, std::move(d.why));
+  }
+  param_id add_param(std::string name, matrix_view<T> param, const param_router& router) {
+    return add_param(std::move(name), as_batch(param), router);
+  }
+
+  /// Throws value_error naming every override of `router` that matches no registered parameter (a
+  /// misspelt override would otherwise do nothing, silently).
+  void check_overrides_used(const param_router& router) const {
+    std::string unused;
+    for (const auto& o : router.overrides) {
+      if (!find_param(o.first)) unused += (unused.empty() ? "'" : ", '") + o.first + "'";
+    }
+    if (!unused.empty()) {
+      throw value_error("orthopt::optimizer: router overrides name no registered parameter: " + unused);
+    }
+  }
+
+  /// Bind the gradient step() reads for `p` (for hosts whose gradient buffers keep their addresses).
+  void bind_gradient(param_id p, gradient_view grad) {
+    check_param(p, "bind_gradient");
+    params_[p.index].bound_gradient = grad;
+  }
+  void bind_gradient(param_id p, const_matrix_view<T> grad) { bind_gradient(p, as_batch(grad)); }
+
+  /// A gradient view with the parameter's shape, batch layout and strides, at `data`.
+  [[nodiscard]] gradient_view gradient_like(param_id p, const T* data) const {
+    check_param(p, "gradient_like");
+    const batch_view<T>& w = params_[p.index].param;
+    return {matrix_view<const T>(data, w.first.rows, w.first.cols, w.first.row_stride, w.first.col_stride), w.count,
+            w.batch_stride};
+  }
+
+  // ---- Stepping (allocates nothing) ------------------------------------------------------------
+
+  /// One step of every parameter, gradients[i] for the i-th registered parameter. All-or-nothing: see
+  /// the file comment.
+  void step(std::span<const gradient_view> gradients) {
+    if (gradients.size() != params_.size()) {
+      throw value_error("orthopt::optimizer::step: " + std::to_string(gradients.size()) + " gradients for " +
+                        std::to_string(params_.size()) + " parameters; nothing was changed");
+    }
+    step_impl([gradients](std::size_t i) { return gradients[i]; });
+  }
+
+  /// One step with the gradients bound by bind_gradient (value_error if any parameter has none).
+  void step() {
+    for (const auto& p : params_) {
+      if (p.bound_gradient.count == 0) {
+        throw value_error("orthopt::optimizer::step: parameter '" + p.name +
+                          "' has no bound gradient (bind_gradient, or pass the gradients); nothing was changed");
+      }
+    }
+    step_impl([this](std::size_t i) { return params_[i].bound_gradient; });
+  }
+
+  // ---- Inspection and state access ------------------------------------------------------------
+
+  /// Completed optimizer steps; the schedules see this value at the next step.
+  [[nodiscard]] std::int64_t steps_taken() const noexcept { return steps_taken_; }
+  /// Set the completed step count (checkpoint loading, or a restart that keeps no state).
+  void set_steps_taken(std::int64_t n) {
+    if (n < 0) throw value_error("orthopt::optimizer::set_steps_taken: " + std::to_string(n) + " < 0");
+    steps_taken_ = n;
+  }
+  /// The learning rate the next step will use for group g: base lr × schedule(steps_taken()).
+  [[nodiscard]] double next_lr(group_id g) const {
+    check_group(g, "next_lr");
+    return groups_[g.index].lr * groups_[g.index].schedule(steps_taken_);
+  }
+
+  [[nodiscard]] std::size_t group_count() const noexcept { return groups_.size(); }
+  [[nodiscard]] std::size_t param_count() const noexcept { return params_.size(); }
+  [[nodiscard]] group_type& group(group_id g) {
+    check_group(g, "group");
+    return groups_[g.index];
+  }
+  [[nodiscard]] const group_type& group(group_id g) const {
+    check_group(g, "group");
+    return groups_[g.index];
+  }
+  [[nodiscard]] std::optional<group_id> find_group(std::string_view name) const {
+    for (std::size_t i = 0; i < groups_.size(); ++i)
+      if (groups_[i].name == name) return group_id{i};
+    return std::nullopt;
+  }
+  [[nodiscard]] std::optional<param_id> find_param(std::string_view name) const {
+    for (std::size_t i = 0; i < params_.size(); ++i)
+      if (params_[i].name == name) return param_id{i};
+    return std::nullopt;
+  }
+  [[nodiscard]] const std::string& param_name(param_id p) const {
+    check_param(p, "param_name");
+    return params_[p.index].name;
+  }
+  [[nodiscard]] group_id group_of(param_id p) const {
+    check_param(p, "group_of");
+    return params_[p.index].group;
+  }
+  [[nodiscard]] batch_view<T> param_view(param_id p) const {
+    check_param(p, "param_view");
+    return params_[p.index].param;
+  }
+  /// The parameter's state: its persistent tensors (slots()) are what checkpoints save.
+  [[nodiscard]] state_type& state(param_id p) {
+    check_param(p, "state");
+    return params_[p.index].state;
+  }
+  [[nodiscard]] const state_type& state(param_id p) const {
+    check_param(p, "state");
+    return params_[p.index].state;
+  }
+
+  /// For every parameter, in registration order: its group, rule and why it went there.
+  [[nodiscard]] std::vector<route_record> routing() const {
+    std::vector<route_record> out;
+    out.reserve(params_.size());
+    for (const auto& p : params_) {
+      const group_type& g = groups_[p.group.index];
+      out.push_back({p.name, g.name, g.kind(), p.reason, p.why, p.param.rows(), p.param.cols(), p.param.count});
+    }
+    return out;
+  }
+  /// routing() as text, one line per parameter: "name  shape  -> group (rule): why".
+  [[nodiscard]] std::string routing_table() const {
+    std::string s;
+    for (const auto& r : routing()) {
+      s += r.name + "  " + (r.count > 1 ? std::to_string(r.count) + "x" : std::string()) + shape_string(r.rows, r.cols) +
+           "  -> " + r.group + " (" + rule_name(r.rule) + "): " + r.why + "\n";
+    }
+    return s;
+  }
+
+ private:
+  struct param_entry {
+    std::string name;
+    group_id group;
+    batch_view<T> param;
+    state_type state;
+    gradient_view bound_gradient{};
+    route_reason reason;
+    std::string why;
+  };
+
+  void check_group(group_id g, const char* who) const {
+    if (g.index >= groups_.size()) {
+      throw value_error(std::string("orthopt::optimizer::") + who + ": group index " + std::to_string(g.index) +
+                        " but the optimizer has " + std::to_string(groups_.size()) + " groups");
+    }
+  }
+  void check_param(param_id p, const char* who) const {
+    if (p.index >= params_.size()) {
+      throw value_error(std::string("orthopt::optimizer::") + who + ": parameter index " + std::to_string(p.index) +
+                        " but the optimizer has " + std::to_string(params_.size()) + " parameters");
+    }
+  }
+
+  param_id add_param_impl(std::string name, group_id g, batch_view<T> param, route_reason reason, std::string why) {
+    const char* who = "orthopt::optimizer::add_param";
+    check_group(g, "add_param");
+    if (name.empty()) throw value_error(std::string(who) + ": the parameter name is empty");
+    if (find_param(name)) throw value_error(std::string(who) + ": a parameter named '" + name + "' exists already");
+    if (param.count < 1) {
+      throw shape_error(std::string(who) + ": parameter '" + name + "' is a batch of " + std::to_string(param.count) +
+                        " matrices; at least 1 is needed");
+    }
+    if (param.count > 1 && param.batch_stride == 0) {
+      throw shape_error(std::string(who) + ": parameter '" + name +
+                        "' is a batch whose matrices all share one address (batch stride 0)");
+    }
+    const std::string what = "parameter '" + name + "'";
+    check_view(param.first, who, what.c_str());
+    state_type state = std::visit([&](auto& r) { return r.make_state(param.rows(), param.cols(), param.count); },
+                                  groups_[g.index].rule);
+    params_.push_back(param_entry{std::move(name), g, param, std::move(state), {}, reason, std::move(why)});
+    return {params_.size() - 1};
+  }
+
+  /// Checks everything, then updates everything: nothing is written until every check has passed.
+  template <class GradientAt>
+  void step_impl(GradientAt gradient_at) {
+    const char* who = "orthopt::optimizer::step";
+    // 1. Scheduled learning rates and hyper-parameters. The rule's lr is set so that validate() sees
+    //    the value the step will use; any failure puts every lr back.
+    std::size_t written = 0;  // groups whose rule lr has been overwritten (and saved)
+    try {
+      for (group_type& g : groups_) {
+        const double multiplier = g.schedule(steps_taken_);
+        const double lr = g.lr * multiplier;
+        if (!std::isfinite(lr) || lr < 0.0) {
+          throw value_error(std::string(who) + ": group '" + g.name + "' gets lr = " + std::to_string(g.lr) + " x " +
+                            std::to_string(multiplier) + " = " + std::to_string(lr) + " at step " +
+                            std::to_string(steps_taken_) + "; it must be finite and >= 0; nothing was changed");
+        }
+        std::visit(
+            [&](auto& r) {
+              saved_lr_[written] = r.options().lr;
+              r.options().lr = lr;
+            },
+            g.rule);
+        ++written;
+        std::visit([](auto& r) { r.options().validate(); }, g.rule);
+      }
+      // 2. Every gradient: the state belongs to the group's rule, shapes match, views are usable,
+      //    values are finite.
+      for (std::size_t i = 0; i < params_.size(); ++i) check_gradient(params_[i], gradient_at(i));
+    } catch (...) {
+      for (std::size_t k = 0; k < written; ++k) {
+        std::visit([&](auto& r) { r.options().lr = saved_lr_[k]; }, groups_[k].rule);
+      }
+      throw;
+    }
+    // 3. Update. The rules would scan every gradient for NaN/Inf again; that was done above, so their
+    //    own scan is switched off for the step and restored after it.
+    for (std::size_t k = 0; k < groups_.size(); ++k) {
+      std::visit(
+          [&](auto& r) {
+            saved_check_finite_[k] = r.options().check_finite ? 1 : 0;
+            r.options().check_finite = false;
+          },
+          groups_[k].rule);
+    }
+    struct restore_flags {
+      optimizer* self;
+      ~restore_flags() {
+        for (std::size_t k = 0; k < self->groups_.size(); ++k) {
+          std::visit([&](auto& r) { r.options().check_finite = self->saved_check_finite_[k] != 0; },
+                     self->groups_[k].rule);
+        }
+      }
+    } restore{this};
+    for (std::size_t i = 0; i < params_.size(); ++i) {
+      param_entry& p = params_[i];
+      const gradient_view grad = gradient_at(i);
+      std::visit([&](auto& r) { r.step(p.param, grad, p.state); }, groups_[p.group.index].rule);
+    }
+    ++steps_taken_;
+  }
+
+  void check_gradient(param_entry& p, const gradient_view& grad) {
+    const char* who = "orthopt::optimizer::step";
+    group_type& g = groups_[p.group.index];
+    const rule_kind kind = g.kind();
+    if (p.state.kind() != kind) {
+      throw value_error(std::string(who) + ": parameter '" + p.name + "' has a " + rule_name(p.state.kind()) +
+                        " state but its group '" + g.name + "' now runs " + rule_name(kind) +
+                        " (a group's rule kind cannot change after registration); nothing was changed");
+    }
+    if (grad.count != p.param.count || grad.rows() != p.param.rows() || grad.cols() != p.param.cols()) {
+      throw shape_error(std::string(who) + ": the gradient of '" + p.name + "' is " + batch_shape(grad) +
+                        " but the parameter is " + batch_shape(p.param) + "; nothing was changed");
+    }
+    const bool check_finite = std::visit([](auto& r) { return r.options().check_finite; }, g.rule);
+    Backend& be = std::visit([](auto& r) -> Backend& { return r.backend(); }, g.rule);
+    for (index_t k = 0; k < grad.count; ++k) {
+      const const_matrix_view<T> gk = grad[k];
+      if (!view_is_usable(gk)) {
+        const std::string what = "gradient of '" + p.name + "'";
+        check_view(gk, who, what.c_str());
+      }
+      if (check_finite) {
+        if (const auto bad = find_nonfinite(be, gk)) {
+          throw value_error(std::string(who) + ": the gradient of '" + p.name + "' has " + std::to_string(bad->value) +
+                            " at (" + std::to_string(bad->row) + ", " + std::to_string(bad->col) + ")" +
+                            (grad.count > 1 ? " of batch item " + std::to_string(k) : std::string()) +
+                            "; nothing was changed");
+        }
+      }
+    }
+  }
+
+  template <class U>
+  static std::string batch_shape(const batch_view<U>& b) {
+    return (b.count == 1 ? std::string() : std::to_string(b.count) + " x ") + shape_string(b.rows(), b.cols());
+  }
+
+  std::vector<group_type> groups_;
+  std::vector<param_entry> params_;
+  std::vector<double> saved_lr_;               // per group, scratch of step(): sized at add_group
+  std::vector<unsigned char> saved_check_finite_;  // per group, likewise
+  std::int64_t steps_taken_ = 0;
+};
+
+}  // namespace orthopt

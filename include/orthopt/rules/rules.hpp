@@ -261,13 +261,8 @@ class muon : public detail::rule_base<muon<T, Backend>, T, Backend, muon_options
   void step_one(matrix_view<T> W, const_matrix_view<T> G, param_state<T, Backend>& s, index_t k, std::int64_t) {
     const muon_options& o = this->options_;
     Backend& be = this->backend_;
-    const matrix_view<T> M = s.momentum(k);
-    stages::accumulate_momentum(be, o.momentum_type, o.momentum, G, M);
-    matrix_view<T> U = M;
-    if (o.nesterov) {
-      U = s.direction();
-      stages::nesterov_direction(be, o.momentum_type, o.momentum, G, M.as_const(), U);
-    }
+    const matrix_view<T> U =
+        stages::momentum_direction(be, o.momentum_type, o.momentum, o.nesterov, G, s.momentum(k), s.direction());
     const matrix_view<T> O = s.ortho_out();
     (*s.plan_)(U.as_const(), O);
     const double scale = detail::shape_factor(o.scale, W.rows, W.cols);
@@ -429,13 +424,8 @@ class namo : public detail::rule_base<namo<T, Backend>, T, Backend, namo_options
     const bool code = o.form == namo_form::code;
     scalar_t* sc = s.scalars_.data();
     frobenius_norm(be, G, sc + 2);
-    const matrix_view<T> M = s.momentum(k);
-    stages::accumulate_momentum(be, momentum_kind::ema, o.mu1, G, M);
-    matrix_view<T> U = M;
-    if (code && o.nesterov) {
-      U = s.direction();
-      stages::nesterov_direction(be, momentum_kind::ema, o.mu1, G, M.as_const(), U);
-    }
+    const matrix_view<T> U = stages::momentum_direction(be, momentum_kind::ema, o.mu1, code && o.nesterov, G,
+                                                        s.momentum(k), s.direction());
     frobenius_norm(be, U.as_const(), sc + 3);
     const matrix_view<T> O = s.ortho_out();
     (*s.plan_)(U.as_const(), O);
@@ -474,13 +464,8 @@ class namo_d : public detail::rule_base<namo_d<T, Backend>, T, Backend, namo_opt
     scalar_t* g_cols = s.scalars_.data() + 4;
     scalar_t* u_cols = g_cols + W.cols;
     column_norms(be, G, column_norm::l2, g_cols);
-    const matrix_view<T> M = s.momentum(k);
-    stages::accumulate_momentum(be, momentum_kind::ema, o.mu1, G, M);
-    matrix_view<T> U = M;
-    if (o.nesterov) {
-      U = s.direction();
-      stages::nesterov_direction(be, momentum_kind::ema, o.mu1, G, M.as_const(), U);
-    }
+    const matrix_view<T> U =
+        stages::momentum_direction(be, momentum_kind::ema, o.mu1, o.nesterov, G, s.momentum(k), s.direction());
     column_norms(be, U.as_const(), column_norm::l2, u_cols);
     const matrix_view<T> O = s.ortho_out();
     (*s.plan_)(U.as_const(), O);

@@ -89,6 +89,16 @@ void nesterov_direction(Backend& be, momentum_kind kind, double mu, const_matrix
   transform(be, G, M, U, fn::nesterov_mix<T>{static_cast<T>(mu), g_weight});
 }
 
+/// Momentum, then the direction the polar operator sees: the Nesterov mix (written to `scratch`) or M.
+template <class T, class Backend>
+matrix_view<T> momentum_direction(Backend& be, momentum_kind kind, double mu, bool nesterov, const_matrix_view<T> G,
+                                  matrix_view<T> M, matrix_view<T> scratch) {
+  accumulate_momentum(be, kind, mu, G, M);
+  if (!nesterov) return M;
+  nesterov_direction(be, kind, mu, G, M.as_const(), scratch);
+  return scratch;
+}
+
 /// The sign map of AdaMuon (Theorem 1): U ← sign(U), sign(0) = 0.
 template <class T, class Backend>
 void apply_sign(Backend& be, matrix_view<T> U) {

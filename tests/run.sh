@@ -22,7 +22,7 @@ for arg in "$@"; do
 done
 
 # ---- Dependencies (Debian packages) -------------------------------------------------------------
-packages=(cmake g++ make libeigen3-dev catch2 libbenchmark-dev zlib1g-dev dataset-fashion-mnist)
+packages=(cmake g++ make libeigen3-dev catch2 libbenchmark-dev zlib1g-dev dataset-fashion-mnist libtorch-dev)
 if command -v apt-get >/dev/null 2>&1; then
   missing=()
   for p in "${packages[@]}"; do

@@ -126,6 +126,50 @@ TEMPLATE_TEST_CASE("norms are accurate over the whole finite range", "[backend][
   CHECK_FALSE(orthopt::find_nonfinite(be, orthopt::make_view(xt)).has_value());
 }
 
+TEMPLATE_TEST_CASE("find_nonfinite reports the first NaN/Inf in row-major order, whatever the storage", "[backend][nonfinite]",
+                   float, double) {
+  using T = TestType;
+  eigen_backend be;
+  const T inf = std::numeric_limits<T>::infinity(), nan = std::numeric_limits<T>::quiet_NaN();
+  const T largest = std::numeric_limits<T>::max();
+  for (int mask = 0; mask < 4; ++mask) {
+    const bool row_major = mask & 1, strided = mask & 2;
+    // A 23x37 matrix, inside a larger one when strided (a block: neither stride is the extent).
+    any_order<T> big(gaussian(31, 45, 77), row_major);
+    const auto full = big.view();
+    const auto X = strided ? full.block(3, 5, 23, 37) : full.block(0, 0, 31, 45);
+    INFO("row-major " << row_major << " strided " << strided);
+    // The extremes of the finite range are finite.
+    X(0, 0) = largest;
+    X(1, 1) = -largest;
+    X(2, 2) = std::numeric_limits<T>::denorm_min();
+    CHECK_FALSE(orthopt::find_nonfinite(be, X).has_value());
+    // Column-major storage meets (20, 1) first; row-major order reports (2, 30).
+    X(20, 1) = nan;
+    X(2, 30) = -inf;
+    auto bad = orthopt::find_nonfinite(be, X);
+    REQUIRE(bad.has_value());
+    CHECK((bad->row == 2 && bad->col == 30 && bad->value == -double(std::numeric_limits<T>::infinity())));
+    X(2, 30) = 0;
+    bad = orthopt::find_nonfinite(be, X);
+    REQUIRE(bad.has_value());
+    CHECK((bad->row == 20 && bad->col == 1 && std::isnan(bad->value)));
+    // The last element, and +Inf.
+    X(20, 1) = 0;
+    X(X.rows - 1, X.cols - 1) = inf;
+    bad = orthopt::find_nonfinite(be, X);
+    REQUIRE(bad.has_value());
+    CHECK((bad->row == X.rows - 1 && bad->col == X.cols - 1 && bad->value == double(inf)));
+    // Outside the view: not reported.
+    X(X.rows - 1, X.cols - 1) = 0;
+    if (strided) {
+      full(0, 0) = nan;
+      full(30, 44) = inf;
+      CHECK_FALSE(orthopt::find_nonfinite(be, X).has_value());
+    }
+  }
+}
+
 TEMPLATE_TEST_CASE("transform, scale_columns and run_scalar", "[backend][elementwise]", float, double) {
   using T = TestType;
   eigen_backend be;
@@ -142,6 +186,16 @@ TEMPLATE_TEST_CASE("transform, scale_columns and run_scalar", "[backend][element
   orthopt::scale_columns(be, d.data(), orthopt::make_view(xt));
   for (index_t j = 0; j < 4; ++j)
     CHECK(max_abs_diff(xt.col(j).template cast<double>(), x.col(j).cast<T>().template cast<double>() * d[j]) <= 10 * eps<T>());
+  // Row-major storage (walked along rows), and rows through the transposed view.
+  MatRM<T> xr = x.cast<T>();
+  orthopt::scale_columns(be, d.data(), orthopt::make_view(xr));
+  for (index_t j = 0; j < 4; ++j)
+    CHECK(max_abs_diff(xr.col(j).template cast<double>(), x.col(j).cast<T>().template cast<double>() * d[j]) <= 10 * eps<T>());
+  const std::vector<double> r = {1.0, 2.0, -3.0, 0.25, 4.0, -0.5};
+  MatRM<T> xrr = x.cast<T>();
+  orthopt::scale_columns(be, r.data(), orthopt::make_view(xrr).transposed());
+  for (index_t i = 0; i < 6; ++i)
+    CHECK(max_abs_diff(xrr.row(i).template cast<double>(), x.row(i).cast<T>().template cast<double>() * r[i]) <= 10 * eps<T>());
   double s = 0.0;
   orthopt::run_scalar(be, [&] { s = 42.0; });
   CHECK(s == 42.0);

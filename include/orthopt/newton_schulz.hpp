@@ -176,8 +176,14 @@ class newton_schulz {
     const const_matrix_view<T> x_src = tall ? x_in.transposed() : x_in;
     const matrix_view<T> q = tall ? q_out.transposed() : q_out;
 
-    matrix_view<T> X = row_major_view(x_.data(), small_, large_);
-    matrix_view<T> X_next = row_major_view(x_next_.data(), small_, large_);
+    // X is stored in the input's storage order, so that the copies in and out run along unit strides
+    // (a column-major input would otherwise be transposed on the way in and on the way out).
+    const bool col_major = x_src.row_stride < x_src.col_stride;
+    const auto iterate_view = [&](T* p) {
+      return col_major ? col_major_view(p, small_, large_) : row_major_view(p, small_, large_);
+    };
+    matrix_view<T> X = iterate_view(x_.data());
+    matrix_view<T> X_next = iterate_view(x_next_.data());
     const matrix_view<T> G = row_major_view(gram_.data(), small_, small_);
     const matrix_view<T> P = row_major_view(poly_.data(), small_, small_);
     scalar_t* norm = scalars_.data();

@@ -377,9 +377,33 @@ void for_each_index(const V0& first, F&& f, const V&... rest) {
   }
 }
 
+/// upper(C) ← lower(C)ᵀ for a column-major n×n C with column stride cs. Tiled, so that both the reads
+/// (along rows of the lower triangle) and the writes stay within a few cache lines per tile; tile
+/// columns are dealt round-robin to the threads, which balances the triangle's area.
+template <class T>
+void mirror_lower_to_upper(const eigen_backend& be, index_t n, T* c, index_t cs) {
+  constexpr index_t tile = 64;
+  const index_t tiles = (n + tile - 1) / tile;
+  const int parts = static_cast<int>(std::min<index_t>(eigen_threads_for(be, 16.0 * double(n) * double(n), n), tiles));
+  parallel_for_threads(parts, [&](int t) {
+    for (index_t jt = t; jt < tiles; jt += parts) {
+      const index_t j0 = jt * tile, j1 = std::min(n, j0 + tile);
+      for (index_t it = 0; it <= jt; ++it) {
+        const index_t i0 = it * tile, i1 = std::min(n, i0 + tile);
+        for (index_t j = j0; j < j1; ++j) {
+          T* column = c + j * cs;
+          for (index_t i = i0, end = std::min(i1, j); i < end; ++i) column[i] = c[j + i * cs];
+        }
+      }
+    }
+  });
+}
+
 template <class T>
 void scale_in_place(matrix_view<T> C, T beta) {
   if (beta == T(1)) return;
+  // The unit stride innermost: a row-major C walked column by column would miss the cache per element.
+  if (C.col_stride < C.row_stride) C = C.transposed();
   for (index_t j = 0; j < C.cols; ++j)
     for (index_t i = 0; i < C.rows; ++i) C(i, j) = (beta == T(0)) ? T(0) : beta * C(i, j);
 }
@@ -503,9 +527,7 @@ void syrk(eigen_backend& be, std::type_identity_t<T> alpha, matrix_view<TA> A_in
 #else
   detail::gemm_single<T>(be, 0, n, n, k, *ao, *at, C.data, cs, alpha);
 #endif
-  // Mirror the lower triangle into the upper one.
-  for (index_t j = 1; j < n; ++j)
-    for (index_t i = 0; i < j; ++i) C.data[i + j * cs] = C.data[j + i * cs];
+  detail::mirror_lower_to_upper(be, n, C.data, cs);
 }
 
 /// Reserve the scratch a syrk of A (n×k) needs.
@@ -620,6 +642,11 @@ void transform(eigen_backend&, matrix_view<T> X, matrix_view<U> Y, matrix_view<V
 /// X(:,j) ← d[j]·X(:,j), the product taken in double. Rows: scale_columns(be, d, X.transposed()).
 template <class T>
 void scale_columns(eigen_backend&, const scalar_t* d, matrix_view<T> X) {
+  if (X.col_stride < X.row_stride) {  // row-major: walk along rows, the unit stride
+    for (index_t i = 0; i < X.rows; ++i)
+      for (index_t j = 0; j < X.cols; ++j) X(i, j) = static_cast<T>(double(X(i, j)) * d[j]);
+    return;
+  }
   for (index_t j = 0; j < X.cols; ++j)
     for (index_t i = 0; i < X.rows; ++i) X(i, j) = static_cast<T>(double(X(i, j)) * d[j]);
 }
@@ -633,6 +660,26 @@ void run_scalar(eigen_backend&, F&& f) {
 /// The first NaN or Inf in row-major order, if any.
 template <class T>
 std::optional<nonfinite_entry> find_nonfinite(eigen_backend&, matrix_view<T> X) {
+  // Every step scans every gradient, so the clean case is the one to make fast: one branch-free pass in
+  // storage order (it vectorizes); only when it finds something is the first entry located in
+  // row-major order, so the reported position does not depend on the storage order.
+  using value_t = std::remove_const_t<T>;
+  const value_t largest = std::numeric_limits<value_t>::max();
+  bool any = false;
+  if (X.is_contiguous()) {
+    const T* p = X.data;
+    int bad = 0;
+    for (index_t k = 0, size = X.rows * X.cols; k < size; ++k) bad |= !(std::abs(p[k]) <= largest);  // NaN: false
+    any = bad != 0;
+  } else {
+    const matrix_view<T> S = X.col_stride < X.row_stride ? X : X.transposed();  // unit stride innermost
+    for (index_t i = 0; i < S.rows && !any; ++i) {
+      int bad = 0;
+      for (index_t j = 0; j < S.cols; ++j) bad |= !(std::abs(S(i, j)) <= largest);
+      any = bad != 0;
+    }
+  }
+  if (!any) return std::nullopt;
   for (index_t i = 0; i < X.rows; ++i)
     for (index_t j = 0; j < X.cols; ++j)
       if (!std::isfinite(X(i, j))) return nonfinite_entry{i, j, double(X(i, j))};

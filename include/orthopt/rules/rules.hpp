@@ -312,13 +312,13 @@ class adamuon : public detail::rule_base<adamuon<T, Backend>, T, Backend, adamuo
     if (o.form == adamuon_form::paper) {
       // Algorithm 1: M ← βM + G; U = sign(M)
       stages::accumulate_momentum(be, momentum_kind::classical, o.beta, G, M);
-      transform(be, M.as_const(), U, functors::identity{});
+      stages::sign_map(be, o.sign, M.as_const(), U);
     } else {
       // The authors' code: ema momentum, Nesterov mix, sign of the mix
       stages::accumulate_momentum(be, momentum_kind::ema, o.beta, G, M);
       stages::nesterov_direction(be, momentum_kind::ema, o.beta, G, M.as_const(), U);
+      stages::sign_map(be, o.sign, U.as_const(), U);
     }
-    if (o.sign) stages::apply_sign(be, U);
     (*s.plan_)(U.as_const(), O);
     // Second moment of O; arXiv v1: its own β2 with bias correction 1/(1 − β2ᵗ).
     const bool v1 = o.beta2 > 0.0;

@@ -99,10 +99,15 @@ matrix_view<T> momentum_direction(Backend& be, momentum_kind kind, double mu, bo
   return scratch;
 }
 
-/// The sign map of AdaMuon (Theorem 1): U ← sign(U), sign(0) = 0.
+/// The sign map of AdaMuon (Theorem 1): U ← sign(X), sign(0) = 0, in one pass; with the map off
+/// (arXiv v1), U ← X. X may be U itself.
 template <class T, class Backend>
-void apply_sign(Backend& be, matrix_view<T> U) {
-  transform(be, U, U, functors::sign{});
+void sign_map(Backend& be, bool enabled, const_matrix_view<T> X, matrix_view<T> U) {
+  if (enabled) {
+    transform(be, X, U, functors::sign{});
+  } else if (X.data != U.data || X.row_stride != U.row_stride || X.col_stride != U.col_stride) {
+    transform(be, X, U, functors::identity{});
+  }
 }
 
 /// V ← βV + (1−β)·X⊙X

@@ -252,17 +252,6 @@ struct adamw_ref {
   }
 };
 
-template <class T>
-using Muon = orthopt::muon<T, eigen_backend>;
-template <class T>
-using AdaMuon = orthopt::adamuon<T, eigen_backend>;
-template <class T>
-using Namo = orthopt::namo<T, eigen_backend>;
-template <class T>
-using NamoD = orthopt::namo_d<T, eigen_backend>;
-template <class T>
-using AdamW = orthopt::adamw<T, eigen_backend>;
-
 // ---------------------------------------------------------------------------------------------------
 // The driver: one rule, one shape, K steps against the transcription
 // ---------------------------------------------------------------------------------------------------

@@ -16,16 +16,6 @@ using orthopt::eigen_backend;
 
 namespace {
 
-template <class T>
-using Muon = orthopt::muon<T, eigen_backend>;
-template <class T>
-using AdaMuon = orthopt::adamuon<T, eigen_backend>;
-template <class T>
-using Namo = orthopt::namo<T, eigen_backend>;
-template <class T>
-using NamoD = orthopt::namo_d<T, eigen_backend>;
-template <class T>
-using AdamW = orthopt::adamw<T, eigen_backend>;
 
 /// The bytes of a view's elements, in row-major order.
 template <class V>

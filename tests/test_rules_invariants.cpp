@@ -11,14 +11,6 @@ using orthopt::eigen_backend;
 
 namespace {
 
-template <class T>
-using Muon = orthopt::muon<T, eigen_backend>;
-template <class T>
-using AdaMuon = orthopt::adamuon<T, eigen_backend>;
-template <class T>
-using Namo = orthopt::namo<T, eigen_backend>;
-template <class T>
-using NamoD = orthopt::namo_d<T, eigen_backend>;
 
 /// W after each of the steps of `rule` on a fresh state, W starting at `w0`, with gradients `grads` (all
 /// rounded to T first). W is column-major, G row-major.

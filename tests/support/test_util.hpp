@@ -14,6 +14,18 @@
 
 namespace testing {
 
+/// The update rules on the Eigen backend, as the rule tests use them.
+template <class T>
+using Muon = orthopt::muon<T, orthopt::eigen_backend>;
+template <class T>
+using AdaMuon = orthopt::adamuon<T, orthopt::eigen_backend>;
+template <class T>
+using Namo = orthopt::namo<T, orthopt::eigen_backend>;
+template <class T>
+using NamoD = orthopt::namo_d<T, orthopt::eigen_backend>;
+template <class T>
+using AdamW = orthopt::adamw<T, orthopt::eigen_backend>;
+
 using orthopt::index_t;
 using MatD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic>;
 template <class T>

@@ -23,25 +23,7 @@ done
 
 # ---- Dependencies (Debian packages) -------------------------------------------------------------
 packages=(cmake g++ make libeigen3-dev catch2 libbenchmark-dev zlib1g-dev dataset-fashion-mnist libtorch-dev)
-if command -v apt-get >/dev/null 2>&1; then
-  missing=()
-  for p in "${packages[@]}"; do
-    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
-      missing+=("$p")
-    fi
-  done
-  if ((${#missing[@]} > 0)); then
-    echo "tests/run.sh: installing ${missing[*]}"
-    sudo=()
-    if [[ "$(id -u)" -ne 0 ]]; then
-      sudo=(sudo)
-    fi
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
-  fi
-else
-  echo "tests/run.sh: no apt-get here; assuming ${packages[*]} (or equivalents) are installed" >&2
-fi
+bash cmake/install-debian-packages.sh "tests/run.sh" "${packages[@]}"
 
 # ---- Configure, build, test ----------------------------------------------------------------------
 if ((sanitize)); then

@@ -3,9 +3,10 @@
 
 usage: summarize.py RESULTS.json
 
-One row per schedule / type / shape: the median (and the minimum) wall time of orthopt and of the
-plain-Eigen peer over the repetitions, the ratio peer/orthopt of the medians (> 1: orthopt is faster)
-and of the minima, the naive-count GFLOP/s of both (from the medians), and the coefficient of variation
+One row per schedule / type / shape: the median (and the minimum) wall time of orthopt and of each peer
+present (plain Eigen; libtorch when the binary was built with it) over the repetitions, the ratio
+peer/orthopt of the medians (> 1: orthopt is faster) and of the minima, orthopt's naive-count GFLOP/s
+(from the median), and the coefficient of variation
 of the repetitions. A row is flagged "!" when, for either implementation, the median main-thread CPU
 time is below 85 % of the wall time: the process was descheduled, i.e. other load shared the cores.
 Standard library only.
@@ -70,11 +71,17 @@ def main(path):
           f"Eigen {ctx.get('eigen_version', '?')} [{ctx.get('eigen_simd', '?')}], "
           f"OpenMP threads {ctx.get('openmp_max_threads', '?')}, "
           f"orthopt backend threads {ctx.get('orthopt_backend_threads', '?')}, "
-          f"{ctx.get('compiler', '?')}, native: {ctx.get('orthopt_bench_native', '?')}")
+          f"{ctx.get('compiler', '?')}, native: {ctx.get('orthopt_bench_native', '?')}, "
+          f"libtorch {ctx.get('torch_version', 'absent')} (threads {ctx.get('torch_threads', '?')})")
     print()
-    print("| schedule | type | shape | orthopt ms | plain Eigen ms | ratio Eigen/orthopt "
-          "| orthopt GFLOP/s | plain Eigen GFLOP/s | CV orthopt / Eigen | contended |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---|---|")
+    peer_names = {"eigen": "plain Eigen", "torch": "libtorch"}
+    peers = [p for p in peer_names if any(k[3] == p for k in data)]
+    header = "| schedule | type | shape | orthopt ms |"
+    for p in peers:
+        header += f" {peer_names[p]} ms | ratio {peer_names[p]}/orthopt |"
+    header += " orthopt GFLOP/s | CV " + " / ".join(["orthopt"] + [peer_names[p] for p in peers]) + " | contended |"
+    print(header)
+    print("|---|---|---|---:|" + "---:|---:|" * len(peers) + "---:|---|---|")
     fmt_ms = lambda v: "—" if v is None else (f"{v:.1f}" if v >= 10 else f"{v:.2f}")
     fmt_gf = lambda d: "—" if d.get("gflops") is None else f"{d['gflops']:.0f}"
     fmt_cv = lambda d: "—" if d.get("cv") is None else f"{100 * d['cv']:.0f}%"
@@ -82,20 +89,25 @@ def main(path):
     contended = lambda d: bool(d.get("cpu_share")) and statistics.median(d["cpu_share"]) < 0.85
     for sched, typ, shape in configs:
         o = data.get((sched, typ, shape, "orthopt"), {})
-        e = data.get((sched, typ, shape, "eigen"), {})
-        om, em = o.get("median_ms"), e.get("median_ms")
-        omin, emin = rmin(o), rmin(e)
-        ratio = f"{em / om:.2f}" if om and em else "—"
-        if omin and emin:
-            ratio += f" (min {emin / omin:.2f})"
-        flag = "!" if contended(o) or contended(e) else ""
-        print(f"| {sched} | {typ} | {shape.replace('x', '×')} | {fmt_ms(om)} (min {fmt_ms(omin)}) "
-              f"| {fmt_ms(em)} (min {fmt_ms(emin)}) | {ratio} "
-              f"| {fmt_gf(o)} | {fmt_gf(e)} | {fmt_cv(o)} / {fmt_cv(e)} | {flag} |")
+        om, omin = o.get("median_ms"), rmin(o)
+        row = f"| {sched} | {typ} | {shape.replace('x', '×')} | {fmt_ms(om)} (min {fmt_ms(omin)}) |"
+        flag = "!" if contended(o) else ""
+        cvs = [fmt_cv(o)]
+        for p in peers:
+            e = data.get((sched, typ, shape, p), {})
+            em, emin = e.get("median_ms"), rmin(e)
+            ratio = f"{em / om:.2f}" if om and em else "—"
+            if omin and emin:
+                ratio += f" (min {emin / omin:.2f})"
+            row += f" {fmt_ms(em)} (min {fmt_ms(emin)}) | {ratio} |"
+            cvs.append(fmt_cv(e))
+            if contended(e):
+                flag = "!"
+        row += f" {fmt_gf(o)} | {' / '.join(cvs)} | {flag} |"
+        print(row)
     print()
     print("Times are medians (and minima) over the repetitions, wall clock. GFLOP/s use the naive count "
-          "5·(4m²n + 2m³), m = min side, n = max side, for both implementations, so the GFLOP/s "
-          "ratio equals the time ratio; orthopt performs fewer real flops (syrk for both symmetric "
+          "5·(4m²n + 2m³), m = min side, n = max side, the same count for every implementation; orthopt performs fewer real flops (syrk for both symmetric "
           "products: about 5·(3m²n + m³)). CV: standard deviation / mean of the repetitions. '!': the median "
           "main-thread CPU time was under 85 % of the wall time (other load shared the cores); treat "
           "the row's absolute times as disturbed and prefer the minima.")

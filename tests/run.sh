@@ -22,7 +22,10 @@ for arg in "$@"; do
 done
 
 # ---- Dependencies (Debian packages) -------------------------------------------------------------
-packages=(cmake g++ make libeigen3-dev catch2 libbenchmark-dev zlib1g-dev dataset-fashion-mnist libtorch-dev)
+# libtorch-dev: the libtorch example and the libtorch peer in the benchmark; libopenblas0-openmp gives
+# libtorch an optimized BLAS (libtorch-dev alone, without recommends, runs on the reference BLAS).
+packages=(cmake g++ make libeigen3-dev catch2 libbenchmark-dev zlib1g-dev dataset-fashion-mnist libtorch-dev
+          libopenblas0-openmp)
 bash cmake/install-debian-packages.sh "tests/run.sh" "${packages[@]}"
 
 # ---- Configure, build, test ----------------------------------------------------------------------

@@ -8,6 +8,8 @@
 //
 // Benchmarks are named NS/<schedule>/<type>/<rows>x<cols>/<impl>, impl one of
 //   orthopt  orthopt::newton_schulz<T, orthopt::eigen_backend> (a plan per shape, made once)
+//   orthopt_blas  the same plan on orthopt::blas_backend (products on the linked CBLAS); built when
+//            orthopt::blas exists (ORTHOPT_BENCH_BLAS)
 //   eigen    the plain-Eigen NS with 3 products per iteration, as the peer baselines measure it (Eigen 3.4
 //            GEMM through operator*, preallocated matrices, .noalias()), written again here for any
 //            scalar type and coefficient table.
@@ -30,6 +32,9 @@
 #include <Eigen/Core>
 
 #include <orthopt/eigen.hpp>
+#if defined(ORTHOPT_BENCH_BLAS)
+#include <orthopt/blas.hpp>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -126,10 +131,10 @@ struct fixture_base {
   virtual double result(Eigen::Index i, Eigen::Index j) const = 0;
 };
 
-template <class T>
+template <class T, class Backend = orthopt::eigen_backend>
 struct orthopt_fixture final : fixture_base {
   matrix<T> G, Q;
-  orthopt::newton_schulz<T, orthopt::eigen_backend> ns;
+  orthopt::newton_schulz<T, Backend> ns;
   orthopt_fixture(Eigen::Index r, Eigen::Index c, const orthopt::ns_config& cfg)
       : G(gaussian<T>(r, c, 0)), Q(r, c), ns(r, c, cfg) {
     call();
@@ -211,11 +216,12 @@ struct shape {
 const std::vector<shape> default_shapes = {{256, 256}, {768, 768}, {768, 3072}, {3072, 768}, {1024, 4096}, {2048, 2048}};
 const shape huge_shape = {4096, 4096};
 
-enum class impl { orthopt, eigen, torch };
+enum class impl { orthopt, orthopt_blas, eigen, torch };
 
 const char* impl_name(impl which) {
   switch (which) {
     case impl::orthopt: return "orthopt";
+    case impl::orthopt_blas: return "orthopt_blas";
     case impl::eigen: return "eigen";
     case impl::torch: return "torch";
   }
@@ -226,6 +232,9 @@ template <class T>
 std::unique_ptr<fixture_base> make_fixture(impl which, shape s, const orthopt::ns_config& cfg) {
 #if defined(ORTHOPT_BENCH_TORCH)
   if (which == impl::torch) return std::make_unique<torch_fixture<T>>(s.rows, s.cols, cfg);
+#endif
+#if defined(ORTHOPT_BENCH_BLAS)
+  if (which == impl::orthopt_blas) return std::make_unique<orthopt_fixture<T, orthopt::blas_backend>>(s.rows, s.cols, cfg);
 #endif
   if (which == impl::eigen) return std::make_unique<eigen_fixture<T>>(s.rows, s.cols, cfg);
   return std::make_unique<orthopt_fixture<T>>(s.rows, s.cols, cfg);
@@ -306,7 +315,11 @@ int main(int argc, char** argv) {
 
   std::vector<shape> shapes = default_shapes;
   if (include_4096) shapes.push_back(huge_shape);
-  std::vector<impl> impls = {impl::orthopt, impl::eigen};
+  std::vector<impl> impls = {impl::orthopt};
+#if defined(ORTHOPT_BENCH_BLAS)
+  impls.push_back(impl::orthopt_blas);
+#endif
+  impls.push_back(impl::eigen);
 #if defined(ORTHOPT_BENCH_TORCH)
   impls.push_back(impl::torch);
 #if defined(_OPENMP)

@@ -20,10 +20,10 @@ JOBS=${JOBS:-2}
 OUT=${OUT:-$BUILD_DIR/ns-$(date +%F-%H%M%S).json}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
 
-# What the build needs, and the peers: libtorch (its NS runs in the same binary) on OpenBLAS's OpenMP
-# build, so that torch's and orthopt's threads share one OpenMP runtime.
+# What the build needs, the BLAS backend (OpenBLAS's OpenMP build, so that its threads and orthopt's
+# share one OpenMP runtime) and the libtorch peer (its NS runs in the same binary, on that OpenBLAS).
 bash "$SRC/cmake/install-debian-packages.sh" "run_ns.sh" cmake g++ make libeigen3-dev libbenchmark-dev \
-  libtorch-dev libopenblas0-openmp
+  libopenblas-openmp-dev libtorch-dev
 
 # Tests, examples and install rules are not needed to build the benchmark.
 cmake -S "$SRC" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DORTHOPT_BUILD_BENCHMARKS=ON \

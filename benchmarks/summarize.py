@@ -3,11 +3,11 @@
 
 usage: summarize.py RESULTS.json
 
-One row per schedule / type / shape: the median (and the minimum) wall time of orthopt and of each peer
-present (plain Eigen; libtorch when the binary was built with it) over the repetitions, the ratio
-peer/orthopt of the medians (> 1: orthopt is faster) and of the minima, orthopt's naive-count GFLOP/s
-(from the median), and the coefficient of variation
-of the repetitions. A row is flagged "!" when, for either implementation, the median main-thread CPU
+One row per schedule / type / shape: the median wall time over the repetitions of each implementation
+present (orthopt on the Eigen backend; on the BLAS backend when built with it; plain Eigen; libtorch
+when built with it), the ratio peer/orthopt of the medians for each orthopt backend (> 1: orthopt is
+faster), the better orthopt backend's naive-count GFLOP/s, and the coefficient of variation
+of the repetitions. A row is flagged "!" when, for any implementation, the median main-thread CPU
 time is below 85 % of the wall time: the process was descheduled, i.e. other load shared the cores.
 Standard library only.
 """
@@ -74,39 +74,32 @@ def main(path):
           f"{ctx.get('compiler', '?')}, native: {ctx.get('orthopt_bench_native', '?')}, "
           f"libtorch {ctx.get('torch_version', 'absent')} (threads {ctx.get('torch_threads', '?')})")
     print()
-    peer_names = {"eigen": "plain Eigen", "torch": "libtorch"}
-    peers = [p for p in peer_names if any(k[3] == p for k in data)]
-    header = "| schedule | type | shape | orthopt ms |"
-    for p in peers:
-        header += f" {peer_names[p]} ms | ratio {peer_names[p]}/orthopt |"
-    header += " orthopt GFLOP/s | CV " + " / ".join(["orthopt"] + [peer_names[p] for p in peers]) + " | contended |"
+    names = {"orthopt": "orthopt", "orthopt_blas": "orthopt BLAS", "eigen": "plain Eigen", "torch": "libtorch"}
+    impls = [i for i in names if any(k[3] == i for k in data)]
+    ours = [i for i in ("orthopt", "orthopt_blas") if i in impls]
+    peers = [i for i in ("eigen", "torch") if i in impls]
+    header = "| schedule | type | shape |" + "".join(f" {names[i]} ms |" for i in impls)
+    header += "".join(f" {names[p]} / {names[o]} |" for o in ours for p in peers)
+    header += " best orthopt GFLOP/s | CV " + " / ".join(names[i] for i in impls) + " | contended |"
     print(header)
-    print("|---|---|---|---:|" + "---:|---:|" * len(peers) + "---:|---|---|")
+    print("|---|---|---|" + "---:|" * (len(impls) + len(ours) * len(peers) + 1) + "---|---|")
     fmt_ms = lambda v: "—" if v is None else (f"{v:.1f}" if v >= 10 else f"{v:.2f}")
-    fmt_gf = lambda d: "—" if d.get("gflops") is None else f"{d['gflops']:.0f}"
     fmt_cv = lambda d: "—" if d.get("cv") is None else f"{100 * d['cv']:.0f}%"
-    rmin = lambda d: min(d["reps"]) if d.get("reps") else None
     contended = lambda d: bool(d.get("cpu_share")) and statistics.median(d["cpu_share"]) < 0.85
     for sched, typ, shape in configs:
-        o = data.get((sched, typ, shape, "orthopt"), {})
-        om, omin = o.get("median_ms"), rmin(o)
-        row = f"| {sched} | {typ} | {shape.replace('x', '×')} | {fmt_ms(om)} (min {fmt_ms(omin)}) |"
-        flag = "!" if contended(o) else ""
-        cvs = [fmt_cv(o)]
-        for p in peers:
-            e = data.get((sched, typ, shape, p), {})
-            em, emin = e.get("median_ms"), rmin(e)
-            ratio = f"{em / om:.2f}" if om and em else "—"
-            if omin and emin:
-                ratio += f" (min {emin / omin:.2f})"
-            row += f" {fmt_ms(em)} (min {fmt_ms(emin)}) | {ratio} |"
-            cvs.append(fmt_cv(e))
-            if contended(e):
-                flag = "!"
-        row += f" {fmt_gf(o)} | {' / '.join(cvs)} | {flag} |"
+        row_data = {i: data.get((sched, typ, shape, i), {}) for i in impls}
+        med = {i: row_data[i].get("median_ms") for i in impls}
+        row = f"| {sched} | {typ} | {shape.replace('x', '×')} |"
+        row += "".join(f" {fmt_ms(med[i])} |" for i in impls)
+        for o in ours:
+            for p in peers:
+                row += f" {med[p] / med[o]:.2f} |" if med[o] and med[p] else " — |"
+        best = max((row_data[o].get("gflops") or 0.0 for o in ours), default=0.0)
+        flag = "!" if any(contended(row_data[i]) for i in impls) else ""
+        row += f" {best:.0f} | {' / '.join(fmt_cv(row_data[i]) for i in impls)} | {flag} |"
         print(row)
     print()
-    print("Times are medians (and minima) over the repetitions, wall clock. GFLOP/s use the naive count "
+    print("Times are medians over the repetitions, wall clock; a ratio above 1 means orthopt is faster. GFLOP/s use the naive count "
           "5·(4m²n + 2m³), m = min side, n = max side, the same count for every implementation; orthopt performs fewer real flops (syrk for both symmetric "
           "products: about 5·(3m²n + m³)). CV: standard deviation / mean of the repetitions. '!': the median "
           "main-thread CPU time was under 85 % of the wall time (other load shared the cores); treat "

@@ -4,8 +4,9 @@
 #   find_package(orthopt CONFIG REQUIRED COMPONENTS eigen)
 #   target_link_libraries(app PRIVATE orthopt::eigen)
 #
-# Two export sets: orthoptTargets (orthopt::orthopt, the backend-independent core, no dependencies) and
-# orthoptEigenTargets (orthopt::eigen, which needs Eigen3::Eigen). A consumer without Eigen can still
+# Three export sets: orthoptTargets (orthopt::orthopt, the backend-independent core, no dependencies),
+# orthoptEigenTargets (orthopt::eigen, which needs Eigen3::Eigen) and orthoptBlasTargets (orthopt::blas,
+# which also needs BLAS::BLAS). A consumer without Eigen can still
 # find the package and use orthopt::orthopt; the Eigen targets are only loaded when Eigen is found.
 #
 # Paths come from CMAKE_CURRENT_LIST_DIR / PROJECT_SOURCE_DIR (never CMAKE_SOURCE_DIR), so these rules
@@ -38,6 +39,15 @@ if(TARGET orthopt_eigen)
   install(EXPORT orthoptEigenTargets
           NAMESPACE orthopt::
           FILE orthoptEigenTargets.cmake
+          DESTINATION "${ORTHOPT_INSTALL_CMAKEDIR}")
+endif()
+
+# orthopt_blas links BLAS::BLAS, which the config recreates with find_dependency(BLAS).
+if(TARGET orthopt_blas)
+  install(TARGETS orthopt_blas EXPORT orthoptBlasTargets)
+  install(EXPORT orthoptBlasTargets
+          NAMESPACE orthopt::
+          FILE orthoptBlasTargets.cmake
           DESTINATION "${ORTHOPT_INSTALL_CMAKEDIR}")
 endif()
 

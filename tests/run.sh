@@ -22,10 +22,11 @@ for arg in "$@"; do
 done
 
 # ---- Dependencies (Debian packages) -------------------------------------------------------------
-# libtorch-dev: the libtorch example and the libtorch peer in the benchmark; libopenblas0-openmp gives
-# libtorch an optimized BLAS (libtorch-dev alone, without recommends, runs on the reference BLAS).
-packages=(cmake g++ make libeigen3-dev catch2 libbenchmark-dev zlib1g-dev dataset-fashion-mnist libtorch-dev
-          libopenblas0-openmp)
+# libopenblas-openmp-dev: the BLAS backend (orthopt::blas: cblas.h and an optimized BLAS on the same
+# OpenMP runtime as orthopt); libtorch-dev: the libtorch example and the libtorch peer in the benchmark
+# (without OpenBLAS, libtorch would run on the reference BLAS).
+packages=(cmake g++ make libeigen3-dev catch2 libbenchmark-dev zlib1g-dev dataset-fashion-mnist
+          libopenblas-openmp-dev libtorch-dev)
 bash cmake/install-debian-packages.sh "tests/run.sh" "${packages[@]}"
 
 # ---- Configure, build, test ----------------------------------------------------------------------

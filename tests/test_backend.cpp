@@ -4,7 +4,6 @@
 #include "test_util.hpp"
 
 using namespace testing;
-using orthopt::eigen_backend;
 using orthopt::op;
 
 namespace {
@@ -24,7 +23,7 @@ TEMPLATE_TEST_CASE("gemm matches float64 for every op and storage order, with al
                    double) {
   using T = TestType;
   for (int threads : {1, 2}) {
-    eigen_backend be(threads);
+    backend_under_test be(threads);
     for (const shape s : {shape{1, 1}, shape{3, 1}, shape{1, 5}, shape{17, 33}, shape{70, 130}, shape{129, 65}}) {
       const index_t m = s.rows, n = s.cols, k = (s.rows + s.cols) / 2 + 1;
       for (int mask = 0; mask < 32; ++mask) {
@@ -49,7 +48,7 @@ TEMPLATE_TEST_CASE("gemm matches float64 for every op and storage order, with al
 TEMPLATE_TEST_CASE("gemm with beta = 0 ignores NaN in C; strided operands take the general path", "[backend][gemm]",
                    float, double) {
   using T = TestType;
-  eigen_backend be;
+  backend_under_test be;
   const MatD a = gaussian(9, 7, 31), b = gaussian(7, 5, 32);
   Mat<T> at = a.cast<T>(), bt = b.cast<T>();
   Mat<T> c = Mat<T>::Constant(9, 5, std::numeric_limits<T>::quiet_NaN());
@@ -72,7 +71,7 @@ TEMPLATE_TEST_CASE("gemm with beta = 0 ignores NaN in C; strided operands take t
 TEMPLATE_TEST_CASE("syrk fills both triangles of A·Aᵀ for every storage order", "[backend][syrk]", float, double) {
   using T = TestType;
   for (int threads : {1, 2}) {
-    eigen_backend be(threads);
+    backend_under_test be(threads);
     for (const shape s : {shape{1, 1}, shape{1, 8}, shape{8, 1}, shape{31, 17}, shape{100, 150}, shape{150, 100}}) {
       for (int mask = 0; mask < 8; ++mask) {
         const bool ra = mask & 1, rc = mask & 2, transposed = mask & 4;
@@ -95,7 +94,7 @@ TEMPLATE_TEST_CASE("syrk fills both triangles of A·Aᵀ for every storage order
 
 TEMPLATE_TEST_CASE("norms are accurate over the whole finite range", "[backend][norms]", float, double) {
   using T = TestType;
-  eigen_backend be;
+  backend_under_test be;
   const MatD x = gaussian(13, 29, 41);
   const double lo = std::is_same_v<T, float> ? 1e-35 : 1e-300;
   const double hi = std::is_same_v<T, float> ? 1e35 : 1e300;
@@ -129,7 +128,7 @@ TEMPLATE_TEST_CASE("norms are accurate over the whole finite range", "[backend][
 TEMPLATE_TEST_CASE("find_nonfinite reports the first NaN/Inf in row-major order, whatever the storage", "[backend][nonfinite]",
                    float, double) {
   using T = TestType;
-  eigen_backend be;
+  backend_under_test be;
   const T inf = std::numeric_limits<T>::infinity(), nan = std::numeric_limits<T>::quiet_NaN();
   const T largest = std::numeric_limits<T>::max();
   for (int mask = 0; mask < 4; ++mask) {
@@ -172,7 +171,7 @@ TEMPLATE_TEST_CASE("find_nonfinite reports the first NaN/Inf in row-major order,
 
 TEMPLATE_TEST_CASE("transform, scale_columns and run_scalar", "[backend][elementwise]", float, double) {
   using T = TestType;
-  eigen_backend be;
+  backend_under_test be;
   const MatD x = gaussian(6, 4, 51), y = gaussian(6, 4, 52);
   Mat<T> xt = x.cast<T>();
   MatRM<T> yt = y.cast<T>();

@@ -4,7 +4,6 @@
 #include "test_util.hpp"
 
 using namespace testing;
-using orthopt::eigen_backend;
 using orthopt::ns_config;
 namespace presets = orthopt::ns_presets;
 
@@ -186,7 +185,7 @@ TEST_CASE("each schedule reproduces its coefficient table", "[ns][tables]") {
 TEMPLATE_TEST_CASE("Theorem 1: the sign map is scale invariant, sign consistent, odd and bounded", "[sign][theorem1]",
                    float, double) {
   using T = TestType;
-  eigen_backend be;
+  backend_under_test be;
   std::mt19937_64 rng(1234);
   std::normal_distribution<double> normal(0.0, 1.0);
   std::uniform_real_distribution<double> log_scale(-30.0, 30.0);
@@ -234,7 +233,7 @@ TEMPLATE_TEST_CASE("NS gives the same result for any storage order, block or tra
   for (const shape s : property_shapes(3)) {
     const MatD x = gaussian(s.rows, s.cols, seed_of(s, 7));
     const MatD base = run_ns<T>(x, presets::polar_express());
-    orthopt::newton_schulz<T, eigen_backend> ns(s.rows, s.cols, presets::polar_express());
+    orthopt::newton_schulz<T, backend_under_test> ns(s.rows, s.cols, presets::polar_express());
     INFO("shape " << to_string(s));
     {  // row-major in and out
       MatRM<T> xr = x.cast<T>(), qr(s.rows, s.cols);
@@ -265,7 +264,7 @@ TEMPLATE_TEST_CASE("NS over a batch equals NS of each matrix, and threads do not
   for (index_t e = 0; e < E; ++e)
     for (index_t i = 0; i < M; ++i)
       for (index_t j = 0; j < N; ++j) in[static_cast<std::size_t>((e * M + i) * N + j)] = static_cast<T>(all(e * M + i, j));
-  orthopt::newton_schulz<T, eigen_backend> ns(M, N, presets::keller());
+  orthopt::newton_schulz<T, backend_under_test> ns(M, N, presets::keller());
   ns(orthopt::row_major_batch<const T>(in.data(), E, M, N), orthopt::row_major_batch(out.data(), E, M, N));
   for (index_t e = 0; e < E; ++e) {
     const MatD single = run_ns<T>(all.block(e * M, 0, M, N).template cast<T>().template cast<double>(), presets::keller());
@@ -276,8 +275,8 @@ TEMPLATE_TEST_CASE("NS over a batch equals NS of each matrix, and threads do not
   // A two-thread backend splits the products differently; results agree to rounding.
   for (const shape s : {shape{200, 300}, shape{300, 200}, shape{257, 257}}) {
     const MatD x = gaussian(s.rows, s.cols, seed_of(s, 9));
-    const MatD one = run_ns<T>(x, presets::polar_express(), eigen_backend(1));
-    const MatD two = run_ns<T>(x, presets::polar_express(), eigen_backend(2));
+    const MatD one = run_ns<T>(x, presets::polar_express(), backend_under_test(1));
+    const MatD two = run_ns<T>(x, presets::polar_express(), backend_under_test(2));
     INFO("shape " << to_string(s));
     CHECK(max_abs_diff(one, two) <= tol<T>(10 * schedule_gain(presets::polar_express()), s));
   }

@@ -7,7 +7,6 @@
 #include "test_util.hpp"
 
 using namespace testing;
-using orthopt::eigen_backend;
 namespace presets = orthopt::ns_presets;
 
 TEST_CASE("the counting allocator sees allocations (the test can fail)", "[alloc]") {
@@ -23,14 +22,14 @@ TEST_CASE("the counting allocator sees allocations (the test can fail)", "[alloc
 
 TEMPLATE_TEST_CASE("a Newton–Schulz call allocates nothing after the plan is made", "[alloc]", float, double) {
   using T = TestType;
-  eigen_backend be;  // default thread count: with OpenMP, the parallel products are exercised too
+  backend_under_test be;  // default thread count: with OpenMP, the parallel products are exercised too
   // Sizes past Eigen's stack-allocation limit, where its own product expressions would allocate.
   for (const shape s : {shape{1, 7}, shape{40, 30}, shape{300, 700}, shape{700, 300}, shape{400, 400}}) {
     for (const auto& cfg : {presets::keller(), presets::aol(), presets::cubic()}) {
       Mat<T> x = gaussian(s.rows, s.cols, seed_of(s, 61)).cast<T>();
       Mat<T> q(s.rows, s.cols);
       MatRM<T> q_rm(s.rows, s.cols);
-      orthopt::newton_schulz<T, eigen_backend> ns(s.rows, s.cols, cfg, be);
+      orthopt::newton_schulz<T, backend_under_test> ns(s.rows, s.cols, cfg, be);
       ns(orthopt::make_view(x), orthopt::make_view(q));  // first call: thread pools and the like start up
       long n = -1;
       {
@@ -48,16 +47,16 @@ TEMPLATE_TEST_CASE("a Newton–Schulz call allocates nothing after the plan is m
 
 TEMPLATE_TEST_CASE("batched NS and the exact polar allocate nothing after setup", "[alloc]", float, double) {
   using T = TestType;
-  eigen_backend be;
+  backend_under_test be;
   const index_t E = 3, M = 64, N = 96;
   std::vector<T> in(static_cast<std::size_t>(E * M * N)), out(in.size());
   for (std::size_t i = 0; i < in.size(); ++i) in[i] = static_cast<T>(std::cos(0.37 * double(i)));
-  orthopt::newton_schulz<T, eigen_backend> ns(M, N, presets::polar_express(), be);
+  orthopt::newton_schulz<T, backend_under_test> ns(M, N, presets::polar_express(), be);
   ns(orthopt::row_major_batch<const T>(in.data(), E, M, N), orthopt::row_major_batch(out.data(), E, M, N));
   for (const shape s : {shape{50, 20}, shape{20, 50}, shape{33, 33}}) {
     Mat<T> x = gaussian(s.rows, s.cols, seed_of(s, 62)).cast<T>();
     Mat<T> q(s.rows, s.cols);
-    orthopt::exact_polar<T, eigen_backend> polar(s.rows, s.cols, be);
+    orthopt::exact_polar<T, backend_under_test> polar(s.rows, s.cols, be);
     polar(orthopt::make_view(x), orthopt::make_view(q));
     long n = -1;
     {
@@ -98,17 +97,17 @@ TEMPLATE_TEST_CASE("an optimizer step allocates nothing after the first step", "
 
 TEMPLATE_TEST_CASE("an update-rule step allocates nothing after the state is made", "[alloc][rules]", float, double) {
   using T = TestType;
-  eigen_backend be;
+  backend_under_test be;
   // Rule objects of each kind (and the exact polar); every step runs its checks (shapes, finiteness,
   // options().validate()) too, which must not allocate either.
   orthopt::muon_options exact = orthopt::muon_presets::moonlight();
   exact.ortho.exact = true;
-  orthopt::muon<T, eigen_backend> muon(orthopt::muon_presets::keller(), be), muon_exact(exact, be);
-  orthopt::adamuon<T, eigen_backend> ada_paper(orthopt::adamuon_presets::paper(), be),
+  orthopt::muon<T, backend_under_test> muon(orthopt::muon_presets::keller(), be), muon_exact(exact, be);
+  orthopt::adamuon<T, backend_under_test> ada_paper(orthopt::adamuon_presets::paper(), be),
       ada_code(orthopt::adamuon_presets::code(), be), ada_v1(orthopt::adamuon_presets::v1(), be);
-  orthopt::namo<T, eigen_backend> namo_code(orthopt::namo_presets::code(), be), namo_paper(orthopt::namo_presets::paper(), be);
-  orthopt::namo_d<T, eigen_backend> namo_d(orthopt::namo_d_presets::code(), be);
-  orthopt::adamw<T, eigen_backend> adamw(orthopt::adamw_presets::torch(), be), adamw_ml(orthopt::adamw_presets::moonlight(), be);
+  orthopt::namo<T, backend_under_test> namo_code(orthopt::namo_presets::code(), be), namo_paper(orthopt::namo_presets::paper(), be);
+  orthopt::namo_d<T, backend_under_test> namo_d(orthopt::namo_d_presets::code(), be);
+  orthopt::adamw<T, backend_under_test> adamw(orthopt::adamw_presets::torch(), be), adamw_ml(orthopt::adamw_presets::moonlight(), be);
   const index_t E = 3;
   for (const shape s : {shape{1, 7}, shape{40, 30}, shape{300, 200}, shape{200, 300}}) {
     Mat<T> w = gaussian(s.rows, s.cols, seed_of(s, 63)).cast<T>();

@@ -9,7 +9,6 @@
 #include "test_util.hpp"
 
 using namespace testing;
-using orthopt::eigen_backend;
 
 namespace {
 

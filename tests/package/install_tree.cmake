@@ -1,5 +1,5 @@
 # cmake -DBUILD_DIR=<orthopt build> -DPREFIX=<dir> -DSOURCE_DIR=<orthopt source> -DINCLUDEDIR=include
-#       [-DCONFIG=<cfg>] [-DWITH_EIGEN=ON] -P install_tree.cmake
+#       [-DCONFIG=<cfg>] [-DWITH_EIGEN=ON] [-DWITH_BLAS=ON] -P install_tree.cmake
 #
 # The fixture of the package tests: installs the build tree's orthopt into a fresh PREFIX and checks
 # that the install holds what a consumer needs: every header at its source-relative path, the package
@@ -45,6 +45,9 @@ require("${_package_dir}/orthoptConfigVersion.cmake")
 require("${_package_dir}/orthoptTargets.cmake")
 if(WITH_EIGEN)
   require("${_package_dir}/orthoptEigenTargets.cmake")
+endif()
+if(WITH_BLAS)
+  require("${_package_dir}/orthoptBlasTargets.cmake")
 endif()
 
 file(GLOB_RECURSE _licenses "${PREFIX}/*/LICENSE")

@@ -3,6 +3,9 @@
 
 #include <Eigen/Dense>
 #include <orthopt/eigen.hpp>
+#if defined(ORTHOPT_TEST_BLAS)
+#include <orthopt/blas.hpp>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -14,17 +17,25 @@
 
 namespace testing {
 
+/// The backend the tests run on: the Eigen backend, or the BLAS backend when a test executable is
+/// built a second time with ORTHOPT_TEST_BLAS (tests/CMakeLists.txt: the *_blas tests).
+#if defined(ORTHOPT_TEST_BLAS)
+using backend_under_test = orthopt::blas_backend;
+#else
+using backend_under_test = orthopt::eigen_backend;
+#endif
+
 /// The update rules on the Eigen backend, as the rule tests use them.
 template <class T>
-using Muon = orthopt::muon<T, orthopt::eigen_backend>;
+using Muon = orthopt::muon<T, backend_under_test>;
 template <class T>
-using AdaMuon = orthopt::adamuon<T, orthopt::eigen_backend>;
+using AdaMuon = orthopt::adamuon<T, backend_under_test>;
 template <class T>
-using Namo = orthopt::namo<T, orthopt::eigen_backend>;
+using Namo = orthopt::namo<T, backend_under_test>;
 template <class T>
-using NamoD = orthopt::namo_d<T, orthopt::eigen_backend>;
+using NamoD = orthopt::namo_d<T, backend_under_test>;
 template <class T>
-using AdamW = orthopt::adamw<T, orthopt::eigen_backend>;
+using AdamW = orthopt::adamw<T, backend_under_test>;
 
 using orthopt::index_t;
 using MatD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic>;
@@ -153,10 +164,10 @@ inline double schedule_gain(const orthopt::ns_config& cfg) {
 
 /// Run NS with the Eigen backend on a float64 matrix converted to T; returns the result in double.
 template <class T>
-MatD run_ns(const MatD& x, const orthopt::ns_config& cfg, orthopt::eigen_backend be = orthopt::eigen_backend{}) {
+MatD run_ns(const MatD& x, const orthopt::ns_config& cfg, backend_under_test be = backend_under_test{}) {
   Mat<T> xt = x.cast<T>();
   Mat<T> q(x.rows(), x.cols());
-  orthopt::newton_schulz<T, orthopt::eigen_backend> ns(x.rows(), x.cols(), cfg, be);
+  orthopt::newton_schulz<T, backend_under_test> ns(x.rows(), x.cols(), cfg, be);
   ns(orthopt::make_view(xt), orthopt::make_view(q));
   return q.template cast<double>();
 }
@@ -165,7 +176,7 @@ template <class T>
 MatD run_polar(const MatD& x) {
   Mat<T> xt = x.cast<T>();
   Mat<T> q(x.rows(), x.cols());
-  orthopt::exact_polar<T, orthopt::eigen_backend> p(x.rows(), x.cols());
+  orthopt::exact_polar<T, backend_under_test> p(x.rows(), x.cols());
   p(orthopt::make_view(xt), orthopt::make_view(q));
   return q.template cast<double>();
 }

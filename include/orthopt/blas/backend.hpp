@@ -1,0 +1,173 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// The BLAS CPU backend: the Eigen backend with its two level-3 products, gemm and syrk, handed to the
+// system's CBLAS (OpenBLAS, BLIS, MKL, the reference BLAS: whichever libblas the program links).
+// Everything else (norms, element-wise maps, buffers, the SVD of exact_polar) is the Eigen backend's,
+// inherited. Link the CMake target orthopt::blas (it adds BLAS::BLAS); include <orthopt/blas.hpp>.
+//
+// Why: the products are nearly all of a Newton–Schulz step, and a tuned BLAS runs them faster than
+// Eigen's built-in kernels on most CPUs (on this project's machine OpenBLAS's sgemm is about 1.4× Eigen
+// 3.4's; benchmarks/RESULTS.md). syrk stays a rank-k update (half the multiply-adds of a gemm), as in
+// the Eigen backend.
+//
+// Threads: the BLAS library decides how many threads its calls use (OpenBLAS: OPENBLAS_NUM_THREADS or
+// OMP_NUM_THREADS, or openblas_set_num_threads). `threads` of the handle only splits orthopt's own
+// passes (the mirror of syrk's triangle). With an OpenMP program, prefer a BLAS built on the same
+// OpenMP runtime (Debian: libopenblas0-openmp): two thread pools spinning against each other halve the
+// speed of both.
+//
+// Allocation: orthopt allocates nothing in a product. The BLAS library manages its own buffers (OpenBLAS
+// reserves them on its first call and reuses them); tests/test_no_alloc.cpp checks that a planned NS
+// call with this backend makes no heap allocation after a warm-up call.
+//
+// Fallbacks, for views a BLAS cannot take: an operand or an output with no unit stride, a leading
+// dimension smaller than the extent it spans, extents beyond the BLAS integer range, or element types
+// other than float and double, go to the Eigen backend's implementation of the same primitive.
+#pragma once
+
+#include <cblas.h>
+
+#include <climits>
+#include <optional>
+#include <type_traits>
+
+#include "orthopt/eigen/backend.hpp"
+
+namespace orthopt {
+
+/// The BLAS backend handle: an eigen_backend whose gemm and syrk call CBLAS. Copies share the Eigen
+/// backend's scratch, as eigen_backend copies do.
+class blas_backend : public eigen_backend {
+ public:
+  blas_backend() = default;
+  explicit blas_backend(int threads) : eigen_backend(threads) {}
+};
+
+namespace detail {
+
+template <class T>
+inline constexpr bool blas_scalar = std::is_same_v<T, float> || std::is_same_v<T, double>;
+
+/// A matrix operand as CBLAS takes it (column-major): data, leading dimension, and whether the view is
+/// the transpose of the stored column-major matrix.
+template <class T>
+struct blas_operand {
+  const T* data;
+  int ld;
+  bool transposed;
+};
+
+inline bool fits_blas_int(index_t v) noexcept { return v >= 0 && v <= static_cast<index_t>(INT_MAX); }
+
+/// The CBLAS form of a view, or nothing when a BLAS cannot read it (no unit stride, a leading dimension
+/// below the extent it must span, or out of the integer range).
+template <class T>
+std::optional<blas_operand<T>> as_blas_operand(const_matrix_view<T> v) {
+  const auto k = as_kernel_operand(v);
+  if (!k) return std::nullopt;
+  // Column-major storage holds rows x cols with ld >= rows; its transpose holds cols x rows, ld >= cols.
+  const index_t spanned = k->row_major ? v.cols : v.rows;
+  if (k->stride < std::max<index_t>(spanned, 1) || !fits_blas_int(k->stride)) return std::nullopt;
+  return blas_operand<T>{k->data, static_cast<int>(k->stride), k->row_major};
+}
+
+inline CBLAS_TRANSPOSE blas_trans(bool transposed) noexcept { return transposed ? CblasTrans : CblasNoTrans; }
+
+}  // namespace detail
+
+/// No scratch to reserve: the BLAS manages its own buffers.
+template <class T>
+void prepare_gemm(blas_backend&, index_t, index_t, index_t) {}
+template <class T>
+void prepare_syrk(blas_backend&, index_t, index_t) {}
+
+/// C ← α·op(A)·op(B) + β·C through ?gemm. With β = 0, C's previous contents (even NaN) are ignored.
+template <class T, class TA, class TB>
+  requires(std::same_as<std::remove_const_t<TA>, T> && std::same_as<std::remove_const_t<TB>, T>)
+void gemm(blas_backend& be, std::type_identity_t<T> alpha, matrix_view<TA> A, op op_a, matrix_view<TB> B, op op_b,
+          std::type_identity_t<T> beta, matrix_view<T> C) {
+  eigen_backend& fallback = be;
+  if constexpr (!detail::blas_scalar<T>) {
+    gemm<T>(fallback, alpha, A, op_a, B, op_b, beta, C);
+  } else {
+    const_matrix_view<T> L = op_a == op::transpose ? A.as_const().transposed() : A.as_const();
+    const_matrix_view<T> R = op_b == op::transpose ? B.as_const().transposed() : B.as_const();
+    if (L.rows != C.rows || R.cols != C.cols || L.cols != R.rows) {
+      throw shape_error("orthopt::gemm: op(A) is " + shape_string(L) + ", op(B) is " + shape_string(R) +
+                        " and C is " + shape_string(C) + "; they do not multiply");
+    }
+    // CBLAS writes column-major C here; a row-major C is the transposed problem Cᵀ = op(B)ᵀ·op(A)ᵀ.
+    if (!(C.row_stride == 1 || C.rows == 1) && (C.col_stride == 1 || C.cols == 1)) {
+      const const_matrix_view<T> new_l = R.transposed();
+      R = L.transposed();
+      L = new_l;
+      C = C.transposed();
+    }
+    const index_t m = C.rows, n = C.cols, k = L.cols;
+    if (m == 0 || n == 0) return;
+    const auto lo = detail::as_blas_operand(L);
+    const auto ro = detail::as_blas_operand(R);
+    const auto co = detail::as_blas_operand(C.as_const());
+    if (!lo || !ro || !co || co->transposed || !detail::fits_blas_int(m) || !detail::fits_blas_int(n) ||
+        !detail::fits_blas_int(k)) {
+      gemm<T>(fallback, alpha, L, op::none, R, op::none, beta, C);
+      return;
+    }
+    if (k == 0 || alpha == T(0)) {  // no product: C ← β·C (a BLAS would do the same, by its own rules)
+      detail::scale_in_place(C, beta);
+      return;
+    }
+    const auto trans_l = detail::blas_trans(lo->transposed), trans_r = detail::blas_trans(ro->transposed);
+    if constexpr (std::is_same_v<T, float>) {
+      cblas_sgemm(CblasColMajor, trans_l, trans_r, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k),
+                  alpha, lo->data, lo->ld, ro->data, ro->ld, beta, C.data, co->ld);
+    } else {
+      cblas_dgemm(CblasColMajor, trans_l, trans_r, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k),
+                  alpha, lo->data, lo->ld, ro->data, ro->ld, beta, C.data, co->ld);
+    }
+  }
+}
+
+/// C ← α·A·Aᵀ + β·C for A (n×k), C (n×n), through ?syrk on the lower triangle, then mirrored; as in
+/// BLAS, C must be symmetric on input when β ≠ 0 (its upper triangle is not read).
+template <class T, class TA>
+  requires std::same_as<std::remove_const_t<TA>, T>
+void syrk(blas_backend& be, std::type_identity_t<T> alpha, matrix_view<TA> A_in, std::type_identity_t<T> beta,
+          matrix_view<T> C) {
+  eigen_backend& fallback = be;
+  if constexpr (!detail::blas_scalar<T>) {
+    syrk<T>(fallback, alpha, A_in, beta, C);
+  } else {
+    const const_matrix_view<T> A = A_in.as_const();
+    if (C.rows != A.rows || C.cols != A.rows) {
+      throw shape_error("orthopt::syrk: A is " + shape_string(A) + " so C must be " + shape_string(A.rows, A.rows) +
+                        ", but C is " + shape_string(C));
+    }
+    const index_t n = A.rows, k = A.cols;
+    if (n == 0) return;
+    // C is symmetric: a row-major C is filled as its (column-major) transpose.
+    if (!(C.row_stride == 1 || C.rows == 1) && (C.col_stride == 1 || C.cols == 1)) C = C.transposed();
+    const auto ao = detail::as_blas_operand(A);
+    const auto co = detail::as_blas_operand(C.as_const());
+    if (!ao || !co || co->transposed || !detail::fits_blas_int(n) || !detail::fits_blas_int(k)) {
+      syrk<T>(fallback, alpha, A, beta, C);
+      return;
+    }
+    if (k == 0 || alpha == T(0)) {
+      detail::scale_in_place(C, beta);
+      return;
+    }
+    // A = op(S) for the stored column-major S: op(S)·op(S)ᵀ is syrk's NoTrans (S·Sᵀ) or Trans (Sᵀ·S).
+    const auto trans = detail::blas_trans(ao->transposed);
+    if constexpr (std::is_same_v<T, float>) {
+      cblas_ssyrk(CblasColMajor, CblasLower, trans, static_cast<int>(n), static_cast<int>(k), alpha, ao->data, ao->ld,
+                  beta, C.data, co->ld);
+    } else {
+      cblas_dsyrk(CblasColMajor, CblasLower, trans, static_cast<int>(n), static_cast<int>(k), alpha, ao->data, ao->ld,
+                  beta, C.data, co->ld);
+    }
+    detail::mirror_lower_to_upper(be, n, C.data, static_cast<index_t>(co->ld));
+  }
+}
+
+}  // namespace orthopt

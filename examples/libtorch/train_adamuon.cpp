@@ -28,6 +28,9 @@
 #include <vector>
 
 #include "orthopt/eigen.hpp"
+#if defined(EXAMPLE_USE_BLAS)
+#include "orthopt/blas.hpp"
+#endif
 #include "torch_matrix.hpp"
 
 namespace {
@@ -120,7 +123,13 @@ void check(bool ok, const std::string& what) {
 }
 
 // ---- orthopt on a torch model ---------------------------------------------------------------------
+#if defined(EXAMPLE_USE_BLAS)
+using backend = orthopt::blas_backend;  // gemm/syrk on the system BLAS (the one libtorch uses too)
+constexpr const char* backend_name = "blas_backend";
+#else
 using backend = orthopt::eigen_backend;
+constexpr const char* backend_name = "eigen_backend";
+#endif
 using optimizer = orthopt::optimizer<float, backend>;
 
 /// An orthopt optimizer over a torch model's parameters, and the per-step gradient views.
@@ -330,7 +339,11 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "--steps must be at least 100\n");
     return 2;
   }
-  std::printf("libtorch %s, %d torch threads\n", TORCH_VERSION, torch::get_num_threads());
+  // The same thread count for torch's kernels as for orthopt's products, so the timings compare.
+  const int threads = backend{}.threads();
+  torch::set_num_threads(threads);
+  std::printf("libtorch %s, %d torch threads; orthopt::%s, %d threads\n", TORCH_VERSION, torch::get_num_threads(),
+              backend_name, threads);
 
   const task t = make_task();
   const auto batches = make_batches(s, t.x_train.size(0));

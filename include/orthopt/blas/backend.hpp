@@ -85,24 +85,13 @@ void prepare_syrk(blas_backend&, index_t, index_t) {}
 template <class T, class TA, class TB>
   requires(std::same_as<std::remove_const_t<TA>, T> && std::same_as<std::remove_const_t<TB>, T>)
 void gemm(blas_backend& be, std::type_identity_t<T> alpha, matrix_view<TA> A, op op_a, matrix_view<TB> B, op op_b,
-          std::type_identity_t<T> beta, matrix_view<T> C) {
+          std::type_identity_t<T> beta, matrix_view<T> C_in) {
   eigen_backend& fallback = be;
   if constexpr (!detail::blas_scalar<T>) {
-    gemm<T>(fallback, alpha, A, op_a, B, op_b, beta, C);
+    gemm<T>(fallback, alpha, A, op_a, B, op_b, beta, C_in);
   } else {
-    const_matrix_view<T> L = op_a == op::transpose ? A.as_const().transposed() : A.as_const();
-    const_matrix_view<T> R = op_b == op::transpose ? B.as_const().transposed() : B.as_const();
-    if (L.rows != C.rows || R.cols != C.cols || L.cols != R.rows) {
-      throw shape_error("orthopt::gemm: op(A) is " + shape_string(L) + ", op(B) is " + shape_string(R) +
-                        " and C is " + shape_string(C) + "; they do not multiply");
-    }
-    // CBLAS writes column-major C here; a row-major C is the transposed problem Cᵀ = op(B)ᵀ·op(A)ᵀ.
-    if (!(C.row_stride == 1 || C.rows == 1) && (C.col_stride == 1 || C.cols == 1)) {
-      const const_matrix_view<T> new_l = R.transposed();
-      R = L.transposed();
-      L = new_l;
-      C = C.transposed();
-    }
+    // CBLAS writes column-major C here; a row-major C is the transposed problem (as in the Eigen backend).
+    const auto [L, R, C] = detail::orient_gemm(A, op_a, B, op_b, C_in);
     const index_t m = C.rows, n = C.cols, k = L.cols;
     if (m == 0 || n == 0) return;
     const auto lo = detail::as_blas_operand(L);

@@ -408,6 +408,29 @@ void scale_in_place(matrix_view<T> C, T beta) {
     for (index_t i = 0; i < C.rows; ++i) C(i, j) = (beta == T(0)) ? T(0) : beta * C(i, j);
 }
 
+/// The product C ← α·L·R + β·C a gemm call asks for, with L = op(A) and R = op(B), oriented for
+/// kernels that write a column-major C: a row-major C becomes the transposed problem Cᵀ = Rᵀ·Lᵀ.
+template <class T>
+struct gemm_problem {
+  const_matrix_view<T> L, R;
+  matrix_view<T> C;
+};
+
+/// Checks that op(A)·op(B) fits C (shape_error naming the three shapes) and orients the problem.
+template <class T, class TA, class TB>
+gemm_problem<T> orient_gemm(matrix_view<TA> A, op op_a, matrix_view<TB> B, op op_b, matrix_view<T> C) {
+  gemm_problem<T> p{op_a == op::transpose ? A.as_const().transposed() : A.as_const(),
+                    op_b == op::transpose ? B.as_const().transposed() : B.as_const(), C};
+  if (p.L.rows != C.rows || p.R.cols != C.cols || p.L.cols != p.R.rows) {
+    throw shape_error("orthopt::gemm: op(A) is " + shape_string(p.L) + ", op(B) is " + shape_string(p.R) +
+                      " and C is " + shape_string(C) + "; they do not multiply");
+  }
+  if (!(C.row_stride == 1 || C.rows == 1) && (C.col_stride == 1 || C.cols == 1)) {
+    p = {p.R.transposed(), p.L.transposed(), C.transposed()};
+  }
+  return p;
+}
+
 }  // namespace detail
 
 // ---------------------------------------------------------------------------------------------------
@@ -422,20 +445,8 @@ void prepare_syrk(eigen_backend& be, index_t n, index_t k);
 template <class T, class TA, class TB>
   requires(std::same_as<std::remove_const_t<TA>, T> && std::same_as<std::remove_const_t<TB>, T>)
 void gemm(eigen_backend& be, std::type_identity_t<T> alpha, matrix_view<TA> A, op op_a, matrix_view<TB> B, op op_b,
-          std::type_identity_t<T> beta, matrix_view<T> C) {
-  const_matrix_view<T> L = op_a == op::transpose ? A.as_const().transposed() : A.as_const();
-  const_matrix_view<T> R = op_b == op::transpose ? B.as_const().transposed() : B.as_const();
-  if (L.rows != C.rows || R.cols != C.cols || L.cols != R.rows) {
-    throw shape_error("orthopt::gemm: op(A) is " + shape_string(L) + ", op(B) is " + shape_string(R) +
-                      " and C is " + shape_string(C) + "; they do not multiply");
-  }
-  // The kernels write column-major C; a row-major C is the transposed problem Cᵀ = op(B)ᵀ·op(A)ᵀ.
-  if (!(C.row_stride == 1 || C.rows == 1) && (C.col_stride == 1 || C.cols == 1)) {
-    const_matrix_view<T> new_l = R.transposed();
-    R = L.transposed();
-    L = new_l;
-    C = C.transposed();
-  }
+          std::type_identity_t<T> beta, matrix_view<T> C_in) {
+  const auto [L, R, C] = detail::orient_gemm(A, op_a, B, op_b, C_in);
   detail::scale_in_place(C, beta);
   const index_t m = C.rows, n = C.cols, k = L.cols;
   if (m == 0 || n == 0 || k == 0 || alpha == T(0)) return;

@@ -214,39 +214,25 @@ const char* method_name(method m) {
 using backend = orthopt::eigen_backend;
 using optimizer = orthopt::optimizer<float, backend>;
 
+/// A rule's preset at the common learning rate and weight decay.
+template <class Options>
+Options at_common_rates(Options o, const settings& s) {
+  o.lr = s.lr;
+  o.weight_decay = s.weight_decay;
+  return o;
+}
+
 /// The rule for the hidden matrix, at the common AdamW-matched learning rate.
 optimizer::rule_type hidden_rule(method m, const settings& s) {
   switch (m) {
-    case method::muon: {
-      auto o = orthopt::muon_presets::moonlight();
-      o.lr = s.lr;
-      o.weight_decay = s.weight_decay;
-      return orthopt::muon<float, backend>(o);
-    }
-    case method::adamuon: {
-      auto o = orthopt::adamuon_presets::code();
-      o.lr = s.lr;
-      o.weight_decay = s.weight_decay;
-      return orthopt::adamuon<float, backend>(o);
-    }
-    case method::namo: {
-      auto o = orthopt::namo_presets::code();
-      o.lr = s.lr;
-      o.weight_decay = s.weight_decay;
-      return orthopt::namo<float, backend>(o);
-    }
-    case method::namo_d: {
-      auto o = orthopt::namo_d_presets::code();
-      o.lr = s.lr;
-      o.weight_decay = s.weight_decay;
-      return orthopt::namo_d<float, backend>(o);
-    }
+    case method::muon: return orthopt::muon<float, backend>(at_common_rates(orthopt::muon_presets::moonlight(), s));
+    case method::adamuon:
+      return orthopt::adamuon<float, backend>(at_common_rates(orthopt::adamuon_presets::code(), s));
+    case method::namo: return orthopt::namo<float, backend>(at_common_rates(orthopt::namo_presets::code(), s));
+    case method::namo_d: return orthopt::namo_d<float, backend>(at_common_rates(orthopt::namo_d_presets::code(), s));
     case method::adamw: break;
   }
-  auto o = orthopt::adamw_presets::torch();
-  o.lr = s.lr;
-  o.weight_decay = s.weight_decay;
-  return orthopt::adamw<float, backend>(o);
+  return orthopt::adamw<float, backend>(at_common_rates(orthopt::adamw_presets::torch(), s));
 }
 
 run_result train(method m, const settings& s, const dataset& train_set, const dataset& test_set,
@@ -255,9 +241,7 @@ run_result train(method m, const settings& s, const dataset& train_set, const da
   const orthopt::warmup_stable_decay schedule(s.steps / 20, s.steps, 0.2);
 
   optimizer opt;
-  auto adamw_opts = orthopt::adamw_presets::torch();
-  adamw_opts.lr = s.lr;
-  adamw_opts.weight_decay = s.weight_decay;
+  auto adamw_opts = at_common_rates(orthopt::adamw_presets::torch(), s);
   const auto adamw_group = opt.add_group("adamw", orthopt::adamw<float, backend>(adamw_opts), schedule);
   adamw_opts.weight_decay = 0.0;
   const auto no_decay = opt.add_group("adamw_no_decay", orthopt::adamw<float, backend>(adamw_opts), schedule);

@@ -23,7 +23,7 @@ TEMPLATE_TEST_CASE("gemm matches float64 for every op and storage order, with al
                    double) {
   using T = TestType;
   for (int threads : {1, 2}) {
-    backend_under_test be(threads);
+    backend_under_test be = make_backend(threads);
     for (const shape s : {shape{1, 1}, shape{3, 1}, shape{1, 5}, shape{17, 33}, shape{70, 130}, shape{129, 65}}) {
       const index_t m = s.rows, n = s.cols, k = (s.rows + s.cols) / 2 + 1;
       for (int mask = 0; mask < 32; ++mask) {
@@ -71,7 +71,7 @@ TEMPLATE_TEST_CASE("gemm with beta = 0 ignores NaN in C; strided operands take t
 TEMPLATE_TEST_CASE("syrk fills both triangles of A·Aᵀ for every storage order", "[backend][syrk]", float, double) {
   using T = TestType;
   for (int threads : {1, 2}) {
-    backend_under_test be(threads);
+    backend_under_test be = make_backend(threads);
     for (const shape s : {shape{1, 1}, shape{1, 8}, shape{8, 1}, shape{31, 17}, shape{100, 150}, shape{150, 100}}) {
       for (int mask = 0; mask < 8; ++mask) {
         const bool ra = mask & 1, rc = mask & 2, transposed = mask & 4;

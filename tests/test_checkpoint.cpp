@@ -16,7 +16,7 @@ using orthopt::param_id;
 
 namespace {
 
-using B = eigen_backend;
+using B = backend_under_test;
 
 template <class T>
 std::string save_bytes(const orthopt::optimizer<T, B>& opt) {

@@ -6,14 +6,13 @@
 
 using namespace testing;
 using Catch::Matchers::Contains;
-using orthopt::eigen_backend;
 namespace presets = orthopt::ns_presets;
 
 namespace {
 template <class T>
-using NS = orthopt::newton_schulz<T, eigen_backend>;
+using NS = orthopt::newton_schulz<T, backend_under_test>;
 template <class T>
-using Polar = orthopt::exact_polar<T, eigen_backend>;
+using Polar = orthopt::exact_polar<T, backend_under_test>;
 
 /// Calls op(x, q) expecting an exception of type E whose message contains `needle`; q must be unchanged.
 template <class E, class Op, class T>

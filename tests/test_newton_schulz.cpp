@@ -275,8 +275,8 @@ TEMPLATE_TEST_CASE("NS over a batch equals NS of each matrix, and threads do not
   // A two-thread backend splits the products differently; results agree to rounding.
   for (const shape s : {shape{200, 300}, shape{300, 200}, shape{257, 257}}) {
     const MatD x = gaussian(s.rows, s.cols, seed_of(s, 9));
-    const MatD one = run_ns<T>(x, presets::polar_express(), backend_under_test(1));
-    const MatD two = run_ns<T>(x, presets::polar_express(), backend_under_test(2));
+    const MatD one = run_ns<T>(x, presets::polar_express(), make_backend(1));
+    const MatD two = run_ns<T>(x, presets::polar_express(), make_backend(2));
     INFO("shape " << to_string(s));
     CHECK(max_abs_diff(one, two) <= tol<T>(10 * schedule_gain(presets::polar_express()), s));
   }

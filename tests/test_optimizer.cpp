@@ -20,7 +20,7 @@ using orthopt::rule_kind;
 
 namespace {
 
-using B = eigen_backend;
+using B = backend_under_test;
 
 template <class T>
 Mat<T> random_mat(index_t rows, index_t cols, std::uint64_t seed) {

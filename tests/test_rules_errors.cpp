@@ -12,7 +12,6 @@
 
 using namespace testing;
 using Catch::Matchers::Contains;
-using orthopt::eigen_backend;
 
 namespace {
 

@@ -7,7 +7,6 @@
 #include "test_util.hpp"
 
 using namespace testing;
-using orthopt::eigen_backend;
 
 namespace {
 
@@ -287,6 +286,6 @@ TEMPLATE_TEST_CASE("storage order and strides do not change the update", "[rules
     check_storage<T, AdaMuon<T>>("adamuon code", orthopt::adamuon_presets::code(), keller, s);
     check_storage<T, Namo<T>>("namo code", orthopt::namo_presets::code(), keller, s);
     check_storage<T, NamoD<T>>("namo_d code", orthopt::namo_d_presets::code(), keller, s);
-    check_storage<T, orthopt::adamw<T, eigen_backend>>("adamw", orthopt::adamw_presets::torch(), 1.0, s);
+    check_storage<T, orthopt::adamw<T, backend_under_test>>("adamw", orthopt::adamw_presets::torch(), 1.0, s);
   }
 }

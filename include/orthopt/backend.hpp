@@ -17,6 +17,12 @@
 //   find_nonfinite(be, X)                              the first NaN/Inf entry, read back to the host
 //   be.allocate<T>(n) → buffer<T>                      owning backend memory; only at setup
 //   prepare_gemm(be, m, n, k), prepare_syrk(be, n, k)  size scratch so later calls never allocate
+//   copy_to_host(be, host_dst, src, bytes)             backend memory → host memory (checkpoints)
+//   copy_from_host(be, dst, host_src, bytes)           host memory → backend memory (checkpoints)
+//
+// Arithmetic: α and β of the products and every constant in the functors are of type compute_t<T>,
+// which is T for float and double and float for 16-bit storage types (the CUDA backend's bf16), so a
+// bf16 matrix is stored in bf16 but never multiplied by a coefficient rounded to bf16.
 //
 // Views passed to the primitives live in the backend's memory space. Scalars that the algorithms compute
 // (norms, normalization factors) stay in backend memory as doubles and are consumed there by the
@@ -27,7 +33,9 @@
 #include <cmath>
 #include <concepts>
 #include <cstddef>
+#include <limits>
 #include <optional>
+#include <type_traits>
 
 #include "orthopt/view.hpp"
 
@@ -51,6 +59,30 @@ struct nonfinite_entry {
 /// underflow for every finite float input.
 using scalar_t = double;
 
+/// The type element-wise arithmetic on T is carried out in: T itself, or float for a 16-bit storage type
+/// (a backend that supports one specializes this, e.g. orthopt/cuda/backend.hpp for __nv_bfloat16).
+template <class T>
+struct compute_type {
+  using type = T;
+};
+template <class T>
+using compute_t = typename compute_type<std::remove_cv_t<T>>::type;
+
+/// The unit roundoff of a storage type (exact_polar's rank threshold); a backend with a storage type
+/// std::numeric_limits does not describe specializes it.
+template <class T>
+struct storage_epsilon {
+  static constexpr double value = static_cast<double>(std::numeric_limits<T>::epsilon());
+};
+
+namespace detail {
+/// x in the compute type of its storage type.
+template <class T>
+ORTHOPT_HD constexpr compute_t<T> widen(T x) noexcept {
+  return static_cast<compute_t<T>>(x);
+}
+}  // namespace detail
+
 /// Element-wise functors shared by the algorithms. Each is usable on the host and on a device.
 namespace functors {
 
@@ -72,25 +104,27 @@ struct scale_by_scalar {
   }
 };
 
-/// y = a·x (a host constant carried in the functor)
+/// y = a·x (a host constant carried in the functor, in the compute type)
 template <class T>
 struct scale_by {
-  T a;
-  ORTHOPT_HD T operator()(T x) const noexcept { return a * x; }
+  compute_t<T> a;
+  ORTHOPT_HD T operator()(T x) const noexcept { return static_cast<T>(a * detail::widen(x)); }
 };
 
 /// y = x + a
 template <class T>
 struct add_constant {
-  T a;
-  ORTHOPT_HD T operator()(T x) const noexcept { return x + a; }
+  compute_t<T> a;
+  ORTHOPT_HD T operator()(T x) const noexcept { return static_cast<T>(detail::widen(x) + a); }
 };
 
 /// The sign map of AdaMuon (seed 002, Theorem 1): sign(x) ∈ {−1, 0, +1}, sign(0) = 0, sign(NaN) = NaN.
 struct sign {
   template <class T>
   ORTHOPT_HD T operator()(T x) const noexcept {
-    return x > T(0) ? T(1) : (x < T(0) ? T(-1) : x);
+    using C = compute_t<T>;
+    const C v = detail::widen(x);
+    return static_cast<T>(v > C(0) ? C(1) : (v < C(0) ? C(-1) : v));
   }
 };
 
@@ -101,7 +135,7 @@ struct sign {
 template <class Backend, class T>
 concept backend_for = std::copy_constructible<Backend> &&
   requires(Backend& be, matrix_view<T> m, const_matrix_view<T> c, scalar_t* s, const scalar_t* cs,
-           T alpha, index_t n) {
+           compute_t<T> alpha, index_t n, void* bytes, const void* const_bytes) {
     { be.template allocate<T>(n) };
     { be.template allocate<scalar_t>(n) };
     gemm(be, alpha, c, op::none, c, op::none, alpha, m);
@@ -114,6 +148,8 @@ concept backend_for = std::copy_constructible<Backend> &&
     transform(be, c, m, functors::identity{});
     transform(be, c, c, m, functors::identity{});
     { find_nonfinite(be, c) } -> std::same_as<std::optional<nonfinite_entry>>;
+    copy_to_host(be, bytes, const_bytes, std::size_t{1});
+    copy_from_host(be, bytes, const_bytes, std::size_t{1});
   };
 // clang-format on
 

@@ -19,8 +19,9 @@
 // anything; any mismatch throws value_error or shape_error naming the field and both values, and leaves
 // the optimizer exactly as it was. Parameters are matched by name, so registration order may differ.
 //
-// The slots are read and written as host memory: this works for backends whose buffers live on the host
-// (the Eigen backend). A device backend must copy its states to the host first.
+// The slots are copied through the state's backend (copy_to_host / copy_from_host): plain memcpy on the
+// CPU backends, a device-to-host copy (and a wait for it) on the CUDA backend. A checkpoint written from
+// one backend loads into another that stores the same element type.
 //
 // Format, version 1. Integers are unsigned, little-endian; u32 = 4 bytes, u64 = 8 bytes. Offsets are
 // from the start of the checkpoint. (docs/checkpoint-format.md says the same, with an example.)
@@ -28,7 +29,8 @@
 //   offset  size  field
 //   0       8     magic: the bytes 'O' 'R' 'T' 'H' 'O' 'P' 'T' 0x00  (4F 52 54 48 4F 50 54 00)
 //   8       4     u32 format version = 1
-//   12      4     u32 element type of the parameters: 1 = float (IEEE-754 binary32), 2 = double (binary64)
+//   12      4     u32 element type of the parameters: 1 = float (IEEE-754 binary32), 2 = double (binary64),
+//                 3 = bfloat16 (the upper 16 bits of a binary32; the CUDA backend's __nv_bfloat16)
 //   16      8     u64 payload length P in bytes
 //   24      P     payload:
 //                   u64 optimizer steps taken
@@ -76,6 +78,7 @@ inline constexpr unsigned char magic[8] = {'O', 'R', 'T', 'H', 'O', 'P', 'T', 0x
 inline constexpr std::uint32_t version = 1;
 inline constexpr std::uint32_t element_float32 = 1;
 inline constexpr std::uint32_t element_float64 = 2;
+inline constexpr std::uint32_t element_bfloat16 = 3;
 inline constexpr std::size_t header_bytes = 24;
 inline constexpr std::size_t checksum_bytes = 8;
 
@@ -83,15 +86,22 @@ inline const char* element_type_name(std::uint32_t code) {
   switch (code) {
     case element_float32: return "float32";
     case element_float64: return "float64";
+    case element_bfloat16: return "bfloat16";
   }
   return "unknown";
 }
+/// The element-type code of T; a backend with another storage type specializes it
+/// (orthopt/cuda/backend.hpp: bfloat16).
+template <class T>
+struct element_code_of {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "orthopt checkpoints store float, double or bfloat16 parameters");
+  static_assert(std::numeric_limits<T>::is_iec559, "orthopt checkpoints store IEEE-754 values");
+  static constexpr std::uint32_t value = std::is_same_v<T, float> ? element_float32 : element_float64;
+};
 template <class T>
 constexpr std::uint32_t element_code() {
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
-                "orthopt checkpoints store float or double parameters");
-  static_assert(std::numeric_limits<T>::is_iec559, "orthopt checkpoints store IEEE-754 values");
-  return std::is_same_v<T, float> ? element_float32 : element_float64;
+  return element_code_of<T>::value;
 }
 }  // namespace checkpoint_format
 
@@ -273,6 +283,7 @@ void save_checkpoint(const optimizer<T, Backend>& opt, std::ostream& out) {
   w.u64(payload);
   w.u64(static_cast<std::uint64_t>(opt.steps_taken()));
   w.u32(static_cast<std::uint32_t>(n));
+  std::vector<unsigned char> staging;  // one slot at a time, in host memory
   for (std::size_t i = 0; i < n; ++i) {
     const param_id p{i};
     const auto& state = opt.state(p);
@@ -288,7 +299,9 @@ void save_checkpoint(const optimizer<T, Backend>& opt, std::ostream& out) {
       w.text(s.name);
       w.u32(static_cast<std::uint32_t>(s.element_bytes));
       w.u64(static_cast<std::uint64_t>(s.elements));
-      w.elements(s.data, s.element_bytes, s.elements);
+      staging.resize(s.element_bytes * s.elements);
+      copy_to_host(state.backend(), staging.data(), s.data, staging.size());
+      w.elements(staging.data(), s.element_bytes, s.elements);
     }
   }
   unsigned char sum[8];
@@ -465,7 +478,9 @@ void load_checkpoint(optimizer<T, Backend>& opt, std::istream& in) {
     }
   }
 
-  // ---- 5. Every check passed: copy. Nothing below throws.
+  // ---- 5. Every check passed: copy. Nothing below throws on a host backend; on a device backend only a
+  //         failing device copy could (a cuda_error), which means the device itself failed.
+  std::vector<unsigned char> swapped;  // big-endian hosts only
   for (std::size_t i = 0; i < opt.param_count(); ++i) {
     const param_id id{i};
     const detail::parsed_param& p = params[source[i]];
@@ -473,13 +488,15 @@ void load_checkpoint(optimizer<T, Backend>& opt, std::istream& in) {
     for (std::size_t k = 0; k < targets[i].size(); ++k) {
       const auto& dst = targets[i][k];
       const unsigned char* src = payload.data() + p.slots[k].offset;
-      auto* out = static_cast<unsigned char*>(dst.data);
+      const std::size_t bytes = dst.element_bytes * dst.elements;
       if constexpr (std::endian::native == std::endian::little) {
-        std::memcpy(out, src, dst.element_bytes * dst.elements);
+        copy_from_host(opt.state(id).backend(), dst.data, src, bytes);
       } else {
+        swapped.resize(bytes);
         for (std::size_t e = 0; e < dst.elements; ++e)
           for (std::size_t b = 0; b < dst.element_bytes; ++b)
-            out[e * dst.element_bytes + b] = src[e * dst.element_bytes + dst.element_bytes - 1 - b];
+            swapped[e * dst.element_bytes + b] = src[e * dst.element_bytes + dst.element_bytes - 1 - b];
+        copy_from_host(opt.state(id).backend(), dst.data, swapped.data(), bytes);
       }
     }
   }

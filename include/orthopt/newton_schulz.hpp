@@ -198,7 +198,7 @@ class newton_schulz {
     if (aol) {
       // AOL (Turbo-Muon): rescale rows by 1/√(absolute row sums of XXᵀ); A is rescaled on both sides and
       // reused by the first step.
-      syrk(backend_, T(1), X.as_const(), T(0), G);
+      syrk(backend_, compute_t<T>(1), X.as_const(), compute_t<T>(0), G);
       column_norms(backend_, G.as_const(), column_norm::l1, row_scale);
       const matrix_view<scalar_t> s = col_major_view(row_scale, small_, 1);
       transform(backend_, s, s, detail::aol_row_scale{config_.eps});
@@ -207,14 +207,15 @@ class newton_schulz {
       scale_columns(backend_, row_scale, G.transposed());
     }
 
+    using C = compute_t<T>;  // α, β and the coefficients: never rounded to a 16-bit storage type
     for (int k = 1; k <= config_.steps; ++k) {
       const ns_coefficients& coef = config_.step(k);
-      if (!(aol && k == 1)) syrk(backend_, T(1), X.as_const(), T(0), G);
+      if (!(aol && k == 1)) syrk(backend_, C(1), X.as_const(), C(0), G);
       // P = b·A + c·A·A + a·I  (A·A = A·Aᵀ: A is symmetric)
-      transform(backend_, G, P, functors::scale_by<T>{static_cast<T>(coef.b)});
-      if (coef.c != 0.0) syrk(backend_, static_cast<T>(coef.c), G.as_const(), T(1), P);
-      transform(backend_, P.diagonal(), P.diagonal(), functors::add_constant<T>{static_cast<T>(coef.a)});
-      gemm(backend_, T(1), P.as_const(), op::none, X.as_const(), op::none, T(0), X_next);
+      transform(backend_, G, P, functors::scale_by<T>{static_cast<C>(coef.b)});
+      if (coef.c != 0.0) syrk(backend_, static_cast<C>(coef.c), G.as_const(), C(1), P);
+      transform(backend_, P.diagonal(), P.diagonal(), functors::add_constant<T>{static_cast<C>(coef.a)});
+      gemm(backend_, C(1), P.as_const(), op::none, X.as_const(), op::none, C(0), X_next);
       std::swap(X, X_next);
     }
     transform(backend_, X, q, functors::identity{});

@@ -5,6 +5,8 @@
 // (`Backend::svd_workspace<T>`, e.g. Eigen's JacobiSVD on the CPU).
 #pragma once
 
+#include <math.h>  // NAN, usable in device code
+
 #include <cmath>
 #include <limits>
 #include <string>
@@ -26,7 +28,11 @@ struct polar_rank_mask {
   ORTHOPT_HD void operator()() const {
     const double largest = sigma[0];  // read before the loop overwrites sigma[0]
     const double tol = threshold_factor * largest;
-    for (index_t i = 0; i < count; ++i) sigma[i] = (largest > 0.0 && sigma[i] > tol) ? 1.0 : 0.0;
+    // A NaN σ (a NaN input, or an SVD that failed and said so) makes the whole result NaN, never a
+    // silently zero or stale one.
+    bool nan = false;
+    for (index_t i = 0; i < count; ++i) nan = nan || sigma[i] != sigma[i];
+    for (index_t i = 0; i < count; ++i) sigma[i] = nan ? NAN : ((largest > 0.0 && sigma[i] > tol) ? 1.0 : 0.0);
   }
 };
 }  // namespace detail
@@ -90,9 +96,9 @@ class exact_polar {
     const matrix_view<T> V = col_major_view(v_.data(), small_, small_);
     svd_.compute(backend_, x_tall, U, V, sigma_.data());
     run_scalar(backend_, detail::polar_rank_mask{sigma_.data(), small_,
-                                                 static_cast<double>(large_) * std::numeric_limits<T>::epsilon()});
+                                                 static_cast<double>(large_) * storage_epsilon<T>::value});
     scale_columns(backend_, sigma_.data(), U);
-    gemm(backend_, T(1), U.as_const(), op::none, V.as_const(), op::transpose, T(0), q_tall);
+    gemm(backend_, compute_t<T>(1), U.as_const(), op::none, V.as_const(), op::transpose, compute_t<T>(0), q_tall);
   }
 
  private:

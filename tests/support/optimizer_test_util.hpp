@@ -17,9 +17,10 @@
 #include <string>
 #include <vector>
 
+#include "test_util.hpp"
+
 namespace testing {
 
-using orthopt::eigen_backend;
 using orthopt::index_t;
 
 template <class T>
@@ -49,7 +50,7 @@ inline void append_raw(std::vector<unsigned char>& out, const void* data, std::s
 /// Every byte a step or a checkpoint load may change: parameters, every state slot and step count, the
 /// optimizer's step count, and each group's rule lr (step() writes it).
 template <class T>
-std::vector<unsigned char> snapshot(orthopt::optimizer<T, eigen_backend>& opt) {
+std::vector<unsigned char> snapshot(orthopt::optimizer<T, backend_under_test>& opt) {
   std::vector<unsigned char> out;
   for (std::size_t i = 0; i < opt.param_count(); ++i) {
     const orthopt::param_id p{i};
@@ -122,8 +123,8 @@ struct toy_model {
   }
 
   /// An optimizer with one group per rule; hidden matrices routed to Muon, the rest as `group` says.
-  orthopt::optimizer<T, eigen_backend> make_optimizer() {
-    using B = eigen_backend;
+  orthopt::optimizer<T, backend_under_test> make_optimizer() {
+    using B = backend_under_test;
     orthopt::optimizer<T, B> opt;
     const auto sched = orthopt::warmup_stable_decay(2, 12, 0.5, 0.1);
     const auto muon_g = opt.add_group("muon", orthopt::muon<T, B>(orthopt::muon_presets::moonlight()), sched);
@@ -148,7 +149,7 @@ struct toy_model {
     return g;
   }
 
-  void run(orthopt::optimizer<T, eigen_backend>& opt, std::int64_t from, std::int64_t to) {
+  void run(orthopt::optimizer<T, backend_under_test>& opt, std::int64_t from, std::int64_t to) {
     for (std::int64_t t = from; t < to; ++t) {
       fill_gradients(t);
       opt.step(gradient_views());

@@ -6,6 +6,12 @@
 #if defined(ORTHOPT_TEST_BLAS)
 #include <orthopt/blas.hpp>
 #endif
+#if defined(ORTHOPT_TEST_CUDA_HOST)
+// The CUDA backend on its host emulation (tests/CMakeLists.txt: the thrust_host tests): "device" memory
+// is host memory there, so the tests hand it the same host views as the CPU backends.
+#include <orthopt/cuda/backend.hpp>
+#include <orthopt/cuda/svd.hpp>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -18,14 +24,26 @@
 namespace testing {
 
 /// The backend the tests run on: the Eigen backend, or the BLAS backend when a test executable is
-/// built a second time with ORTHOPT_TEST_BLAS (tests/CMakeLists.txt: the *_blas tests).
+/// built a second time with ORTHOPT_TEST_BLAS (tests/CMakeLists.txt: the *_blas tests), or the CUDA
+/// backend's host emulation with ORTHOPT_TEST_CUDA_HOST (the *_thrust_host tests).
 #if defined(ORTHOPT_TEST_BLAS)
 using backend_under_test = orthopt::blas_backend;
+#elif defined(ORTHOPT_TEST_CUDA_HOST)
+using backend_under_test = orthopt::cuda_backend;
 #else
 using backend_under_test = orthopt::eigen_backend;
 #endif
 
-/// The update rules on the Eigen backend, as the rule tests use them.
+/// A backend handle for a test that varies the CPU backends' thread count; the CUDA backend has none.
+inline backend_under_test make_backend([[maybe_unused]] int threads) {
+#if defined(ORTHOPT_TEST_CUDA_HOST)
+  return backend_under_test{};
+#else
+  return backend_under_test(threads);
+#endif
+}
+
+/// The update rules on the backend under test, as the rule tests use them.
 template <class T>
 using Muon = orthopt::muon<T, backend_under_test>;
 template <class T>

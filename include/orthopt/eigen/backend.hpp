@@ -29,6 +29,7 @@
 #endif
 
 #include "orthopt/backend.hpp"
+#include "orthopt/detail/gemm_shape.hpp"
 #include "orthopt/view.hpp"
 
 #if !EIGEN_VERSION_AT_LEAST(3, 4, 0)
@@ -408,29 +409,6 @@ void scale_in_place(matrix_view<T> C, T beta) {
     for (index_t i = 0; i < C.rows; ++i) C(i, j) = (beta == T(0)) ? T(0) : beta * C(i, j);
 }
 
-/// The product C ← α·L·R + β·C a gemm call asks for, with L = op(A) and R = op(B), oriented for
-/// kernels that write a column-major C: a row-major C becomes the transposed problem Cᵀ = Rᵀ·Lᵀ.
-template <class T>
-struct gemm_problem {
-  const_matrix_view<T> L, R;
-  matrix_view<T> C;
-};
-
-/// Checks that op(A)·op(B) fits C (shape_error naming the three shapes) and orients the problem.
-template <class T, class TA, class TB>
-gemm_problem<T> orient_gemm(matrix_view<TA> A, op op_a, matrix_view<TB> B, op op_b, matrix_view<T> C) {
-  gemm_problem<T> p{op_a == op::transpose ? A.as_const().transposed() : A.as_const(),
-                    op_b == op::transpose ? B.as_const().transposed() : B.as_const(), C};
-  if (p.L.rows != C.rows || p.R.cols != C.cols || p.L.cols != p.R.rows) {
-    throw shape_error("orthopt::gemm: op(A) is " + shape_string(p.L) + ", op(B) is " + shape_string(p.R) +
-                      " and C is " + shape_string(C) + "; they do not multiply");
-  }
-  if (!(C.row_stride == 1 || C.rows == 1) && (C.col_stride == 1 || C.cols == 1)) {
-    p = {p.R.transposed(), p.L.transposed(), C.transposed()};
-  }
-  return p;
-}
-
 }  // namespace detail
 
 // ---------------------------------------------------------------------------------------------------
@@ -660,6 +638,14 @@ void scale_columns(eigen_backend&, const scalar_t* d, matrix_view<T> X) {
   }
   for (index_t j = 0; j < X.cols; ++j)
     for (index_t i = 0; i < X.rows; ++i) X(i, j) = static_cast<T>(double(X(i, j)) * d[j]);
+}
+
+/// Backend memory is host memory: a checkpoint's copies are plain memcpy.
+inline void copy_to_host(eigen_backend&, void* host_dst, const void* src, std::size_t bytes) {
+  if (bytes > 0) std::memcpy(host_dst, src, bytes);
+}
+inline void copy_from_host(eigen_backend&, void* dst, const void* host_src, std::size_t bytes) {
+  if (bytes > 0) std::memcpy(dst, host_src, bytes);
 }
 
 /// Runs f() once; on the CPU, backend memory is host memory.

@@ -77,6 +77,8 @@ class param_state {
   [[nodiscard]] index_t cols() const noexcept { return cols_; }
   [[nodiscard]] index_t count() const noexcept { return count_; }
   [[nodiscard]] std::int64_t step() const noexcept { return step_; }
+  /// The backend handle whose memory holds the state (checkpoints copy the slots through it).
+  [[nodiscard]] Backend& backend() const noexcept { return backend_; }
   /// Set the step count (checkpoint loading; bias corrections depend on it).
   void set_step(std::int64_t t) {
     if (t < 0) throw value_error("orthopt::param_state::set_step: step = " + std::to_string(t) + " < 0");
@@ -141,7 +143,7 @@ class param_state {
   rule_kind kind_;
   index_t rows_, cols_, count_;
   std::int64_t step_ = 0;
-  Backend backend_;
+  mutable Backend backend_;  // a handle: copying to the host from a const state is not a change of it
   typename Backend::template buffer<T> momentum_, second_, direction_, ortho_out_;
   typename Backend::template buffer<scalar_t> column_, scalars_;
   std::optional<stages::orthogonalizer_plan<T, Backend>> plan_;

@@ -23,29 +23,41 @@
 namespace orthopt::stages {
 
 namespace fn {
-/// m ← μm + (1−μ)g  (ema)  or  m ← μm + g  (classical)
+/// m ← μm + (1−μ)g  (ema)  or  m ← μm + g  (classical); constants and arithmetic in compute_t<T>
 template <class T>
 struct momentum_update {
-  T mu, g_weight;
-  ORTHOPT_HD T operator()(T g, T m) const { return mu * m + g_weight * g; }
+  compute_t<T> mu, g_weight;
+  ORTHOPT_HD T operator()(T g, T m) const {
+    return static_cast<T>(mu * detail::widen(m) + g_weight * detail::widen(g));
+  }
 };
 /// u ← (1−μ)g + μm  (ema)  or  u ← g + μm  (classical): the Nesterov direction
 template <class T>
 struct nesterov_mix {
-  T mu, g_weight;
-  ORTHOPT_HD T operator()(T g, T m) const { return g_weight * g + mu * m; }
+  compute_t<T> mu, g_weight;
+  ORTHOPT_HD T operator()(T g, T m) const {
+    return static_cast<T>(g_weight * detail::widen(g) + mu * detail::widen(m));
+  }
 };
 /// v ← βv + (1−β)x²
 template <class T>
 struct square_average {
-  T beta;
-  ORTHOPT_HD T operator()(T x, T v) const { return beta * v + (T(1) - beta) * x * x; }
+  compute_t<T> beta;
+  ORTHOPT_HD T operator()(T x, T v) const {
+    using C = compute_t<T>;
+    const C cx = detail::widen(x);
+    return static_cast<T>(beta * detail::widen(v) + (C(1) - beta) * cx * cx);
+  }
 };
 /// out ← c·x / (√(v·s) + ε)
 template <class T>
 struct divide_by_root {
-  T c, s, eps;
-  ORTHOPT_HD T operator()(T x, T v) const { return c * x / (static_cast<T>(::sqrt(static_cast<double>(v * s))) + eps); }
+  compute_t<T> c, s, eps;
+  ORTHOPT_HD T operator()(T x, T v) const {
+    using C = compute_t<T>;
+    return static_cast<T>(c * detail::widen(x) /
+                          (static_cast<C>(::sqrt(static_cast<double>(detail::widen(v) * s))) + eps));
+  }
 };
 /// w ← w·decay − step·o, decay and step doubles in backend memory
 struct decay_and_step {
@@ -60,7 +72,7 @@ struct decay_and_step {
 struct subtract {
   template <class T>
   ORTHOPT_HD T operator()(T o, T w) const {
-    return w - o;
+    return static_cast<T>(detail::widen(w) - detail::widen(o));
   }
 };
 /// Writes two host constants into backend memory.
@@ -77,16 +89,18 @@ struct set_pair {
 /// Momentum: M ← μM + (1−μ)G (ema) or M ← μM + G (classical).
 template <class T, class Backend>
 void accumulate_momentum(Backend& be, momentum_kind kind, double mu, const_matrix_view<T> G, matrix_view<T> M) {
-  const T g_weight = kind == momentum_kind::ema ? static_cast<T>(1.0 - mu) : T(1);
-  transform(be, G, M.as_const(), M, fn::momentum_update<T>{static_cast<T>(mu), g_weight});
+  using C = compute_t<T>;
+  const C g_weight = kind == momentum_kind::ema ? static_cast<C>(1.0 - mu) : C(1);
+  transform(be, G, M.as_const(), M, fn::momentum_update<T>{static_cast<C>(mu), g_weight});
 }
 
 /// The Nesterov direction: U ← (1−μ)G + μM (ema) or U ← G + μM (classical).
 template <class T, class Backend>
 void nesterov_direction(Backend& be, momentum_kind kind, double mu, const_matrix_view<T> G, const_matrix_view<T> M,
                         matrix_view<T> U) {
-  const T g_weight = kind == momentum_kind::ema ? static_cast<T>(1.0 - mu) : T(1);
-  transform(be, G, M, U, fn::nesterov_mix<T>{static_cast<T>(mu), g_weight});
+  using C = compute_t<T>;
+  const C g_weight = kind == momentum_kind::ema ? static_cast<C>(1.0 - mu) : C(1);
+  transform(be, G, M, U, fn::nesterov_mix<T>{static_cast<C>(mu), g_weight});
 }
 
 /// Momentum, then the direction the polar operator sees: the Nesterov mix (written to `scratch`) or M.
@@ -113,14 +127,15 @@ void sign_map(Backend& be, bool enabled, const_matrix_view<T> X, matrix_view<T> 
 /// V ← βV + (1−β)·X⊙X
 template <class T, class Backend>
 void accumulate_square(Backend& be, double beta, const_matrix_view<T> X, matrix_view<T> V) {
-  transform(be, X, V.as_const(), V, fn::square_average<T>{static_cast<T>(beta)});
+  transform(be, X, V.as_const(), V, fn::square_average<T>{static_cast<compute_t<T>>(beta)});
 }
 
 /// Out ← c·X ⊘ (√(V·s) + ε): the adaptive normalization (s undoes a bias in V, c in X).
 template <class T, class Backend>
 void divide_by_root_second_moment(Backend& be, const_matrix_view<T> X, const_matrix_view<T> V, double c, double s,
                                   double eps, matrix_view<T> out) {
-  transform(be, X, V, out, fn::divide_by_root<T>{static_cast<T>(c), static_cast<T>(s), static_cast<T>(eps)});
+  transform(be, X, V, out, fn::divide_by_root<T>{static_cast<compute_t<T>>(c), static_cast<compute_t<T>>(s),
+                                                         static_cast<compute_t<T>>(eps)});
 }
 
 /// W ← W·decay − step·O with decay = scalars[0], step = scalars[1] in backend memory.

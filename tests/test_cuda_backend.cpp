@@ -324,3 +324,34 @@ TEST_CASE("bf16 optimizer checkpoints round-trip and refuse a float optimizer", 
   std::stringstream in2(bytes);
   CHECK_THROWS_WITH(orthopt::load_checkpoint(float_opt, in2), Contains("bfloat16") && Contains("float32"));
 }
+
+TEMPLATE_TEST_CASE("a batch of matrices costs one cuBLAS launch per product, whatever its size", "[cuda][batch]", float,
+                   bfloat16) {
+  using T = TestType;
+  const index_t E = 8, M = 16, N = 24;
+  const MatD all = gaussian(E * M, N, 77);
+  std::vector<T> in(static_cast<std::size_t>(E * M * N)), out(in.size());
+  for (index_t e = 0; e < E; ++e)
+    for (index_t i = 0; i < M; ++i)
+      for (index_t j = 0; j < N; ++j) in[static_cast<std::size_t>((e * M + i) * N + j)] = T(static_cast<float>(all(e * M + i, j)));
+  const auto cfg = presets::keller();  // 5 steps, 3 products each
+  for (const index_t capacity : {index_t{1}, E}) {
+    cuda_backend be;
+    orthopt::newton_schulz<T, cuda_backend> ns(M, N, cfg, be, capacity);
+    const auto calls = orthopt_cuda_host::cublas_calls();
+    ns(orthopt::row_major_batch<const T>(in.data(), E, M, N), orthopt::row_major_batch(out.data(), E, M, N));
+    INFO("capacity " << capacity);
+    CHECK(orthopt_cuda_host::cublas_calls() - calls == 3 * cfg.steps * (E / capacity));
+    // And each result is that matrix's own NS (float: the float tolerance; bf16: bf16's).
+    for (index_t e = 0; e < E; ++e) {
+      MatD got(M, N);
+      for (index_t i = 0; i < M; ++i)
+        for (index_t j = 0; j < N; ++j) got(i, j) = static_cast<double>(static_cast<float>(out[static_cast<std::size_t>((e * M + i) * N + j)]));
+      MatD x(M, N);
+      for (index_t i = 0; i < M; ++i)
+        for (index_t j = 0; j < N; ++j) x(i, j) = static_cast<double>(static_cast<float>(in[static_cast<std::size_t>((e * M + i) * N + j)]));
+      const double tolerance = std::is_same_v<T, float> ? tol<float>(10 * schedule_gain(cfg), {M, N}) : bf16_ns_tolerance(cfg);
+      CHECK(max_abs_diff(got, reference_ns(x, cfg)) <= tolerance);
+    }
+  }
+}

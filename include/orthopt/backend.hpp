@@ -20,6 +20,15 @@
 //   copy_to_host(be, host_dst, src, bytes)             backend memory → host memory (checkpoints)
 //   copy_from_host(be, dst, host_src, bytes)           host memory → backend memory (checkpoints)
 //
+// Batched forms, over batch_views of same-shape matrices (stacked experts, a plan's batch): a backend
+// may provide them to run a whole batch in one launch (the CUDA backend: strided-batched GEMM); the
+// defaults below loop over the matrices with the primitives above.
+//   gemm_batched(be, alpha, A, trans_a, B, trans_b, beta, C)   C[k] ← α·op(A[k])·op(B[k]) + β·C[k]
+//   syrk_batched(be, alpha, A, beta, C)                        C[k] ← α·A[k]·A[k]ᵀ + β·C[k]
+//   frobenius_norms(be, X, out)                                out[k] ← ‖X[k]‖_F
+//   transform_batched(be, X, Y, f)                             Y[k](i,j) ← f.at(k)(X[k](i,j)), or f(…)
+//                                                              when f has no at(k) (per-matrix scalars)
+//
 // Arithmetic: α and β of the products and every constant in the functors are of type compute_t<T>,
 // which is T for float and double and float for 16-bit storage types (the CUDA backend's bf16), so a
 // bf16 matrix is stored in bf16 but never multiplied by a coefficient rounded to bf16.
@@ -130,6 +139,19 @@ struct sign {
 
 }  // namespace functors
 
+namespace detail {
+/// The functor for matrix k of a batch: f.at(k) when f has per-matrix state, else f.
+template <class F>
+ORTHOPT_HD constexpr auto bind_matrix(const F& f, index_t k) {
+  if constexpr (requires { f.at(k); }) {
+    return f.at(k);
+  } else {
+    (void)k;
+    return f;
+  }
+}
+}  // namespace detail
+
 // clang-format off
 /// A type providing every primitive above for element type T.
 template <class Backend, class T>
@@ -152,5 +174,33 @@ concept backend_for = std::copy_constructible<Backend> &&
     copy_from_host(be, bytes, const_bytes, std::size_t{1});
   };
 // clang-format on
+
+// ---------------------------------------------------------------------------------------------------
+// Batched primitives: defaults that loop over the matrices. A backend overloads them for its own handle
+// type (more specialized, so overload resolution prefers it).
+// ---------------------------------------------------------------------------------------------------
+template <class Backend, class T, class TA, class TB>
+  requires(std::same_as<std::remove_const_t<TA>, T> && std::same_as<std::remove_const_t<TB>, T>)
+void gemm_batched(Backend& be, std::type_identity_t<compute_t<T>> alpha, batch_view<TA> A, op op_a, batch_view<TB> B,
+                  op op_b, std::type_identity_t<compute_t<T>> beta, batch_view<T> C) {
+  for (index_t k = 0; k < C.count; ++k) gemm(be, alpha, A[k], op_a, B[k], op_b, beta, C[k]);
+}
+
+template <class Backend, class T, class TA>
+  requires std::same_as<std::remove_const_t<TA>, T>
+void syrk_batched(Backend& be, std::type_identity_t<compute_t<T>> alpha, batch_view<TA> A,
+                  std::type_identity_t<compute_t<T>> beta, batch_view<T> C) {
+  for (index_t k = 0; k < C.count; ++k) syrk(be, alpha, A[k], beta, C[k]);
+}
+
+template <class Backend, class T>
+void frobenius_norms(Backend& be, batch_view<T> X, scalar_t* out) {
+  for (index_t k = 0; k < X.count; ++k) frobenius_norm(be, X[k], out + k);
+}
+
+template <class Backend, class T, class U, class F>
+void transform_batched(Backend& be, batch_view<T> X, batch_view<U> Y, F f) {
+  for (index_t k = 0; k < Y.count; ++k) transform(be, X[k], Y[k], detail::bind_matrix(f, k));
+}
 
 }  // namespace orthopt

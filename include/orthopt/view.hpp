@@ -114,6 +114,9 @@ struct batch_view {
   }
   [[nodiscard]] constexpr index_t rows() const noexcept { return first.rows; }
   [[nodiscard]] constexpr index_t cols() const noexcept { return first.cols; }
+  [[nodiscard]] constexpr batch_view<const std::remove_cv_t<T>> as_const_batch() const noexcept {
+    return {first.as_const(), count, batch_stride};
+  }
 };
 
 /// A dense [count, rows, cols] row-major stack, as PyTorch and NumPy lay out a 3-D tensor.

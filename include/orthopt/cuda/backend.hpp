@@ -663,6 +663,115 @@ void cublas_gemm(cuda_backend& be, int m, int n, int k, compute_t<T> alpha, cubl
   }
 }
 
+/// A batch of reductions (one per matrix of a batch): pass 1 gives each matrix `parts` partials, pass 2
+/// (one thread per matrix) combines them and finishes. An Op here provides load(k, p) and finish(k, partial).
+template <class Op>
+struct batch_reduce_first_pass {
+  Op op;
+  reduce_partial* out;
+  index_t n, parts;
+  ORTHOPT_HD void operator()(index_t tk) const {
+    const index_t k = tk / parts, t = tk - k * parts;
+    reduce_partial acc{};
+    if (reduce_interleaved) {
+      for (index_t p = t; p < n; p += parts) acc = Op::combine(acc, op.load(k, p));
+    } else {
+      const index_t begin = n * t / parts, end = n * (t + 1) / parts;
+      for (index_t p = begin; p < end; ++p) acc = Op::combine(acc, op.load(k, p));
+    }
+    out[tk] = acc;
+  }
+};
+template <class Op>
+struct batch_reduce_last_pass {
+  Op op;
+  const reduce_partial* in;
+  index_t parts;
+  ORTHOPT_HD void operator()(index_t k) const {
+    reduce_partial acc{};
+    for (index_t t = 0; t < parts; ++t) acc = Op::combine(acc, in[k * parts + t]);
+    op.finish(k, acc);
+  }
+};
+
+/// ‖X[k]‖_F for every matrix of a batch.
+template <class T>
+struct batch_frobenius_op {
+  frobenius_op<T> one;  // X = the first matrix; out = the first result
+  index_t batch_stride;
+  ORTHOPT_HD reduce_partial load(index_t k, index_t p) const {
+    frobenius_op<T> m = one;
+    m.X.data += k * batch_stride;
+    return m.load(p);
+  }
+  ORTHOPT_HD static reduce_partial combine(reduce_partial p, reduce_partial q) { return frobenius_op<T>::combine(p, q); }
+  ORTHOPT_HD void finish(index_t k, reduce_partial p) const {
+    frobenius_op<T> m = one;
+    m.out += k;
+    m.finish(p);
+  }
+};
+
+/// Y[k](i,j) ← f.at(k)(X[k](i,j)) over a whole batch in one launch.
+template <class T, class U, class F>
+struct batch_map1_kernel {
+  matrix_view<T> X;
+  matrix_view<U> Y;
+  index_t x_stride, y_stride;
+  F f;
+  element_walk w;
+  ORTHOPT_HD void operator()(index_t q) const {
+    const index_t size = w.rows * w.cols;
+    const index_t k = q / size, p = q - k * size;
+    const auto fk = bind_matrix(f, k);
+    const T* x = X.data + k * x_stride;
+    U* y = Y.data + k * y_stride;
+    if (w.linear) {
+      y[p] = static_cast<U>(fk(x[p]));
+      return;
+    }
+    index_t i = 0, j = 0;
+    w.locate(p, i, j);
+    y[i * Y.row_stride + j * Y.col_stride] = static_cast<U>(fk(x[i * X.row_stride + j * X.col_stride]));
+  }
+};
+
+/// upper(C[k]) ← lower(C[k])ᵀ for every matrix of a batch.
+template <class T>
+struct batch_mirror_kernel {
+  matrix_view<T> C;
+  index_t stride;
+  ORTHOPT_HD void operator()(index_t q) const {
+    const index_t size = C.rows * C.rows;
+    const index_t k = q / size, p = q - k * size;
+    const index_t j = p / C.rows, i = p - j * C.rows;
+    if (i < j) {
+      T* c = C.data + k * stride;
+      c[i * C.row_stride + j * C.col_stride] = c[j * C.row_stride + i * C.col_stride];
+    }
+  }
+};
+
+/// The strided-batched cuBLAS call for C[k](m×n, column-major, ldc) ← α·op(L[k])·op(R[k]) + β·C[k].
+template <class T>
+void cublas_gemm_batched(cuda_backend& be, int m, int n, int k, compute_t<T> alpha, cublas_operand l, long long sl,
+                         cublas_operand r, long long sr, compute_t<T> beta, T* c, int ldc, long long sc, int count) {
+  const cublasOperation_t ol = cublas_op(l.transposed), orr = cublas_op(r.transposed);
+  if constexpr (std::is_same_v<T, float>) {
+    ORTHOPT_CUDA_CHECK(cublasSgemmStridedBatched(be.cublas(), ol, orr, m, n, k, &alpha, static_cast<const float*>(l.data),
+                                                 l.ld, sl, static_cast<const float*>(r.data), r.ld, sr, &beta, c, ldc, sc,
+                                                 count));
+  } else if constexpr (std::is_same_v<T, double>) {
+    ORTHOPT_CUDA_CHECK(cublasDgemmStridedBatched(be.cublas(), ol, orr, m, n, k, &alpha, static_cast<const double*>(l.data),
+                                                 l.ld, sl, static_cast<const double*>(r.data), r.ld, sr, &beta, c, ldc, sc,
+                                                 count));
+  } else {
+    ORTHOPT_CUDA_CHECK(cublasGemmStridedBatchedEx(be.cublas(), ol, orr, m, n, k, &alpha, l.data, CUDA_R_16BF, l.ld, sl,
+                                                  r.data, CUDA_R_16BF, r.ld, sr, &beta, c, CUDA_R_16BF, ldc, sc, count,
+                                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
+}
+
 }  // namespace detail
 
 // ---------------------------------------------------------------------------------------------------
@@ -803,6 +912,90 @@ std::optional<nonfinite_entry> find_nonfinite(cuda_backend& be, matrix_view<T> X
   be.synchronize();
   if (found.failed_checks == 0) return std::nullopt;
   return nonfinite_entry{static_cast<index_t>(found.row), static_cast<index_t>(found.col), found.value};
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Batched primitives: one launch for a whole batch_view (strided-batched GEMM for the products)
+// ---------------------------------------------------------------------------------------------------
+
+/// C[k] ← α·op(A[k])·op(B[k]) + β·C[k] for every k, as one cublas?gemmStridedBatched (or
+/// cublasGemmStridedBatchedEx for bf16) call; batches cuBLAS cannot take run matrix by matrix.
+template <class T, class TA, class TB>
+  requires(std::same_as<std::remove_const_t<TA>, T> && std::same_as<std::remove_const_t<TB>, T>)
+void gemm_batched(cuda_backend& be, std::type_identity_t<compute_t<T>> alpha, batch_view<TA> A, op op_a,
+                  batch_view<TB> B, op op_b, std::type_identity_t<compute_t<T>> beta, batch_view<T> C) {
+  if (C.count == 1) {
+    gemm(be, alpha, A.first, op_a, B.first, op_b, beta, C.first);
+    return;
+  }
+  const auto p = detail::orient_gemm(A.first, op_a, B.first, op_b, C.first);
+  // orient_gemm swaps the operands (Cᵀ = op(B)ᵀ·op(A)ᵀ) when C is row-major: the batch strides follow.
+  const bool sw = detail::gemm_swaps_operands(C.first);
+  const index_t sl = sw ? B.batch_stride : A.batch_stride, sr = sw ? A.batch_stride : B.batch_stride;
+  const index_t m = p.C.rows, n = p.C.cols, k = p.L.cols;
+  const auto lo = detail::as_cublas_operand(p.L);
+  const auto ro = detail::as_cublas_operand(p.R);
+  const auto co = detail::as_cublas_operand(p.C.as_const());
+  if constexpr (detail::cublas_native<T>) {
+    if (lo && ro && co && !co->transposed && k > 0 && alpha != compute_t<T>(0) && detail::fits_int(m) &&
+        detail::fits_int(n) && detail::fits_int(k) && detail::fits_int(C.count)) {
+      detail::cublas_gemm_batched<T>(be, static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), alpha, *lo, sl,
+                                     *ro, sr, beta, p.C.data, co->ld, C.batch_stride, static_cast<int>(C.count));
+      return;
+    }
+  }
+  for (index_t i = 0; i < C.count; ++i) gemm(be, alpha, A[i], op_a, B[i], op_b, beta, C[i]);
+}
+
+/// C[k] ← α·A[k]·A[k]ᵀ + β·C[k] for every k: cuBLAS has no batched syrk, so one strided-batched GEMM of
+/// A[k] with A[k]ᵀ (both triangles, twice syrk's multiply-adds, in one launch), then the lower triangle
+/// mirrored so every C[k] is exactly symmetric. C[k] must be symmetric on input when β ≠ 0.
+template <class T, class TA>
+  requires std::same_as<std::remove_const_t<TA>, T>
+void syrk_batched(cuda_backend& be, std::type_identity_t<compute_t<T>> alpha, batch_view<TA> A,
+                  std::type_identity_t<compute_t<T>> beta, batch_view<T> C) {
+  if (C.count == 1) {
+    syrk(be, alpha, A.first, beta, C.first);
+    return;
+  }
+  const index_t n = A.rows();
+  if (C.rows() != n || C.cols() != n) {
+    throw shape_error("orthopt::syrk: A is " + shape_string(A.first) + " so C must be " + shape_string(n, n) +
+                      ", but C is " + shape_string(C.first));
+  }
+  const batch_view<const T> Ac = A.as_const_batch();
+  const batch_view<const T> At{Ac.first.transposed(), Ac.count, Ac.batch_stride};
+  gemm_batched(be, alpha, Ac, op::none, At, op::none, beta, C);
+  detail::cuda_launch(be, C.count * n * n, detail::batch_mirror_kernel<T>{C.first, C.batch_stride});
+}
+
+/// out[k] ← ‖X[k]‖_F for every k (one batched reduction).
+template <class T>
+void frobenius_norms(cuda_backend& be, batch_view<T> X, scalar_t* out) {
+  if (X.count == 1) {
+    frobenius_norm(be, X.first, out);
+    return;
+  }
+  const index_t n = X.first.size();
+  constexpr index_t room = detail::reduce_first_parts + detail::reduce_second_parts;
+  for (index_t k0 = 0; k0 < X.count; k0 += room) {  // more matrices than scratch: in chunks
+    const index_t count = std::min(room, X.count - k0);
+    const index_t parts = std::clamp<index_t>((n + detail::reduce_elements_per_part - 1) / detail::reduce_elements_per_part, 1,
+                                              room / count);
+    matrix_view<T> first = X.first;
+    first.data += k0 * X.batch_stride;
+    const detail::batch_frobenius_op<T> op{{first, detail::walk_of(first), out + k0}, X.batch_stride};
+    detail::cuda_launch(be, count * parts, detail::batch_reduce_first_pass<detail::batch_frobenius_op<T>>{op, be.partials(), n, parts});
+    detail::cuda_launch(be, count, detail::batch_reduce_last_pass<detail::batch_frobenius_op<T>>{op, be.partials(), parts});
+  }
+}
+
+/// Y[k](i,j) ← f.at(k)(X[k](i,j)) (or f) for the whole batch in one launch.
+template <class T, class U, class F>
+void transform_batched(cuda_backend& be, batch_view<T> X, batch_view<U> Y, F f) {
+  detail::cuda_launch(be, Y.count * Y.first.size(),
+                      detail::batch_map1_kernel<T, U, F>{X.first, Y.first, X.batch_stride, Y.batch_stride, f,
+                                                         detail::walk_of(Y.first, X.first)});
 }
 
 /// Device → host copy in stream order; waits for it (checkpoints).

@@ -20,6 +20,12 @@ struct gemm_problem {
   matrix_view<T> C;
 };
 
+/// True when C is row-major (and not also column-major): orient_gemm then computes Cᵀ = op(B)ᵀ·op(A)ᵀ.
+template <class T>
+constexpr bool gemm_swaps_operands(const matrix_view<T>& C) noexcept {
+  return !(C.row_stride == 1 || C.rows == 1) && (C.col_stride == 1 || C.cols == 1);
+}
+
 /// Checks that op(A)·op(B) fits C (shape_error naming the three shapes) and orients the problem.
 template <class T, class TA, class TB>
 gemm_problem<T> orient_gemm(matrix_view<TA> A, op op_a, matrix_view<TB> B, op op_b, matrix_view<T> C) {
@@ -29,7 +35,7 @@ gemm_problem<T> orient_gemm(matrix_view<TA> A, op op_a, matrix_view<TB> B, op op
     throw shape_error("orthopt::gemm: op(A) is " + shape_string(p.L) + ", op(B) is " + shape_string(p.R) +
                       " and C is " + shape_string(C) + "; they do not multiply");
   }
-  if (!(C.row_stride == 1 || C.rows == 1) && (C.col_stride == 1 || C.cols == 1)) {
+  if (gemm_swaps_operands(C)) {
     p = {p.R.transposed(), p.L.transposed(), C.transposed()};
   }
   return p;

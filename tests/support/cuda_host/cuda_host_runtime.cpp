@@ -200,6 +200,54 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t ta, cublasO
   return CUBLAS_STATUS_SUCCESS;
 }
 
+/// Strided-batched forms: one call, `count` products (cuBLAS counts it as one call, and so does this).
+template <class T>
+cublasStatus_t host_gemm_strided_batched(cublasHandle_t handle, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                                         int k, const T* alpha, const T* A, int lda, long long sa, const T* B, int ldb,
+                                         long long sb, const T* beta, T* C, int ldc, long long sc, int count) {
+  if (const auto s = enter_cublas(handle); s != CUBLAS_STATUS_SUCCESS) return s;
+  if (!gemm_arguments_valid(ta, tb, m, n, k, lda, ldb, ldc) || count < 0) return CUBLAS_STATUS_INVALID_VALUE;
+  for (int i = 0; i < count; ++i) {
+    if constexpr (std::is_same_v<T, float>) {
+      cblas_sgemm(CblasColMajor, to_cblas(ta), to_cblas(tb), m, n, k, *alpha, A + i * sa, lda, B + i * sb, ldb, *beta,
+                  C + i * sc, ldc);
+    } else {
+      cblas_dgemm(CblasColMajor, to_cblas(ta), to_cblas(tb), m, n, k, *alpha, A + i * sa, lda, B + i * sb, ldb, *beta,
+                  C + i * sc, ldc);
+    }
+  }
+  return CUBLAS_STATUS_SUCCESS;
+}
+cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t handle, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                                         int k, const float* alpha, const float* A, int lda, long long int sa,
+                                         const float* B, int ldb, long long int sb, const float* beta, float* C, int ldc,
+                                         long long int sc, int count) {
+  return host_gemm_strided_batched(handle, ta, tb, m, n, k, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc, count);
+}
+cublasStatus_t cublasDgemmStridedBatched(cublasHandle_t handle, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                                         int k, const double* alpha, const double* A, int lda, long long int sa,
+                                         const double* B, int ldb, long long int sb, const double* beta, double* C,
+                                         int ldc, long long int sc, int count) {
+  return host_gemm_strided_batched(handle, ta, tb, m, n, k, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc, count);
+}
+cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                                          int k, const void* alpha, const void* A, cudaDataType Atype, int lda,
+                                          long long int sa, const void* B, cudaDataType Btype, int ldb, long long int sb,
+                                          const void* beta, void* C, cudaDataType Ctype, int ldc, long long int sc,
+                                          int count, cublasComputeType_t compute, cublasGemmAlgo_t algo) {
+  if (count < 0) return CUBLAS_STATUS_INVALID_VALUE;
+  const auto* a = static_cast<const __nv_bfloat16*>(A);
+  const auto* b = static_cast<const __nv_bfloat16*>(B);
+  auto* c = static_cast<__nv_bfloat16*>(C);
+  for (int i = 0; i < count; ++i) {
+    const auto s = cublasGemmEx(handle, ta, tb, m, n, k, alpha, a + i * sa, Atype, lda, b + i * sb, Btype, ldb, beta,
+                                c + i * sc, Ctype, ldc, compute, algo);
+    if (s != CUBLAS_STATUS_SUCCESS) return s;
+    if (i + 1 < count) --cublas_call_count;  // one call, as cuBLAS counts it
+  }
+  return CUBLAS_STATUS_SUCCESS;
+}
+
 // ---- cuSOLVER --------------------------------------------------------------------------------------
 cusolverStatus_t cusolverDnCreate(cusolverDnHandle_t* handle) {
   *handle = reinterpret_cast<cusolverDnHandle_t>(new solver_context);

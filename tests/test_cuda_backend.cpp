@@ -355,3 +355,24 @@ TEMPLATE_TEST_CASE("a batch of matrices costs one cuBLAS launch per product, wha
     }
   }
 }
+
+TEST_CASE("a rule step on stacked experts orthogonalizes them in one batched call", "[cuda][batch]") {
+  const index_t E = 6, M = 12, N = 20;
+  std::vector<float> w(static_cast<std::size_t>(E * M * N)), g(w.size());
+  for (std::size_t i = 0; i < w.size(); ++i) {
+    w[i] = static_cast<float>(std::sin(0.1 * double(i)));
+    g[i] = static_cast<float>(std::cos(0.37 * double(i)));
+  }
+  for (const bool exact : {false, true}) {
+    orthopt::muon_options o = orthopt::muon_presets::keller();  // NS5: 3 products per step
+    o.ortho.exact = exact;
+    orthopt::muon<float, cuda_backend> rule(o);
+    auto state = rule.make_state(M, N, E);
+    CHECK(state.batch_capacity() == (exact ? 1 : E));
+    const auto calls = orthopt_cuda_host::cublas_calls();
+    rule.step(orthopt::row_major_batch(w.data(), E, M, N), orthopt::row_major_batch<const float>(g.data(), E, M, N), state);
+    INFO("exact polar " << exact);
+    // NS: 15 calls for the whole stack; exact polar: per matrix one SVD and one product.
+    CHECK(orthopt_cuda_host::cublas_calls() - calls == (exact ? 2 * E : 3 * 5));
+  }
+}

@@ -485,7 +485,25 @@ void check_batch(Rule rule, shape s, std::uint64_t salt) {
                 states[static_cast<std::size_t>(k)]);
     }
   }
-  CHECK(w_batch == w_single);
+  // A backend that batches products (the CUDA backend) forms each A·Aᵀ of the batch by a batched GEMM
+  // instead of syrk: W and AdaMuon's V (which see NS's output) then agree to NS's rounding; momentum
+  // and the column moments (which see only G) still agree bit for bit.
+  const double ns_rounding = tol<T>(1000 * schedule_gain(orthopt::ns_presets::keller()), s);
+  const auto close = [&](auto a, auto b) {
+    double worst = 0.0, largest = 0.0;
+    for (index_t i = 0; i < a.rows; ++i)
+      for (index_t j = 0; j < a.cols; ++j) {
+        worst = std::max(worst, std::abs(double(a(i, j)) - double(b(i, j))));
+        largest = std::max(largest, std::abs(double(b(i, j))));
+      }
+    return worst <= ns_rounding * std::max(largest, 1.0);
+  };
+  if constexpr (batches_products) {
+    CHECK(close(orthopt::row_major_view(w_batch.data(), E * s.rows, s.cols),
+                orthopt::row_major_view(w_single.data(), E * s.rows, s.cols)));
+  } else {
+    CHECK(w_batch == w_single);
+  }
   CHECK(batch_state.step() == 5);
   for (index_t k = 0; k < E; ++k) {
     auto& single = states[static_cast<std::size_t>(k)];
@@ -498,7 +516,11 @@ void check_batch(Rule rule, shape s, std::uint64_t salt) {
       return true;
     };
     CHECK(same(batch_state.momentum(k), single.momentum()));
-    CHECK(same(batch_state.second_moment(k), single.second_moment()));
+    if constexpr (batches_products) {
+      CHECK((batch_state.second_moment(k).empty() || close(batch_state.second_moment(k), single.second_moment())));
+    } else {
+      CHECK(same(batch_state.second_moment(k), single.second_moment()));
+    }
     CHECK(same(batch_state.column_moment(k), single.column_moment()));
   }
 }

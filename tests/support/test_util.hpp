@@ -34,6 +34,9 @@ using backend_under_test = orthopt::cuda_backend;
 using backend_under_test = orthopt::eigen_backend;
 #endif
 
+/// Whether the backend under test runs a batch's products together (different rounding from one by one).
+inline constexpr bool batches_products = orthopt::detail::runs_batched_products<backend_under_test>;
+
 /// A backend handle for a test that varies the CPU backends' thread count; the CUDA backend has none.
 inline backend_under_test make_backend([[maybe_unused]] int threads) {
 #if defined(ORTHOPT_TEST_CUDA_HOST)

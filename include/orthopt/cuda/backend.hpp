@@ -195,6 +195,8 @@ class cuda_backend {
  public:
   template <class T>
   using buffer = detail::device_buffer<T>;
+  /// Batched primitives run a whole batch in one launch: rules orthogonalize a batch together.
+  static constexpr bool batches_products = true;
   /// The thin SVD used by exact_polar (cuSOLVER gesvd), defined in orthopt/cuda/svd.hpp.
   template <class T>
   class svd_workspace;

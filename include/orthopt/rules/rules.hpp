@@ -43,6 +43,18 @@ inline const char* rule_name(rule_kind k) {
   return "unknown";
 }
 
+namespace detail {
+template <class Derived, class T, class Backend, class Options>
+class rule_base;
+
+/// True for a backend whose batched primitives run a whole batch in one launch (it says so with
+/// `static constexpr bool batches_products = true;`); rules then orthogonalize a batch parameter's
+/// matrices together.
+template <class Backend>
+inline constexpr bool runs_batched_products = requires { requires Backend::batches_products; };
+
+}  // namespace detail
+
 /// The state of one parameter (or of a batch of `count` same-shape matrices) under one rule.
 ///
 /// Persistent tensors, reachable by the host to inspect, shard or save (views into backend memory):
@@ -62,20 +74,26 @@ class param_state {
                         " matrices of shape " + shape_string(rows, cols) + "; every extent must be at least 1");
     }
     const index_t n = rows * cols;
+    // A backend that runs a batch's products in one launch (the CUDA backend) gets the scratch of the
+    // whole batch, so that its orthogonalization is one batched call; the CPU backends keep one slot and
+    // loop, with the memory of a single matrix.
+    capacity_ = (ortho != nullptr && detail::runs_batched_products<Backend>) ? count : 1;
     momentum_ = backend_.template allocate<T>(count * n);
     if (kind == rule_kind::adamuon || kind == rule_kind::adamw) second_ = backend_.template allocate<T>(count * n);
     if (kind == rule_kind::namo) column_ = backend_.template allocate<scalar_t>(count);
     if (kind == rule_kind::namo_d) column_ = backend_.template allocate<scalar_t>(count * cols);
-    direction_ = backend_.template allocate<T>(n);
-    ortho_out_ = backend_.template allocate<T>(n);
-    scalars_ = backend_.template allocate<scalar_t>(4 + 2 * cols);
-    if (ortho != nullptr) plan_.emplace(rows, cols, *ortho, backend_);
+    direction_ = backend_.template allocate<T>(capacity_ * n);
+    ortho_out_ = backend_.template allocate<T>(capacity_ * n);
+    scalars_ = backend_.template allocate<scalar_t>(capacity_ * scalar_slot());
+    if (ortho != nullptr) plan_.emplace(rows, cols, *ortho, backend_, capacity_);
   }
 
   [[nodiscard]] rule_kind kind() const noexcept { return kind_; }
   [[nodiscard]] index_t rows() const noexcept { return rows_; }
   [[nodiscard]] index_t cols() const noexcept { return cols_; }
   [[nodiscard]] index_t count() const noexcept { return count_; }
+  /// How many matrices of the batch a step orthogonalizes together (count on the CUDA backend, else 1).
+  [[nodiscard]] index_t batch_capacity() const noexcept { return capacity_; }
   [[nodiscard]] std::int64_t step() const noexcept { return step_; }
   /// The backend handle whose memory holds the state (checkpoints copy the slots through it).
   [[nodiscard]] Backend& backend() const noexcept { return backend_; }
@@ -126,6 +144,8 @@ class param_state {
   }
 
  private:
+  template <class, class, class, class>
+  friend class detail::rule_base;
   template <class, class>
   friend class muon;
   template <class, class>
@@ -137,11 +157,18 @@ class param_state {
   template <class, class>
   friend class adamw;
 
-  matrix_view<T> direction() { return row_major_view(direction_.data(), rows_, cols_); }
-  matrix_view<T> ortho_out() { return row_major_view(ortho_out_.data(), rows_, cols_); }
+  // The step's scratch for slot `slot` of a batch chunk (0 ≤ slot < capacity_).
+  matrix_view<T> direction(index_t slot = 0) {
+    return row_major_view(direction_.data() + slot * rows_ * cols_, rows_, cols_);
+  }
+  matrix_view<T> ortho_out(index_t slot = 0) {
+    return row_major_view(ortho_out_.data() + slot * rows_ * cols_, rows_, cols_);
+  }
+  scalar_t* scalars(index_t slot = 0) { return scalars_.data() + slot * scalar_slot(); }
+  [[nodiscard]] index_t scalar_slot() const noexcept { return 4 + 2 * cols_; }
 
   rule_kind kind_;
-  index_t rows_, cols_, count_;
+  index_t rows_, cols_, count_, capacity_ = 1;
   std::int64_t step_ = 0;
   mutable Backend backend_;  // a handle: copying to the host from a const state is not a change of it
   typename Backend::template buffer<T> momentum_, second_, direction_, ortho_out_;
@@ -229,12 +256,32 @@ class rule_base {
   }
 
   /// One step for every matrix of a batch (stacked experts, row blocks of a fused matrix), each with its
-  /// own state entry; all checks pass before the first matrix is written.
+  /// own state entry; all checks pass before the first matrix is written. A rule with a polar operator
+  /// runs in three phases per chunk of the state's batch capacity: each matrix's direction, then one
+  /// (batched) orthogonalization, then each matrix's update.
   void step(batch_view<T> W, batch_view<const T> G, param_state<T, Backend>& s) {
     options_.validate();
     check_step(Derived::name, Derived::kind, backend_, W, G, s, options_.check_finite);
     const std::int64_t t = s.step() + 1;
-    for (index_t k = 0; k < W.count; ++k) static_cast<Derived*>(this)->step_one(W[k], G[k], s, k, t);
+    Derived& self = *static_cast<Derived*>(this);
+    if constexpr (Derived::orthogonalizes) {
+      const index_t capacity = s.batch_capacity();
+      for (index_t k0 = 0; k0 < W.count; k0 += capacity) {
+        const index_t chunk = std::min(capacity, W.count - k0);
+        matrix_view<T> U_first{};
+        for (index_t slot = 0; slot < chunk; ++slot) {
+          const matrix_view<T> U = self.direction_of(G[k0 + slot], s, k0 + slot, slot, t);
+          if (slot == 0) U_first = U;
+        }
+        // Every matrix's direction lies in the same per-matrix buffer (momentum or scratch) at slot
+        // spacing rows·cols: a strided batch.
+        const index_t spacing = s.rows() * s.cols();
+        (*s.plan_)(batch_view<const T>(U_first.as_const(), chunk, spacing), batch_view<T>(s.ortho_out(0), chunk, spacing));
+        for (index_t slot = 0; slot < chunk; ++slot) self.apply_update(W[k0 + slot], G[k0 + slot], s, k0 + slot, slot, t);
+      }
+    } else {
+      for (index_t k = 0; k < W.count; ++k) self.step_one(W[k], G[k], s, k, t);
+    }
     s.set_step(t);
   }
 
@@ -259,17 +306,22 @@ class muon : public detail::rule_base<muon<T, Backend>, T, Backend, muon_options
   explicit muon(muon_options o = muon_presets::keller(), Backend be = Backend{}) : base(std::move(o), std::move(be)) {}
 
  private:
+  static constexpr bool orthogonalizes = true;
   static const orthogonalizer* ortho_of(const muon_options& o) { return &o.ortho; }
-  void step_one(matrix_view<T> W, const_matrix_view<T> G, param_state<T, Backend>& s, index_t k, std::int64_t) {
+  /// M ← momentum(M, G); U ← nesterov ? mix(G, M) : M.
+  matrix_view<T> direction_of(const_matrix_view<T> G, param_state<T, Backend>& s, index_t k, index_t slot, std::int64_t) {
+    const muon_options& o = this->options_;
+    return stages::momentum_direction(this->backend_, o.momentum_type, o.momentum, o.nesterov, G, s.momentum(k),
+                                      s.direction(slot));
+  }
+  /// W ← W(1 − ηλ) − η·scale·O.
+  void apply_update(matrix_view<T> W, const_matrix_view<T>, param_state<T, Backend>& s, index_t, index_t slot,
+                    std::int64_t) {
     const muon_options& o = this->options_;
     Backend& be = this->backend_;
-    const matrix_view<T> U =
-        stages::momentum_direction(be, o.momentum_type, o.momentum, o.nesterov, G, s.momentum(k), s.direction());
-    const matrix_view<T> O = s.ortho_out();
-    (*s.plan_)(U.as_const(), O);
     const double scale = detail::shape_factor(o.scale, W.rows, W.cols);
-    stages::set_decay_and_step(be, s.scalars_.data(), 1.0 - o.lr * o.weight_decay, o.lr * scale);
-    stages::decay_and_update(be, W, O.as_const(), s.scalars_.data());
+    stages::set_decay_and_step(be, s.scalars(slot), 1.0 - o.lr * o.weight_decay, o.lr * scale);
+    stages::decay_and_update(be, W, s.ortho_out(slot).as_const(), s.scalars(slot));
   }
 };
 
@@ -303,14 +355,13 @@ class adamuon : public detail::rule_base<adamuon<T, Backend>, T, Backend, adamuo
       : base(std::move(o), std::move(be)) {}
 
  private:
+  static constexpr bool orthogonalizes = true;
   static const orthogonalizer* ortho_of(const adamuon_options& o) { return &o.ortho; }
-  void step_one(matrix_view<T> W, const_matrix_view<T> G, param_state<T, Backend>& s, index_t k, std::int64_t t) {
+  matrix_view<T> direction_of(const_matrix_view<T> G, param_state<T, Backend>& s, index_t k, index_t slot, std::int64_t) {
     const adamuon_options& o = this->options_;
     Backend& be = this->backend_;
     const matrix_view<T> M = s.momentum(k);
-    const matrix_view<T> V = s.second_moment(k);
-    const matrix_view<T> U = s.direction();
-    const matrix_view<T> O = s.ortho_out();
+    const matrix_view<T> U = s.direction(slot);
     if (o.form == adamuon_form::paper) {
       // Algorithm 1: M ← βM + G; U = sign(M)
       stages::accumulate_momentum(be, momentum_kind::classical, o.beta, G, M);
@@ -321,14 +372,21 @@ class adamuon : public detail::rule_base<adamuon<T, Backend>, T, Backend, adamuo
       stages::nesterov_direction(be, momentum_kind::ema, o.beta, G, M.as_const(), U);
       stages::sign_map(be, o.sign, U.as_const(), U);
     }
-    (*s.plan_)(U.as_const(), O);
+    return U;
+  }
+  void apply_update(matrix_view<T> W, const_matrix_view<T>, param_state<T, Backend>& s, index_t k, index_t slot,
+                    std::int64_t t) {
+    const adamuon_options& o = this->options_;
+    Backend& be = this->backend_;
+    const matrix_view<T> V = s.second_moment(k);
+    const matrix_view<T> O = s.ortho_out(slot);
     // Second moment of O; arXiv v1: its own β2 with bias correction 1/(1 − β2ᵗ).
     const bool v1 = o.beta2 > 0.0;
     const double beta_v = v1 ? o.beta2 : o.beta;
     const double unbias = v1 ? 1.0 / (1.0 - std::pow(o.beta2, static_cast<double>(t))) : 1.0;
     stages::accumulate_square(be, beta_v, O.as_const(), V);
     stages::divide_by_root_second_moment(be, O.as_const(), V.as_const(), 1.0, unbias, o.eps, O);
-    scalar_t* sc = s.scalars_.data();
+    scalar_t* sc = s.scalars(slot);
     frobenius_norm(be, O.as_const(), sc + 2);
     const double rms_target = 0.2 * std::sqrt(static_cast<double>(W.rows) * static_cast<double>(W.cols));
     const double gamma_eps = o.form == adamuon_form::code ? o.eps : 0.0;
@@ -419,25 +477,32 @@ class namo : public detail::rule_base<namo<T, Backend>, T, Backend, namo_options
   explicit namo(namo_options o = namo_presets::code(), Backend be = Backend{}) : base(std::move(o), std::move(be)) {}
 
  private:
+  static constexpr bool orthogonalizes = true;
   static const orthogonalizer* ortho_of(const namo_options& o) { return &o.ortho; }
-  void step_one(matrix_view<T> W, const_matrix_view<T> G, param_state<T, Backend>& s, index_t k, std::int64_t t) {
+  matrix_view<T> direction_of(const_matrix_view<T> G, param_state<T, Backend>& s, index_t k, index_t slot, std::int64_t) {
     const namo_options& o = this->options_;
     Backend& be = this->backend_;
     const bool code = o.form == namo_form::code;
-    scalar_t* sc = s.scalars_.data();
+    scalar_t* sc = s.scalars(slot);
     frobenius_norm(be, G, sc + 2);
     const matrix_view<T> U = stages::momentum_direction(be, momentum_kind::ema, o.mu1, code && o.nesterov, G,
-                                                        s.momentum(k), s.direction());
+                                                        s.momentum(k), s.direction(slot));
     frobenius_norm(be, U.as_const(), sc + 3);
-    const matrix_view<T> O = s.ortho_out();
-    (*s.plan_)(U.as_const(), O);
+    return U;
+  }
+  void apply_update(matrix_view<T> W, const_matrix_view<T>, param_state<T, Backend>& s, index_t k, index_t slot,
+                    std::int64_t t) {
+    const namo_options& o = this->options_;
+    Backend& be = this->backend_;
+    const bool code = o.form == namo_form::code;
+    scalar_t* sc = s.scalars(slot);
     const double td = static_cast<double>(t);
     const double root = std::sqrt(1.0 - std::pow(o.mu2, td));
     const double bias = code ? root / ((1.0 - std::pow(o.mu1, td)) + 1e-12) : root / (1.0 - std::pow(o.mu1, td));
     const double rms = o.rms_scale * std::sqrt(static_cast<double>(std::max(W.rows, W.cols)));
     run_scalar(be, detail::namo_scale{sc + 2, sc + 3, s.column_moment(k).data, sc, o.mu2, o.eps, o.lr, o.weight_decay,
                                       bias, rms, code ? 1.0 : 0.0});
-    stages::decay_and_update(be, W, O.as_const(), sc);
+    stages::decay_and_update(be, W, s.ortho_out(slot).as_const(), sc);
   }
 };
 
@@ -459,24 +524,31 @@ class namo_d : public detail::rule_base<namo_d<T, Backend>, T, Backend, namo_opt
   }
 
  private:
+  static constexpr bool orthogonalizes = true;
   static const orthogonalizer* ortho_of(const namo_options& o) { return &o.ortho; }
-  void step_one(matrix_view<T> W, const_matrix_view<T> G, param_state<T, Backend>& s, index_t k, std::int64_t t) {
+  matrix_view<T> direction_of(const_matrix_view<T> G, param_state<T, Backend>& s, index_t k, index_t slot, std::int64_t) {
     const namo_options& o = this->options_;
     Backend& be = this->backend_;
-    scalar_t* g_cols = s.scalars_.data() + 4;
-    scalar_t* u_cols = g_cols + W.cols;
+    scalar_t* g_cols = s.scalars(slot) + 4;
+    scalar_t* u_cols = g_cols + G.cols;
     column_norms(be, G, column_norm::l2, g_cols);
     const matrix_view<T> U =
-        stages::momentum_direction(be, momentum_kind::ema, o.mu1, o.nesterov, G, s.momentum(k), s.direction());
+        stages::momentum_direction(be, momentum_kind::ema, o.mu1, o.nesterov, G, s.momentum(k), s.direction(slot));
     column_norms(be, U.as_const(), column_norm::l2, u_cols);
-    const matrix_view<T> O = s.ortho_out();
-    (*s.plan_)(U.as_const(), O);
+    return U;
+  }
+  void apply_update(matrix_view<T> W, const_matrix_view<T>, param_state<T, Backend>& s, index_t k, index_t slot,
+                    std::int64_t t) {
+    const namo_options& o = this->options_;
+    Backend& be = this->backend_;
+    scalar_t* g_cols = s.scalars(slot) + 4;
+    scalar_t* u_cols = g_cols + W.cols;
     const double td = static_cast<double>(t);
     const double base = o.lr * std::sqrt(1.0 - std::pow(o.mu2, td)) / ((1.0 - std::pow(o.mu1, td)) + 1e-12);
     const double rms = o.rms_scale * std::sqrt(static_cast<double>(std::max(W.rows, W.cols)));
     run_scalar(be, detail::namo_d_scale{g_cols, u_cols, s.column_moment(k).data, W.cols, o.mu2, o.eps, base,
                                         o.weight_decay, rms, o.column_clamp});
-    stages::decay_and_update_columns(be, W, O, g_cols, u_cols);
+    stages::decay_and_update_columns(be, W, s.ortho_out(slot), g_cols, u_cols);
   }
 };
 
@@ -494,6 +566,7 @@ class adamw : public detail::rule_base<adamw<T, Backend>, T, Backend, adamw_opti
   explicit adamw(adamw_options o = adamw_presets::torch(), Backend be = Backend{}) : base(std::move(o), std::move(be)) {}
 
  private:
+  static constexpr bool orthogonalizes = false;
   static const orthogonalizer* ortho_of(const adamw_options&) { return nullptr; }
   void step_one(matrix_view<T> W, const_matrix_view<T> G, param_state<T, Backend>& s, index_t k, std::int64_t t) {
     const adamw_options& o = this->options_;
@@ -510,8 +583,8 @@ class adamw : public detail::rule_base<adamw<T, Backend>, T, Backend, adamw_opti
     } else {
       stages::divide_by_root_second_moment(be, m.as_const(), v.as_const(), std::sqrt(c2) / c1, 1.0, o.eps, D);
     }
-    stages::set_decay_and_step(be, s.scalars_.data(), 1.0 - o.lr * o.weight_decay, o.lr);
-    stages::decay_and_update(be, W, D.as_const(), s.scalars_.data());
+    stages::set_decay_and_step(be, s.scalars(), 1.0 - o.lr * o.weight_decay, o.lr);
+    stages::decay_and_update(be, W, D.as_const(), s.scalars());
   }
 };
 

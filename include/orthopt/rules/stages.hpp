@@ -163,19 +163,29 @@ void set_decay_and_step(Backend& be, scalar_t* scalars, double decay, double ste
 template <class T, class Backend>
 class orthogonalizer_plan {
  public:
-  orthogonalizer_plan(index_t rows, index_t cols, const orthogonalizer& o, const Backend& be) {
+  /// `batch_capacity`: how many matrices a batched call orthogonalizes together (Newton–Schulz only;
+  /// the exact polar factor is computed matrix by matrix).
+  orthogonalizer_plan(index_t rows, index_t cols, const orthogonalizer& o, const Backend& be, index_t batch_capacity = 1) {
     if (o.exact) {
       polar_.emplace(rows, cols, be, /*check_finite=*/false);
     } else {
       ns_config cfg = o.ns;
       cfg.check_finite = false;  // the rule checked its gradient; momentum of finite data stays finite
-      ns_.emplace(rows, cols, std::move(cfg), be);
+      ns_.emplace(rows, cols, std::move(cfg), be, batch_capacity);
     }
   }
   /// O ← polar(U) (approximately, with Newton–Schulz).
   void operator()(const_matrix_view<T> U, matrix_view<T> O) {
     if (ns_) (*ns_)(U, O);
     else (*polar_)(U, O);
+  }
+  /// O[k] ← polar(U[k]) for a batch (one batched Newton–Schulz call).
+  void operator()(batch_view<const T> U, batch_view<T> O) {
+    if (ns_) {
+      (*ns_)(U, O);
+    } else {
+      for (index_t k = 0; k < U.count; ++k) (*polar_)(U[k], O[k]);
+    }
   }
   /// Change the Newton–Schulz step count (the adaptive budget uses this); no effect on exact polar.
   void set_steps(int steps) {

@@ -4,9 +4,10 @@
 #   find_package(orthopt CONFIG REQUIRED COMPONENTS eigen)
 #   target_link_libraries(app PRIVATE orthopt::eigen)
 #
-# Three export sets: orthoptTargets (orthopt::orthopt, the backend-independent core, no dependencies),
-# orthoptEigenTargets (orthopt::eigen, which needs Eigen3::Eigen) and orthoptBlasTargets (orthopt::blas,
-# which also needs BLAS::BLAS). A consumer without Eigen can still
+# Four export sets: orthoptTargets (orthopt::orthopt, the backend-independent core, no dependencies),
+# orthoptEigenTargets (orthopt::eigen, which needs Eigen3::Eigen), orthoptBlasTargets (orthopt::blas,
+# which also needs BLAS::BLAS) and orthoptCudaTargets (orthopt::cuda, which needs the CUDA toolkit's
+# cuBLAS, cuSOLVER and runtime; installed when orthopt was configured with ORTHOPT_ENABLE_CUDA=ON). A consumer without Eigen can still
 # find the package and use orthopt::orthopt; the Eigen targets are only loaded when Eigen is found.
 #
 # Paths come from CMAKE_CURRENT_LIST_DIR / PROJECT_SOURCE_DIR (never CMAKE_SOURCE_DIR), so these rules
@@ -48,6 +49,16 @@ if(TARGET orthopt_blas)
   install(EXPORT orthoptBlasTargets
           NAMESPACE orthopt::
           FILE orthoptBlasTargets.cmake
+          DESTINATION "${ORTHOPT_INSTALL_CMAKEDIR}")
+endif()
+
+# orthopt_cuda links CUDA::cublas, CUDA::cusolver and CUDA::cudart, which the config recreates with
+# find_dependency(CUDAToolkit).
+if(TARGET orthopt_cuda)
+  install(TARGETS orthopt_cuda EXPORT orthoptCudaTargets)
+  install(EXPORT orthoptCudaTargets
+          NAMESPACE orthopt::
+          FILE orthoptCudaTargets.cmake
           DESTINATION "${ORTHOPT_INSTALL_CMAKEDIR}")
 endif()
 

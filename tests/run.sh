@@ -5,6 +5,10 @@
 #   bash tests/run.sh              Release build in ./build, warnings as errors, all tests
 #   bash tests/run.sh --sanitize   RelWithDebInfo build in ./build-sanitize with AddressSanitizer and
 #                                  UndefinedBehaviorSanitizer (no benchmarks, no examples), all tests
+#   bash tests/run.sh --cuda       with nvcc (the CUDA toolkit): Release build in ./build-cuda with
+#                                  ORTHOPT_ENABLE_CUDA=ON; builds the CUDA targets (GPU suite, bench_cuda,
+#                                  the package's CUDA consumer) and runs the `gpu` tests, which report
+#                                  "skipped" without a GPU. Without nvcc it says so and exits 0.
 #
 # Works from any directory; exits non-zero when any step fails.
 set -euo pipefail
@@ -13,10 +17,12 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root"
 
 sanitize=0
+cuda=0
 for arg in "$@"; do
   case "$arg" in
     --sanitize) sanitize=1 ;;
-    -h|--help) sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --cuda) cuda=1 ;;
+    -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "tests/run.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -30,6 +36,21 @@ packages=(cmake g++ make libeigen3-dev catch2 libbenchmark-dev zlib1g-dev datase
 bash cmake/install-debian-packages.sh "tests/run.sh" "${packages[@]}"
 
 # ---- Configure, build, test ----------------------------------------------------------------------
+jobs="$(nproc 2>/dev/null || echo 2)"
+if ((cuda)); then
+  nvcc_path="$(command -v nvcc || true)"
+  if [[ -z "$nvcc_path" && -x /usr/local/cuda/bin/nvcc ]]; then nvcc_path=/usr/local/cuda/bin/nvcc; fi
+  if [[ -z "$nvcc_path" ]]; then
+    echo "tests/run.sh --cuda: no nvcc (CUDA toolkit) found; the CUDA build is skipped"
+    exit 0
+  fi
+  cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DORTHOPT_WERROR=ON -DORTHOPT_ENABLE_CUDA=ON \
+        -DCMAKE_CUDA_COMPILER="$nvcc_path" -DORTHOPT_BUILD_EXAMPLES=OFF
+  # Only the CUDA targets: the rest is what the plain run builds and tests.
+  cmake --build build-cuda -j "$jobs" --target test_gpu bench_cuda
+  ctest --test-dir build-cuda --output-on-failure -L gpu
+  exit 0
+fi
 if ((sanitize)); then
   build_dir=build-sanitize
   cmake_args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DORTHOPT_SANITIZE=address,undefined
@@ -39,7 +60,6 @@ else
   cmake_args=(-DCMAKE_BUILD_TYPE=Release -DORTHOPT_WERROR=ON)
 fi
 
-jobs="$(nproc 2>/dev/null || echo 2)"
 cmake -S . -B "$build_dir" "${cmake_args[@]}"
 cmake --build "$build_dir" -j "$jobs"
 ctest --test-dir "$build_dir" --output-on-failure -j2

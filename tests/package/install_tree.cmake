@@ -1,5 +1,5 @@
 # cmake -DBUILD_DIR=<orthopt build> -DPREFIX=<dir> -DSOURCE_DIR=<orthopt source> -DINCLUDEDIR=include
-#       [-DCONFIG=<cfg>] [-DWITH_EIGEN=ON] [-DWITH_BLAS=ON] -P install_tree.cmake
+#       [-DCONFIG=<cfg>] [-DWITH_EIGEN=ON] [-DWITH_BLAS=ON] [-DWITH_CUDA=ON] -P install_tree.cmake
 #
 # The fixture of the package tests: installs the build tree's orthopt into a fresh PREFIX and checks
 # that the install holds what a consumer needs: every header at its source-relative path, the package
@@ -48,6 +48,9 @@ if(WITH_EIGEN)
 endif()
 if(WITH_BLAS)
   require("${_package_dir}/orthoptBlasTargets.cmake")
+endif()
+if(WITH_CUDA)
+  require("${_package_dir}/orthoptCudaTargets.cmake")
 endif()
 
 file(GLOB_RECURSE _licenses "${PREFIX}/*/LICENSE")

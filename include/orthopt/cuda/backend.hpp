@@ -136,7 +136,12 @@ class device_buffer {
     ORTHOPT_CUDA_CHECK(cudaMalloc(&p, n * sizeof(T)));
     data_.reset(static_cast<T*>(p));
     cuda_allocation_counter().fetch_add(1, std::memory_order_relaxed);
-    if (zero) ORTHOPT_CUDA_CHECK(cudaMemset(p, 0, n * sizeof(T)));
+    if (zero) {
+      // cudaMemset is asynchronous to the host and ordered on the default stream only: wait for it, so
+      // that work on any other stream sees zeros (setup time, not a step).
+      ORTHOPT_CUDA_CHECK(cudaMemset(p, 0, n * sizeof(T)));
+      ORTHOPT_CUDA_CHECK(cudaStreamSynchronize(nullptr));
+    }
   }
   [[nodiscard]] T* data() noexcept { return data_.get(); }
   [[nodiscard]] const T* data() const noexcept { return data_.get(); }

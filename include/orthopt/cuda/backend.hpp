@@ -157,7 +157,7 @@ class device_buffer {
 
 /// One partial result of a reduction pass (its meaning depends on the reduction).
 struct reduce_partial {
-  double a = 0.0, b = 0.0, c = 0.0;
+  double a = 0.0, b = 0.0, c = 0.0, d = 0.0;
 };
 
 /// The reductions' pass shapes. On a GPU the first pass uses many threads, each reading elements
@@ -501,46 +501,49 @@ ORTHOPT_HD double element_at(const matrix_view<T>& X, const element_walk& w, ind
   return static_cast<double>(static_cast<compute_t<T>>(X(i, j)));
 }
 
-/// A scaled sum of squares (LAPACK's nrm2 scheme): ‖x‖ = scale·√ssq, accurate for every finite double;
-/// `special` collects |x| of non-finite entries (NaN if any is NaN, else Inf if any is Inf, else 0).
-struct scaled_ssq {
-  ORTHOPT_HD static reduce_partial of(double x) {
-    if (!finite(x)) return {0.0, 0.0, magnitude(x)};
+/// A sum of squares for ‖x‖, accurate for every finite double, as the CPU backend computes it: the
+/// plain sum in double (a) when it lies in [1e-280, 1e280], else the scaled sum of LAPACK's nrm2
+/// (‖x‖ = b·√c), which neither overflows nor underflows. d collects |x| of non-finite entries (NaN if any
+/// is NaN, else Inf if any is Inf, else 0), which is then the norm.
+struct norm_sum {
+  ORTHOPT_HD static reduce_partial of(double x, bool scaled) {
+    if (!finite(x)) return {0.0, 0.0, 0.0, magnitude(x)};
     if (x == 0.0) return {};
-    return {magnitude(x), 1.0, 0.0};
+    if (!scaled) return {x * x, 0.0, 0.0, 0.0};
+    return {x * x, magnitude(x), 1.0, 0.0};
   }
   ORTHOPT_HD static reduce_partial combine(reduce_partial p, reduce_partial q) {
-    const double special = p.c + q.c;
-    if (p.a < q.a) {
+    reduce_partial r{p.a + q.a, 0.0, 0.0, p.d + q.d};
+    if (p.b < q.b) {
       const reduce_partial t = p;
       p = q;
       q = t;
     }
-    if (p.a == 0.0) return {0.0, 0.0, special};
-    const double r = q.a / p.a;
-    return {p.a, p.b + q.b * r * r, special};
+    if (p.b > 0.0) {
+      const double ratio = q.b / p.b;
+      r.b = p.b;
+      r.c = p.c + q.c * ratio * ratio;
+    }
+    return r;
   }
-  ORTHOPT_HD static double value(reduce_partial p) { return p.c != 0.0 ? p.c : p.a * ::sqrt(p.b); }
+  ORTHOPT_HD static double value(reduce_partial p) {
+    if (p.d != 0.0) return p.d;
+    if (p.b == 0.0 || (p.a > 1e-280 && p.a < 1e280)) return ::sqrt(p.a);
+    return p.b * ::sqrt(p.c);
+  }
 };
 
-/// ‖X‖_F. For float and bf16 data a plain double sum of squares cannot overflow or underflow (their
-/// squares span about 1e±90), so it is used; double data gets the scaled sum.
+/// ‖X‖_F. For float and bf16 data the plain double sum of squares cannot overflow or underflow (their
+/// squares span about 1e±90), so the scaled sum is kept for double data only.
 template <class T>
 struct frobenius_op {
   matrix_view<T> X;
   element_walk w;
   scalar_t* out;
   static constexpr bool scaled = std::is_same_v<std::remove_cv_t<T>, double>;
-  ORTHOPT_HD reduce_partial load(index_t p) const {
-    const double x = element_at(X, w, p);
-    if (scaled) return scaled_ssq::of(x);
-    return {x * x, 0.0, 0.0};
-  }
-  ORTHOPT_HD static reduce_partial combine(reduce_partial p, reduce_partial q) {
-    if (scaled) return scaled_ssq::combine(p, q);
-    return {p.a + q.a, 0.0, 0.0};
-  }
-  ORTHOPT_HD void finish(reduce_partial p) const { out[0] = scaled ? scaled_ssq::value(p) : ::sqrt(p.a); }
+  ORTHOPT_HD reduce_partial load(index_t p) const { return norm_sum::of(element_at(X, w, p), scaled); }
+  ORTHOPT_HD static reduce_partial combine(reduce_partial p, reduce_partial q) { return norm_sum::combine(p, q); }
+  ORTHOPT_HD void finish(reduce_partial p) const { out[0] = norm_sum::value(p); }
 };
 
 /// The first NaN/Inf in row-major order: partial = (row-major position, value, found).
@@ -605,11 +608,12 @@ struct column_norm_kernel {
       out[j] = s;
       return;
     }
+    constexpr bool scaled = std::is_same_v<std::remove_cv_t<T>, double>;
     reduce_partial acc{};
     for (index_t i = 0; i < X.rows; ++i) {
-      acc = scaled_ssq::combine(acc, scaled_ssq::of(static_cast<double>(static_cast<compute_t<T>>(X(i, j)))));
+      acc = norm_sum::combine(acc, norm_sum::of(static_cast<double>(static_cast<compute_t<T>>(X(i, j))), scaled));
     }
-    out[j] = scaled_ssq::value(acc);
+    out[j] = norm_sum::value(acc);
   }
 };
 

@@ -77,7 +77,7 @@ class param_state {
     // A backend that runs a batch's products in one launch (the CUDA backend) gets the scratch of the
     // whole batch, so that its orthogonalization is one batched call; the CPU backends keep one slot and
     // loop, with the memory of a single matrix.
-    capacity_ = (ortho != nullptr && detail::runs_batched_products<Backend>) ? count : 1;
+    capacity_ = (ortho != nullptr && !ortho->exact && detail::runs_batched_products<Backend>) ? count : 1;
     momentum_ = backend_.template allocate<T>(count * n);
     if (kind == rule_kind::adamuon || kind == rule_kind::adamw) second_ = backend_.template allocate<T>(count * n);
     if (kind == rule_kind::namo) column_ = backend_.template allocate<scalar_t>(count);

@@ -11,8 +11,12 @@
 //                       Operands with no unit stride go to a plain (slow, correct) kernel.
 //   Element-wise maps,  Thrust: thrust::for_each_n over an index range with orthopt's functors, on the
 //   norms, reductions   backend's stream with the no-sync policy (thrust::cuda::par_nosync). Reductions
-//                       are three fixed-shape passes (no atomics), so results are deterministic and
-//                       identical between eager execution and a CUDA-graph replay. Norms, reductions,
+//                       are fixed-shape passes (three for one matrix, two for a batch; no atomics), so
+//                       results are deterministic and identical between eager execution and a
+//                       CUDA-graph replay.
+//   Batches             gemm_batched / syrk_batched: one cublas{S,D}gemmStridedBatched or
+//                       cublasGemmStridedBatchedEx launch for a whole batch_view; norms and maps of a
+//                       batch are one launch each too. Norms, reductions,
 //                       NAMO's moments and every computed scalar are doubles; element arithmetic on bf16
 //                       runs in float (compute_t<bf16> = float), never in bf16.
 //   Scalars             stay on the device: a norm is written to device memory and consumed there by the

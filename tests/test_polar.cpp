@@ -68,3 +68,29 @@ TEMPLATE_TEST_CASE("exact polar is invariant to positive scaling and maps rank-d
   const MatD u2 = syn.u.leftCols(2), v2 = syn.v.leftCols(2);
   CHECK(max_abs_diff(q, u2 * v2.transpose()) <= 100 * eps<T>());
 }
+
+// Issue 13, finding 1: with the finite check off, an SVD that fails on a NaN or Inf input must not leave
+// the previous call's answer (or uninitialized memory) as the "polar factor". Every output entry is NaN,
+// on a plan's first call and after a finite call alike.
+TEMPLATE_TEST_CASE("exact polar of a NaN or Inf input with the finite check off is NaN, never a stale answer",
+                   "[polar]", float, double) {
+  using T = TestType;
+  for (const shape s : property_shapes(4)) {
+    for (const double bad : {std::nan(""), std::numeric_limits<double>::infinity()}) {
+      INFO("shape " << to_string(s) << ", bad entry " << bad);
+      orthopt::exact_polar<T, backend_under_test> polar(s.rows, s.cols, make_backend(1), /*check_finite=*/false);
+      Mat<T> x = gaussian(s.rows, s.cols, seed_of(s, 31)).cast<T>();
+      Mat<T> q(s.rows, s.cols);
+      const auto all_nan = [&] { return q.array().isNaN().all(); };
+      Mat<T> poisoned = x;
+      poisoned(s.rows / 2, s.cols / 3) = static_cast<T>(bad);
+      q.setConstant(T(7));
+      polar(orthopt::make_view(poisoned), orthopt::make_view(q));  // the plan's first call
+      CHECK(all_nan());
+      polar(orthopt::make_view(x), orthopt::make_view(q));         // a finite call: a real answer
+      REQUIRE(orthogonality_error(q.template cast<double>()) <= tol<T>(50, s));
+      polar(orthopt::make_view(poisoned), orthopt::make_view(q));  // then the bad input again
+      CHECK(all_nan());
+    }
+  }
+}

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <Eigen/SVD>
+#include <limits>
 
 #include "orthopt/eigen/backend.hpp"
 
@@ -22,6 +23,18 @@ class eigen_backend::svd_workspace {
   /// U (rows×cols), V (cols×cols), sigma (cols, decreasing) of the thin SVD of x.
   void compute(eigen_backend& be, const_matrix_view<T> x, matrix_view<T> U, matrix_view<T> V, scalar_t* sigma) {
     transform(be, x, make_view(a_), functors::identity{});
+    if (!a_.allFinite()) {
+      // JacobiSVD stops at a NaN or Inf entry and leaves U, V and σ unwritten (the previous call's
+      // factors, or uninitialized memory on a first call); Eigen 3.4 also keeps reporting the failure in
+      // info() on every later call. So the input is checked here (one pass, against the SVD's O(mn²)) and
+      // never reaches compute(). The polar factor of such an input is NaN, as documented: NaN is written
+      // everywhere, as the CUDA backend does when cuSOLVER reports info ≠ 0.
+      const auto nan = [](T) { return std::numeric_limits<T>::quiet_NaN(); };
+      transform(be, make_const_view(a_), U, nan);
+      transform(be, make_const_view(a_).block(0, 0, V.rows, V.cols), V, nan);
+      for (index_t i = 0; i < V.cols; ++i) sigma[i] = std::numeric_limits<scalar_t>::quiet_NaN();
+      return;
+    }
     svd_.compute(a_, Eigen::ComputeThinU | Eigen::ComputeThinV);
     transform(be, make_const_view(svd_.matrixU()), U, functors::identity{});
     transform(be, make_const_view(svd_.matrixV()), V, functors::identity{});

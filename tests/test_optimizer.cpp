@@ -539,6 +539,19 @@ TEMPLATE_TEST_CASE("a step that fails a check changes no parameter, no state and
     }, "has a namo_d state but its group 'namo_d' now runs adamuon");
     opt.group(*opt.find_group("namo_d")).rule = std::move(saved);
   }
+  SECTION("the last parameter's state at the largest step count (issue 13, finding 3)") {
+    const orthopt::param_id last{head};
+    const std::int64_t saved = opt.state(last).step();
+    opt.state(last).set_step(std::numeric_limits<std::int64_t>::max());
+    fails_cleanly([&] { opt.step(model.gradient_views()); }, "'lm_head.weight' is at step count 9223372036854775807");
+    opt.state(last).set_step(saved);
+  }
+  SECTION("the optimizer's own step count at its largest") {
+    const std::int64_t saved = opt.steps_taken();
+    opt.set_steps_taken(std::numeric_limits<std::int64_t>::max());
+    fails_cleanly([&] { opt.step(model.gradient_views()); }, "steps_taken = 9223372036854775807");
+    opt.set_steps_taken(saved);
+  }
   // After the failure the next good step is exactly the step the twin takes: nothing leaked (the
   // rules' lr and check_finite flags were restored too).
   model.run(opt, 2, 4);

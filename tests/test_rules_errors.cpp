@@ -411,3 +411,28 @@ TEMPLATE_TEST_CASE("invalid hyper-parameters raise value_error at construction a
   // NAMO-D exists only in the code form.
   expect_throw<orthopt::value_error>([] { NamoD<T> r(orthopt::namo_presets::paper()); }, {"only the code form"});
 }
+
+// Issue 13, finding 3: a state at the largest step count (2^63 − 1, from set_step or a checkpoint) must
+// not overflow `step + 1` (undefined behaviour) and must not write W before throwing.
+TEMPLATE_TEST_CASE("a state at the largest step count is refused before anything is written", "[rules][errors][state]",
+                   float, double) {
+  using T = TestType;
+  constexpr std::int64_t largest = std::numeric_limits<std::int64_t>::max();
+  for_each_rule<T>([&](auto rule, const char* what) {
+    INFO(what);
+    auto st = rule.make_state(6, 4);
+    Mat<T> w = gaussian(6, 4, 16).cast<T>();
+    const Mat<T> g = gaussian(6, 4, 17).cast<T>();
+    rule.step(orthopt::make_view(w), orthopt::make_view(g), st);
+    st.set_step(largest);
+    const Mat<T> w_before = w;
+    const snapshot before = take(st);
+    expect_throw<orthopt::value_error>([&] { rule.step(orthopt::make_view(w), orthopt::make_view(g), st); },
+                                       {"step count", "9223372036854775807", "nothing was changed"});
+    CHECK(bit_identical<T>(w, w_before));
+    CHECK(take(st) == before);
+    st.set_step(41);  // any smaller count steps again
+    rule.step(orthopt::make_view(w), orthopt::make_view(g), st);
+    CHECK(st.step() == 42);
+  });
+}

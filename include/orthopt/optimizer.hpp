@@ -53,6 +53,7 @@
 #include <initializer_list>
 #include <optional>
 #include <span>
+#include <limits>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -551,6 +552,11 @@ class optimizer {
     // 1. Scheduled learning rates and hyper-parameters. The rule's lr is set so that validate() sees
     //    the value the step will use; any failure puts every lr back.
     std::size_t written = 0;  // groups whose rule lr has been overwritten (and saved)
+    constexpr std::int64_t largest_count = std::numeric_limits<std::int64_t>::max();
+    if (steps_taken_ == largest_count) {
+      throw value_error(std::string(who) + ": steps_taken = " + std::to_string(steps_taken_) +
+                        ", the largest count there is; nothing was changed");
+    }
     try {
       for (group_type& g : groups_) {
         const double multiplier = g.schedule(steps_taken_);
@@ -572,13 +578,21 @@ class optimizer {
       // 2. Every gradient: the state belongs to the group's rule, shapes match, views are usable,
       //    values are finite.
       for (std::size_t i = 0; i < params_.size(); ++i) check_gradient(params_[i], gradient_at(i));
+      // 3. Every state can count one more step (the rule would refuse after earlier parameters were
+      //    written).
+      for (const param_entry& p : params_) {
+        if (p.state.step() == largest_count) {
+          throw value_error(std::string(who) + ": the state of '" + p.name + "' is at step count " +
+                            std::to_string(p.state.step()) + ", the largest there is; nothing was changed");
+        }
+      }
     } catch (...) {
       for (std::size_t k = 0; k < written; ++k) {
         std::visit([&](auto& r) { r.options().lr = saved_lr_[k]; }, groups_[k].rule);
       }
       throw;
     }
-    // 3. Update. The rules would scan every gradient for NaN/Inf again; that was done above, so their
+    // 4. Update. The rules would scan every gradient for NaN/Inf again; that was done above, so their
     //    own scan is switched off for the step and restored after it.
     for (std::size_t k = 0; k < groups_.size(); ++k) {
       std::visit(

@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstdint>
 #include <optional>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -262,6 +263,11 @@ class rule_base {
   void step(batch_view<T> W, batch_view<const T> G, param_state<T, Backend>& s) {
     options_.validate();
     check_step(Derived::name, Derived::kind, backend_, W, G, s, options_.check_finite);
+    if (s.step() == std::numeric_limits<std::int64_t>::max()) {
+      // step + 1 would overflow (a count loaded from a checkpoint or set by set_step); refuse first.
+      throw value_error(std::string("orthopt::") + Derived::name + "::step: the state's step count is " +
+                        std::to_string(s.step()) + ", the largest there is; nothing was changed");
+    }
     const std::int64_t t = s.step() + 1;
     Derived& self = *static_cast<Derived*>(this);
     if constexpr (Derived::orthogonalizes) {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian/Ubuntu packages named as arguments that are not installed yet (apt-get, through
-# sudo when not root). Used by the README's commands (tests/run.sh, examples/run_demo.sh), which name
+# sudo when not root). Used by the README's commands (tests/run.sh, examples/run_demo.sh, examples/run_fashion_mnist.sh), which name
 # the packages they need. Without apt-get it only says what it assumes.
 #
 #   bash cmake/install-debian-packages.sh <caller> <package>...

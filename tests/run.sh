@@ -29,10 +29,11 @@ done
 
 # ---- Dependencies (Debian packages) -------------------------------------------------------------
 # libopenblas-openmp-dev: the BLAS backend (orthopt::blas: cblas.h and an optimized BLAS on the same
-# OpenMP runtime as orthopt); libtorch-dev: the libtorch example and the libtorch peer in the benchmark
-# (without OpenBLAS, libtorch would run on the reference BLAS).
+# OpenMP runtime as orthopt); libtorch-dev: the GPT demo, the libtorch example and the libtorch peer in
+# the benchmark (without OpenBLAS, libtorch would run on the reference BLAS); fortunes: the GPT demo's
+# corpus (its smoke test, example.gpt_quick).
 packages=(cmake g++ make libeigen3-dev catch2 libbenchmark-dev zlib1g-dev dataset-fashion-mnist
-          libopenblas-openmp-dev libtorch-dev)
+          libopenblas-openmp-dev libtorch-dev fortunes)
 bash cmake/install-debian-packages.sh "tests/run.sh" "${packages[@]}"
 
 # ---- Configure, build, test ----------------------------------------------------------------------

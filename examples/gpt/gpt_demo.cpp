@@ -82,15 +82,15 @@ double chosen_lr(method m) {
     case method::adamw: return 2e-3;
     case method::muon: return 8e-3;
     case method::adamuon: return 4e-3;
-    case method::namo: return 8e-3;
-    case method::namo_d: return 8e-3;
+    case method::namo: return 1.6e-2;
+    case method::namo_d: return 1.6e-2;
   }
   return 0.0;
 }
 
 /// The sweep's grid, the same for every optimizer: every rule runs with an AdamW-matched update size
 /// (Muon `moonlight`, AdaMuon `code`, NAMO and NAMO-D `code`), so one grid covers all five.
-constexpr std::array<double, 4> sweep_grid{1e-3, 2e-3, 4e-3, 8e-3};
+const std::vector<double> sweep_grid{1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2};
 
 struct settings {
   // The model: byte-level, d_model × layers, heads, context.
@@ -107,6 +107,7 @@ struct settings {
   std::string data = "/usr/share/games/fortunes";
   std::string out = "gpt-output";
   std::map<method, double> lr_override;
+  std::vector<double> sweep_lrs = sweep_grid;  // --sweep-lrs: a part of the grid (to extend or resume a sweep)
   int threads = 0;  // 0: the backend's default (OpenMP's thread count)
 };
 
@@ -561,11 +562,12 @@ void plot(const settings& s) {
 // Command line
 // ---------------------------------------------------------------------------------------------------
 const char* usage =
-    "usage: gpt_demo [--quick] [--sweep] [--steps N] [--seeds K] [--lr NAME=X] [--threads N] [--data DIR] [--out DIR]\n"
+    "usage: gpt_demo [--quick] [--sweep [--sweep-lrs X,Y]] [--steps N] [--seeds K] [--lr NAME=X] [--threads N] [--data DIR] [--out DIR]\n"
     "  (default)   every optimizer at its chosen learning rate, seeds 0..K-1 (K = 2), 800 steps\n"
     "  --quick     one seed, 120 steps, a smaller model: the smoke test (every validation loss must fall)\n"
-    "  --sweep     the learning-rate sweep: every optimizer at each lr of {1e-3, 2e-3, 4e-3, 8e-3}, seed 0;\n"
+    "  --sweep     the learning-rate sweep: every optimizer at each lr of {1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2}, seed 0;\n"
     "              prints and writes the lr with the lowest final validation loss for each\n"
+    "  --sweep-lrs X,Y,...  sweep these learning rates instead of the whole grid (to extend or resume one)\n"
     "  --lr NAME=X the learning rate of one optimizer (AdamW, Muon, AdaMuon, NAMO, NAMO-D)\n";
 
 settings parse(int argc, char** argv) {
@@ -584,6 +586,15 @@ settings parse(int argc, char** argv) {
       s.steps = std::stoi(value());
     } else if (a == "--seeds") {
       s.seeds = std::stoi(value());
+    } else if (a == "--sweep-lrs") {
+      s.sweep_lrs.clear();
+      std::stringstream list(value());
+      for (std::string item; std::getline(list, item, ',');) {
+        const double lr = std::stod(item);
+        if (!(lr > 0.0) || !std::isfinite(lr)) throw std::invalid_argument("--sweep-lrs: '" + item + "' is not a learning rate");
+        s.sweep_lrs.push_back(lr);
+      }
+      if (s.sweep_lrs.empty()) throw std::invalid_argument("--sweep-lrs needs a comma-separated list of learning rates");
     } else if (a == "--threads") {
       s.threads = std::stoi(value());
     } else if (a == "--data") {
@@ -647,18 +658,22 @@ int main(int argc, char** argv) try {
   progress prog;
   std::vector<run_result> runs;
   if (s.sweep) {
-    prog.runs_total = static_cast<int>(all_methods.size() * sweep_grid.size());
+    prog.runs_total = static_cast<int>(all_methods.size() * s.sweep_lrs.size());
     std::string table = "| optimizer | " ;
-    for (const double lr : sweep_grid) table += "lr " + std::to_string(lr).substr(0, 6) + " | ";
+    for (const double lr : s.sweep_lrs) {
+      char head[32];
+      std::snprintf(head, sizeof head, "lr %g | ", lr);
+      table += head;
+    }
     table += "chosen |\n|---|";
-    for (std::size_t i = 0; i <= sweep_grid.size(); ++i) table += "---|";
+    for (std::size_t i = 0; i <= s.sweep_lrs.size(); ++i) table += "---|";
     table += "\n";
     std::ofstream csv(s.out + "/sweep.csv");
     csv << "optimizer,lr,final_train_loss,final_val_loss\n";
     for (const method m : all_methods) {
       table += std::string("| ") + method_name(m) + " | ";
       double best = 1e30, best_lr = 0.0;
-      for (const double lr : sweep_grid) {
+      for (const double lr : s.sweep_lrs) {
         std::printf("\n%s at lr %g (sweep, seed 0)\n", method_name(m), lr);
         const auto r = train(m, 0, lr, s, c, vx, vy, prog, false);
         const double v = r.curve.back().val_loss;

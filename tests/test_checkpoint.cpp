@@ -101,7 +101,7 @@ TEMPLATE_TEST_CASE("a checkpoint has the documented byte layout", "[checkpoint]"
   const std::string& s = f.bytes;
   REQUIRE(s.size() > 32);
   CHECK(s.substr(0, 8) == std::string("ORTHOPT\0", 8));
-  CHECK(le(s, 8, 4) == 1);                                  // version
+  CHECK(le(s, 8, 4) == 2);                                  // version
   CHECK(le(s, 12, 4) == (sizeof(T) == 4 ? 1u : 2u));        // element type
   CHECK(le(s, 16, 8) == s.size() - 24 - 8);                 // payload length
   CHECK(le(s, s.size() - 8, 8) == fnv(s, s.size() - 8));   // checksum over header and payload
@@ -131,10 +131,14 @@ TEMPLATE_TEST_CASE("a checkpoint has the documented byte layout", "[checkpoint]"
   CHECK(std::memcmp(s.data() + at, state.momentum().data, 32 * 8 * sizeof(T)) == 0);  // little-endian host
   // NAMO-D's column moment is stored in double whatever T is.
   const auto slots = f.source.state(*f.source.find_param("blocks.0.moe.experts")).slots();
-  REQUIRE(slots.size() == 2);
+  REQUIRE(slots.size() == 3);
   CHECK(std::string(slots[1].name) == "column_moment");
   CHECK(slots[1].element_bytes == 8);
   CHECK(slots[1].elements == 3 * 5);
+  // The adaptive budget's accumulators: four doubles per Newton–Schulz state.
+  CHECK(std::string(slots[2].name) == "ns_observation");
+  CHECK(slots[2].element_bytes == 8);
+  CHECK(slots[2].elements == 4);
 }
 
 TEMPLATE_TEST_CASE("resuming from a checkpoint is bit-exact", "[checkpoint]", float, double) {
@@ -245,10 +249,14 @@ TEMPLATE_TEST_CASE("a checkpoint of another format version or element type is re
   auto target = target_model.make_optimizer();
   target_model.run(target, 0, 2);
 
-  std::string v2 = f.bytes;
-  put_le(v2, 8, 2, 4);
-  reseal(v2);
-  check_load_fails_unchanged(target, v2, "format version in the checkpoint = 2, this build reads version 1");
+  std::string v3 = f.bytes;
+  put_le(v3, 8, 3, 4);
+  reseal(v3);
+  check_load_fails_unchanged(target, v3, "format version in the checkpoint = 3, this build reads versions 1 to 2");
+  std::string v0 = f.bytes;
+  put_le(v0, 8, 0, 4);
+  reseal(v0);
+  check_load_fails_unchanged(target, v0, "format version in the checkpoint = 0, this build reads versions 1 to 2");
 
   toy_model<Other> other_model;
   auto other = other_model.make_optimizer();

@@ -117,6 +117,58 @@ TEMPLATE_TEST_CASE("an optimizer step allocates nothing after the first step", "
   CHECK(n == 0);
 }
 
+TEMPLATE_TEST_CASE("steps that observe, commit and reobserve an adaptive budget allocate nothing", "[alloc][ns_budget]",
+                   float, double) {
+  using T = TestType;
+  toy_model<T> model;
+  auto opt = model.make_optimizer();
+  orthopt::ns_budget_options o;
+  o.start_step = 1;
+  o.observe_steps = 2;
+  o.reobserve_every = 1;
+  o.roles = {{"attn", false}};
+  int commits = 0;
+  o.on_commit = [&commits](const orthopt::ns_budget_report&) { ++commits; };
+  opt.set_ns_budget(o);
+  model.fill_gradients(0);
+  const auto grads = model.gradient_views();
+  opt.step(grads);  // warm-up
+  long n = -1;
+  {
+    allocation_scope scope;
+    for (int i = 0; i < 6; ++i) opt.step(grads);  // windows [1, 3) and [4, 6), commits at 3 and 6
+    n = scope.allocations();
+  }
+  CHECK(commits == 2);
+  CHECK(n == 0);
+}
+
+TEMPLATE_TEST_CASE("Newton-Schulz calls that record, observe or stop at a residual allocate nothing", "[alloc][ns]",
+                   float, double) {
+  using T = TestType;
+  for (const shape s : {shape{40, 30}, shape{300, 700}}) {
+    Mat<T> x = gaussian(s.rows, s.cols, seed_of(s, 65)).cast<T>(), q(s.rows, s.cols);
+    orthopt::newton_schulz<T, backend_under_test> ns(s.rows, s.cols, presets::keller(8));
+    ns(orthopt::make_view(x), orthopt::make_view(q));
+    long n = -1;
+    {
+      allocation_scope scope;
+      ns.record_residuals(true);
+      ns(orthopt::make_view(x), orthopt::make_view(q));
+      ns.observe(0.4);
+      ns(orthopt::make_view(x), orthopt::make_view(q));
+      (void)ns.read_observation();
+      ns.reset_observation();
+      ns.stop_observing();
+      ns.stop_at_residual(0.4);
+      ns(orthopt::make_view(x), orthopt::make_view(q));
+      n = scope.allocations();
+    }
+    CHECK(ns.last_steps() < 8);
+    CHECK(n == 0);
+  }
+}
+
 TEMPLATE_TEST_CASE("an update-rule step allocates nothing after the state is made", "[alloc][rules]", float, double) {
   using T = TestType;
   backend_under_test be;

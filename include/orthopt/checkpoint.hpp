@@ -7,8 +7,12 @@
 //   orthopt::load_checkpoint(opt, file);   // into an optimizer with the same parameters registered
 //
 // What is saved: the optimizer's completed step count, and per parameter its name, rule kind, shape,
-// step count and every persistent tensor of its state (param_state::slots(): momentum, second moment,
-// column moment). Not saved: the parameters themselves (they are the host's; save them with the model),
+// step count, every persistent tensor of its state (param_state::slots(): momentum, second moment,
+// column moment, the adaptive budget's accumulators) and its Newton–Schulz step count; and the phase of
+// the adaptive Newton–Schulz budget (orthopt/ns_budget.hpp), so that a resumed run keeps its committed
+// counts, or ends an interrupted observation window as the uninterrupted run would. The budget's options
+// are configuration (set them again, with set_ns_budget, before loading) and its last report is not
+// saved. Loaded into an optimizer without a budget, the per-parameter counts are still restored. Not saved: the parameters themselves (they are the host's; save them with the model),
 // the hyper-parameters and schedules (configuration, set up in code when the optimizer is rebuilt), and
 // scratch (recomputed by every step). Resuming is bit-exact: k steps, save, load into a freshly built
 // optimizer over the same parameter values, N − k steps gives the same bits as N steps in one go.
@@ -23,12 +27,13 @@
 // CPU backends, a device-to-host copy (and a wait for it) on the CUDA backend. A checkpoint written from
 // one backend loads into another that stores the same element type.
 //
-// Format, version 1. Integers are unsigned, little-endian; u32 = 4 bytes, u64 = 8 bytes. Offsets are
+// Format, version 2 (version 1, without the Newton–Schulz fields and the ns_observation slot, still
+// loads: the counts and accumulators are then left as they are). Integers are unsigned, little-endian; u32 = 4 bytes, u64 = 8 bytes. Offsets are
 // from the start of the checkpoint. (docs/checkpoint-format.md says the same, with an example.)
 //
 //   offset  size  field
 //   0       8     magic: the bytes 'O' 'R' 'T' 'H' 'O' 'P' 'T' 0x00  (4F 52 54 48 4F 50 54 00)
-//   8       4     u32 format version = 1
+//   8       4     u32 format version = 2
 //   12      4     u32 element type of the parameters: 1 = float (IEEE-754 binary32), 2 = double (binary64),
 //                 3 = bfloat16 (the upper 16 bits of a binary32; the CUDA backend's __nv_bfloat16)
 //   16      8     u64 payload length P in bytes
@@ -42,10 +47,14 @@
 //                     u64 the parameter's step count t
 //                     u32 slot count S
 //                     S times:
-//                       u32 name length, then the name bytes ("momentum", "second_moment", "column_moment")
+//                       u32 name length, then the name bytes ("momentum", "second_moment", "column_moment",
+//                         "ns_observation")
 //                       u32 element size E in bytes (4 or 8)
 //                       u64 element count C
 //                       C·E bytes: the elements, each IEEE-754 little-endian
+//                     u32 Newton–Schulz iterations per step (0: the state has no Newton–Schulz plan)  [v2]
+//                   u32 adaptive budget phase: 0 none, 1 waiting, 2 observing, 3 committed          [v2]
+//                   u64 the optimizer step that phase began at                                      [v2]
 //   24 + P  8     u64 checksum: FNV-1a 64 over bytes [0, 24 + P), i.e. header and payload
 //
 // Bytes after the checksum are not read (a checkpoint may be followed by other data in the stream).
@@ -75,7 +84,8 @@ namespace orthopt {
 
 namespace checkpoint_format {
 inline constexpr unsigned char magic[8] = {'O', 'R', 'T', 'H', 'O', 'P', 'T', 0x00};
-inline constexpr std::uint32_t version = 1;
+inline constexpr std::uint32_t version = 2;
+inline constexpr std::uint32_t oldest_version = 1;
 inline constexpr std::uint32_t element_float32 = 1;
 inline constexpr std::uint32_t element_float64 = 2;
 inline constexpr std::uint32_t element_bfloat16 = 3;
@@ -242,6 +252,7 @@ struct parsed_param {
   std::uint32_t kind;
   std::uint64_t rows, cols, count, step;
   std::vector<parsed_slot> slots;
+  std::uint32_t ns_steps = 0;  // version 2
 };
 
 inline const char* rule_code_name(std::uint32_t code) {
@@ -267,10 +278,10 @@ void save_checkpoint(const optimizer<T, Backend>& opt, std::ostream& out) {
   }
 
   // The payload length goes in the header, so it is computed first.
-  std::uint64_t payload = 8 + 4;
+  std::uint64_t payload = 8 + 4 + 4 + 8;
   for (std::size_t i = 0; i < n; ++i) {
     const param_id p{i};
-    payload += 4 + opt.param_name(p).size() + 4 + 8 * 4 + 4;
+    payload += 4 + opt.param_name(p).size() + 4 + 8 * 4 + 4 + 4;
     for (const auto& s : opt.state(p).slots()) {
       payload += 4 + std::strlen(s.name) + 4 + 8 + static_cast<std::uint64_t>(s.element_bytes) * s.elements;
     }
@@ -303,7 +314,11 @@ void save_checkpoint(const optimizer<T, Backend>& opt, std::ostream& out) {
       copy_to_host(state.backend(), staging.data(), s.data, staging.size());
       w.elements(staging.data(), s.element_bytes, s.elements);
     }
+    const auto* ns = state.ns_plan();
+    w.u32(ns != nullptr ? static_cast<std::uint32_t>(ns->steps()) : 0u);
   }
+  w.u32(static_cast<std::uint32_t>(opt.ns_budget_state()));
+  w.u64(static_cast<std::uint64_t>(opt.ns_budget_phase_start()));
   unsigned char sum[8];
   const std::uint64_t checksum = w.checksum();
   for (int i = 0; i < 8; ++i) sum[i] = static_cast<unsigned char>(checksum >> (8 * i));
@@ -332,9 +347,9 @@ void load_checkpoint(optimizer<T, Backend>& opt, std::istream& in) {
                     detail::hex_bytes(fmt::magic, 8) + " (\"ORTHOPT\\0\")");
   }
   const auto version = static_cast<std::uint32_t>(detail::read_le(header + 8, 4));
-  if (version != fmt::version) {
-    load_fail_value("format version in the checkpoint = " + std::to_string(version) + ", this build reads version " +
-                    std::to_string(fmt::version));
+  if (version < fmt::oldest_version || version > fmt::version) {
+    load_fail_value("format version in the checkpoint = " + std::to_string(version) + ", this build reads versions " +
+                    std::to_string(fmt::oldest_version) + " to " + std::to_string(fmt::version));
   }
   const auto element = static_cast<std::uint32_t>(detail::read_le(header + 12, 4));
   if (element != fmt::element_code<T>()) {
@@ -400,13 +415,26 @@ void load_checkpoint(optimizer<T, Backend>& opt, std::istream& in) {
       s.offset = r.skip(s.elements * s.element_bytes, "slot data");
       p.slots.push_back(std::move(s));
     }
+    if (version >= 2) p.ns_steps = r.u32("Newton–Schulz step count");
     params.push_back(std::move(p));
+  }
+  std::uint32_t budget_phase = 0;
+  std::uint64_t budget_phase_start = 0;
+  if (version >= 2) {
+    budget_phase = r.u32("budget phase");
+    budget_phase_start = r.u64("budget phase start");
   }
   if (r.remaining() != 0) {
     load_fail_value("malformed payload: " + std::to_string(r.remaining()) + " bytes follow the last parameter");
   }
   constexpr auto int64_max = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
   if (steps_taken > int64_max) load_fail_value("optimizer steps taken = " + std::to_string(steps_taken) + " is out of range");
+  if (budget_phase > static_cast<std::uint32_t>(ns_budget_phase::committed)) {
+    load_fail_value("adaptive budget phase = " + std::to_string(budget_phase) + " is not one of 0 to 3");
+  }
+  if (budget_phase_start > int64_max) {
+    load_fail_value("adaptive budget phase start = " + std::to_string(budget_phase_start) + " is out of range");
+  }
 
   // ---- 4. Match against the optimizer, by name.
   std::unordered_map<std::string_view, std::size_t> by_name;
@@ -455,6 +483,9 @@ void load_checkpoint(optimizer<T, Backend>& opt, std::istream& in) {
     check_extent("count", p.count, state.count());
     if (p.step > int64_max) load_fail_value(who + "step count = " + std::to_string(p.step) + " is out of range");
     targets[i] = opt.state(id).slots();
+    if (version < 2) {  // version 1 has no ns_observation slot: those accumulators are left as they are
+      std::erase_if(targets[i], [](const auto& slot) { return std::string_view(slot.name) == "ns_observation"; });
+    }
     const slot_list& have = targets[i];
     if (p.slots.size() != have.size()) {
       load_fail_shape(who + "slot count in the checkpoint = " + std::to_string(p.slots.size()) +
@@ -476,6 +507,22 @@ void load_checkpoint(optimizer<T, Backend>& opt, std::istream& in) {
                         ", in the optimizer = " + std::to_string(have[k].elements));
       }
     }
+    if (version >= 2) {
+      const auto* ns = state.ns_plan();
+      if ((ns != nullptr) != (p.ns_steps != 0)) {
+        load_fail_value(who + "Newton–Schulz step count in the checkpoint = " + std::to_string(p.ns_steps) +
+                        (ns != nullptr ? ", but the optimizer's state runs Newton–Schulz"
+                                       : ", but the optimizer's state has no Newton–Schulz plan"));
+      }
+      const bool restricted = ns != nullptr && (ns->records_residuals() || ns->stop_tolerance() > 0.0 ||
+                                                opt.has_ns_budget());
+      if (p.ns_steps > static_cast<std::uint32_t>(std::numeric_limits<int>::max()) ||
+          (restricted && p.ns_steps > static_cast<std::uint32_t>(ns_max_recorded_steps))) {
+        load_fail_value(who + "Newton–Schulz step count in the checkpoint = " + std::to_string(p.ns_steps) +
+                        " is more than this optimizer's state can run while it records residuals (" +
+                        std::to_string(ns_max_recorded_steps) + ")");
+      }
+    }
   }
 
   // ---- 5. Every check passed: copy. Nothing below throws on a host backend; on a device backend only a
@@ -485,6 +532,7 @@ void load_checkpoint(optimizer<T, Backend>& opt, std::istream& in) {
     const param_id id{i};
     const detail::parsed_param& p = params[source[i]];
     opt.state(id).set_step(static_cast<std::int64_t>(p.step));
+    if (p.ns_steps != 0) opt.state(id).ns_plan()->set_steps(static_cast<int>(p.ns_steps));
     for (std::size_t k = 0; k < targets[i].size(); ++k) {
       const auto& dst = targets[i][k];
       const unsigned char* src = payload.data() + p.slots[k].offset;
@@ -501,6 +549,7 @@ void load_checkpoint(optimizer<T, Backend>& opt, std::istream& in) {
     }
   }
   opt.set_steps_taken(static_cast<std::int64_t>(steps_taken));
+  opt.restore_ns_budget_phase(static_cast<ns_budget_phase>(budget_phase), static_cast<std::int64_t>(budget_phase_start));
 }
 
 }  // namespace orthopt

@@ -14,6 +14,7 @@
 #include <cmath>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "orthopt/backend.hpp"
 #include "orthopt/errors.hpp"
@@ -84,7 +85,64 @@ struct aol_row_scale {
   }
 };
 
+/// r ← ‖A − I‖_F/√m, the orthogonality residual of X, from ‖A‖_F and tr(A) of its Gram matrix A = X·Xᵀ
+/// (m×m): ‖A − I‖²_F = ‖A‖²_F − 2·tr(A) + m holds exactly for the computed entries of A, so the only
+/// error is the double rounding of the two sums (relative 1e-16 of m), far below what float data can
+/// resolve. One reduction of A and one of its diagonal: a cost of order m², against the m²·n of the
+/// product that formed A. NaN stays NaN.
+struct ns_residual_from_gram {
+  const scalar_t* gram_norm;
+  const scalar_t* trace;
+  scalar_t* out;
+  double m;
+  ORTHOPT_HD void operator()() const {
+    const double g = *gram_norm;
+    const double v = g * g - 2.0 * *trace + m;
+    *out = v > 0.0 ? ::sqrt(v / m) : (v == v ? 0.0 : v);
+  }
+};
+
+/// One observed call of the adaptive budget (orthopt/ns_budget.hpp): from the residuals r_0..r_last of
+/// one matrix, the iterations it needed, i.e. the first k with r_k ≤ target, or last + 1 when none was
+/// (a censored count); accumulated as acc = [Σ needed, calls, Σ r_last, max needed] in backend memory.
+struct ns_observe_call {
+  const scalar_t* residuals;
+  int last;
+  double target;
+  scalar_t* acc;
+  ORTHOPT_HD void operator()() const {
+    int needed = last + 1;
+    for (int k = 0; k <= last; ++k) {
+      if (residuals[k] <= target) {
+        needed = k;
+        break;
+      }
+    }
+    acc[0] += needed;
+    acc[1] += 1.0;
+    acc[2] += residuals[last];
+    if (needed > acc[3]) acc[3] = needed;
+  }
+};
+
+/// acc[0..3] ← 0
+struct ns_clear_observation {
+  scalar_t* acc;
+  ORTHOPT_HD void operator()() const { acc[0] = acc[1] = acc[2] = acc[3] = 0.0; }
+};
+
 }  // namespace detail
+
+/// The most iterations a plan may run while it records residuals (its record holds r_0 … r_64).
+inline constexpr int ns_max_recorded_steps = 64;
+
+/// What a Newton–Schulz plan saw while observing (newton_schulz::observe), read back to the host.
+struct ns_observation {
+  double calls = 0.0;                ///< matrices orthogonalized while observing
+  double mean_needed = 0.0;          ///< mean over them of the iterations needed to reach the target
+  double max_needed = 0.0;           ///< the largest such count (steps + 1: never reached it)
+  double mean_final_residual = 0.0;  ///< mean residual after the last iteration of each call
+};
 
 /// A Newton–Schulz plan for one input shape. Construction sizes every buffer; a call allocates nothing.
 ///
@@ -102,6 +160,19 @@ struct aol_row_scale {
 /// stage of the iteration one batched primitive (on the CUDA backend one strided-batched GEMM launch
 /// per product for the whole batch); a longer batch runs in chunks of B. The CPU backends loop over the
 /// matrices either way. Each matrix's result is the same as a single call's.
+///
+/// The orthogonality residual. Every iteration forms A = X·Xᵀ anyway; r = ‖A − I‖_F/√m (m the small
+/// side) is how far X is from having orthonormal rows: the root mean square of σ_i² − 1 over the
+/// singular values of X. Three optional uses, all off by default and none allocating:
+///   - record_residuals(true): each call writes r_0 (the normalized input) … r_T (the result) to backend
+///     memory (residual_view(); no host synchronization). Cost per iteration: one reduction of the m×m
+///     matrix A and of its diagonal; plus, once per call, one extra product X·Xᵀ (m²·n) for r_T.
+///   - observe(target): records, and accumulates in backend memory how many iterations each call needed
+///     for r to fall to `target` (read_observation() reads it back). orthopt::ns_budget is built on it.
+///   - stop_at_residual(tolerance): stops a call at the first iteration whose residual is ≤ tolerance,
+///     never after `steps` iterations. It reads r back to the host every iteration: cheap on a CPU
+///     backend, a synchronization per iteration on a GPU, where a committed step count is the better
+///     choice.
 template <class T, class Backend>
   requires backend_for<Backend, T>
 class newton_schulz {
@@ -125,6 +196,9 @@ class newton_schulz {
     gram_ = backend_.template allocate<T>(capacity_ * small_ * small_);
     poly_ = backend_.template allocate<T>(capacity_ * small_ * small_);
     scalars_ = backend_.template allocate<scalar_t>(capacity_ * (3 + small_));
+    stats_ = backend_.template allocate<scalar_t>(capacity_ * (residual_stride + 2) + 4);
+    host_residuals_.assign(static_cast<std::size_t>(capacity_), 0.0);
+    run_scalar(backend_, detail::ns_clear_observation{observation_data()});
     prepare_syrk<T>(backend_, small_, large_);
     prepare_syrk<T>(backend_, small_, small_);
     prepare_gemm<T>(backend_, small_, large_, small_);
@@ -137,10 +211,87 @@ class newton_schulz {
   [[nodiscard]] index_t batch_capacity() const noexcept { return capacity_; }
   [[nodiscard]] Backend& backend() noexcept { return backend_; }
 
-  /// Change the step count for later calls (no allocation); the adaptive budget uses this.
+  static constexpr int max_recorded_steps = ns_max_recorded_steps;
+
+  /// Change the step count for later calls (no allocation); the adaptive budget uses this. With
+  /// residuals recorded, at most max_recorded_steps.
   void set_steps(int steps) {
     if (steps < 1) throw value_error("orthopt::newton_schulz::set_steps: steps = " + std::to_string(steps) + " < 1");
+    if (steps > max_recorded_steps && measures()) {
+      throw value_error("orthopt::newton_schulz::set_steps: steps = " + std::to_string(steps) +
+                        " while residuals are recorded; the record holds at most " +
+                        std::to_string(max_recorded_steps) + " iterations");
+    }
     config_.steps = steps;
+  }
+  [[nodiscard]] int steps() const noexcept { return config_.steps; }
+
+  /// Record r_0 … r_T of every call in backend memory (residual_view()).
+  void record_residuals(bool on) {
+    if (on) require_recordable("record_residuals");
+    record_ = on;
+  }
+  [[nodiscard]] bool records_residuals() const noexcept { return record_ || observing(); }
+
+  /// Start (or go on) accumulating, per call, the iterations needed for the residual to reach `target`
+  /// (finite, > 0). Recording is implied while observing. The accumulators are not cleared: see
+  /// reset_observation().
+  void observe(double target) {
+    if (!(target > 0.0) || !std::isfinite(target)) {
+      throw value_error("orthopt::newton_schulz::observe: target residual = " + std::to_string(target) +
+                        " must be finite and > 0");
+    }
+    require_recordable("observe");
+    observe_target_ = target;
+  }
+  void stop_observing() noexcept { observe_target_ = 0.0; }
+  [[nodiscard]] bool observing() const noexcept { return observe_target_ > 0.0; }
+  [[nodiscard]] double observe_target() const noexcept { return observe_target_; }
+  /// Clears the accumulators (in backend memory, no synchronization).
+  void reset_observation() { run_scalar(backend_, detail::ns_clear_observation{observation_data()}); }
+  /// The accumulators, read back to the host (on a GPU: waits for the work queued before it).
+  [[nodiscard]] ns_observation read_observation() {
+    scalar_t acc[4];
+    copy_to_host(backend_, acc, observation_data(), sizeof(acc));
+    ns_observation o;
+    o.calls = acc[1];
+    o.max_needed = acc[3];
+    if (acc[1] > 0.0) {
+      o.mean_needed = acc[0] / acc[1];
+      o.mean_final_residual = acc[2] / acc[1];
+    }
+    return o;
+  }
+  /// The four accumulators [Σ needed, calls, Σ final residual, max needed] in backend memory
+  /// (checkpoints save them so that a resumed observation window ends as the uninterrupted one would).
+  [[nodiscard]] scalar_t* observation_data() noexcept { return stats_.data() + capacity_ * (residual_stride + 2); }
+
+  /// Stop each call at the first iteration whose residual is ≤ tolerance (> 0), never beyond steps();
+  /// 0 switches it off. Reads the residual back every iteration: meant for CPU backends.
+  void stop_at_residual(double tolerance) {
+    if (!(tolerance >= 0.0) || !std::isfinite(tolerance)) {
+      throw value_error("orthopt::newton_schulz::stop_at_residual: tolerance = " + std::to_string(tolerance) +
+                        " must be finite and >= 0 (0 switches stopping off)");
+    }
+    if (tolerance > 0.0) require_recordable("stop_at_residual");
+    stop_tolerance_ = tolerance;
+  }
+  [[nodiscard]] double stop_tolerance() const noexcept { return stop_tolerance_; }
+
+  /// Iterations the last call ran (its last chunk, for a batch longer than the capacity): steps()
+  /// unless it stopped at its residual tolerance.
+  [[nodiscard]] int last_steps() const noexcept { return last_steps_; }
+  /// The residuals of the last call in backend memory: row k holds r_0 … r_{last_steps()} of matrix k
+  /// of its (last) chunk, in its first last_steps() + 1 columns. Valid after a call that measured
+  /// residuals (record, observe or stop).
+  [[nodiscard]] matrix_view<const scalar_t> residual_view() const noexcept {
+    return {stats_.data(), capacity_, residual_stride, residual_stride, 1};
+  }
+  /// Row k of residual_view(), copied to the host (allocates; for logging and tests).
+  [[nodiscard]] std::vector<double> residuals(index_t k = 0) {
+    std::vector<double> r(static_cast<std::size_t>(last_steps_) + 1);
+    copy_to_host(backend_, r.data(), stats_.data() + k * residual_stride, r.size() * sizeof(double));
+    return r;
   }
 
   /// q ← NS(x).
@@ -164,6 +315,17 @@ class newton_schulz {
   }
 
  private:
+  static constexpr index_t residual_stride = max_recorded_steps + 1;
+
+  [[nodiscard]] bool measures() const noexcept { return record_ || observing() || stop_tolerance_ > 0.0; }
+  void require_recordable(const char* who) const {
+    if (config_.steps > max_recorded_steps) {
+      throw value_error(std::string("orthopt::newton_schulz::") + who + ": the plan runs " +
+                        std::to_string(config_.steps) + " iterations; residuals are recorded for at most " +
+                        std::to_string(max_recorded_steps));
+    }
+  }
+
   // The checks build no string unless they throw: a call must not allocate.
   void check(const_matrix_view<T> x, matrix_view<T> q, index_t batch_index = -1) {
     const auto who = [batch_index] {
@@ -237,9 +399,40 @@ class newton_schulz {
       }
     }
 
+    // r_j of matrix i of the chunk, from the Gram matrix A = X_j·X_jᵀ currently in G.
+    const bool measure = measures();
+    scalar_t* residual_rows = stats_.data();
+    scalar_t* temps = stats_.data() + capacity_ * residual_stride;  // ‖A‖_F and tr(A), per matrix
+    const auto measure_residuals = [&](int j) {
+      for (index_t i = 0; i < count; ++i) {
+        frobenius_norm(backend_, G[i].as_const(), temps + 2 * i);
+        const matrix_view<const T> diagonal(gram_.data() + i * g_size, small_, 1, small_ + 1, 1);
+        column_norms(backend_, diagonal, column_norm::l1, temps + 2 * i + 1);  // A_ii ≥ 0: Σ|A_ii| = tr(A)
+        run_scalar(backend_, detail::ns_residual_from_gram{temps + 2 * i, temps + 2 * i + 1,
+                                                           residual_rows + i * residual_stride + j,
+                                                           static_cast<double>(small_)});
+      }
+    };
+    const auto all_within_tolerance = [&](int j) {
+      for (index_t i = 0; i < count; ++i) {
+        copy_to_host(backend_, &host_residuals_[static_cast<std::size_t>(i)], residual_rows + i * residual_stride + j,
+                     sizeof(scalar_t));
+        if (!(host_residuals_[static_cast<std::size_t>(i)] <= stop_tolerance_)) return false;
+      }
+      return true;
+    };
+
+    int done = config_.steps;
     for (int k = 1; k <= config_.steps; ++k) {
       const ns_coefficients& coef = config_.step(k);
       if (!(aol && k == 1)) syrk_batched(backend_, C(1), X.as_const_batch(), C(0), G);
+      if (measure) {
+        measure_residuals(k - 1);
+        if (stop_tolerance_ > 0.0 && all_within_tolerance(k - 1)) {
+          done = k - 1;
+          break;
+        }
+      }
       // P = b·A + c·A·A + a·I  (A·A = A·Aᵀ: A is symmetric)
       transform(backend_, G_all, P_all, functors::scale_by<T>{static_cast<C>(coef.b)});
       if (coef.c != 0.0) syrk_batched(backend_, static_cast<C>(coef.c), G.as_const_batch(), C(1), P);
@@ -247,6 +440,18 @@ class newton_schulz {
       gemm_batched(backend_, C(1), P.as_const_batch(), op::none, X.as_const_batch(), op::none, C(0), X_next);
       std::swap(X, X_next);
     }
+    if (measure && done == config_.steps) {
+      // r_T of the result: the one product X·Xᵀ a measuring call adds.
+      syrk_batched(backend_, C(1), X.as_const_batch(), C(0), G);
+      measure_residuals(done);
+    }
+    if (observing()) {
+      for (index_t i = 0; i < count; ++i) {
+        run_scalar(backend_, detail::ns_observe_call{residual_rows + i * residual_stride, done, observe_target_,
+                                                     observation_data()});
+      }
+    }
+    last_steps_ = done;
     transform_batched(backend_, X.as_const_batch(), q, functors::identity{});
   }
 
@@ -255,6 +460,13 @@ class newton_schulz {
   index_t rows_ = 0, cols_ = 0, capacity_ = 1, small_ = 0, large_ = 0;
   typename Backend::template buffer<T> x_, x_next_, gram_, poly_;
   typename Backend::template buffer<scalar_t> scalars_;
+  // [capacity_ rows of r_0…r_64][capacity_ × (‖A‖_F, tr A)][4 observation accumulators]
+  typename Backend::template buffer<scalar_t> stats_;
+  std::vector<double> host_residuals_;  // stop_at_residual's read-back, sized at construction
+  bool record_ = false;
+  double observe_target_ = 0.0;  // > 0 while observing
+  double stop_tolerance_ = 0.0;  // > 0: stop at this residual
+  int last_steps_ = 0;
 };
 
 }  // namespace orthopt

@@ -46,6 +46,7 @@
 // (copies share packing buffers). Results are deterministic for a given backend thread count.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -63,6 +64,8 @@
 
 #include "orthopt/backend.hpp"
 #include "orthopt/errors.hpp"
+#include "orthopt/name_pattern.hpp"
+#include "orthopt/ns_budget.hpp"
 #include "orthopt/rules/options.hpp"
 #include "orthopt/rules/rules.hpp"
 #include "orthopt/schedule.hpp"
@@ -195,30 +198,6 @@ struct param_group {
 // ---------------------------------------------------------------------------------------------------
 // Routing
 // ---------------------------------------------------------------------------------------------------
-
-/// A parameter-name pattern: a substring, or a whole component of a name split at '.', '/' and ':'.
-/// Whole-component matching keeps short words from matching inside longer ones: "head" matches
-/// "head.weight" and "model.head.bias" but not "attn.multihead.weight" or "heads.0.weight".
-struct name_pattern {
-  std::string text;
-  bool whole_component = false;
-
-  [[nodiscard]] bool matches(std::string_view name) const {
-    if (text.empty()) return false;
-    if (!whole_component) return name.find(text) != std::string_view::npos;
-    std::size_t start = 0;
-    while (start <= name.size()) {
-      std::size_t end = name.find_first_of("./:", start);
-      if (end == std::string_view::npos) end = name.size();
-      if (name.substr(start, end - start) == text) return true;
-      start = end + 1;
-    }
-    return false;
-  }
-  [[nodiscard]] std::string describe() const {
-    return (whole_component ? "name component '" : "name containing '") + text + "'";
-  }
-};
 
 /// Why a parameter went to its group.
 enum class route_reason {
@@ -490,6 +469,117 @@ class optimizer {
     }
     return out;
   }
+  // ---- Newton–Schulz step counts and the adaptive budget (orthopt/ns_budget.hpp) ----------------
+
+  /// The Newton–Schulz iterations parameter p runs per step; value_error for a parameter without a
+  /// Newton–Schulz plan (AdamW, or the exact polar factor).
+  [[nodiscard]] int ns_steps(param_id p) const { return ns_plan_of(p, "ns_steps")->steps(); }
+  /// Set parameter p's iteration count (≥ 1). Refused while an adaptive budget is set (it owns the
+  /// counts: clear_ns_budget() first).
+  void set_ns_steps(param_id p, int steps) {
+    refuse_with_budget("set_ns_steps");
+    auto* ns = ns_plan_of(p, "set_ns_steps");
+    if (steps < 1) {
+      throw value_error("orthopt::optimizer::set_ns_steps: steps = " + std::to_string(steps) + " for '" +
+                        params_[p.index].name + "'; at least 1 is needed");
+    }
+    ns->set_steps(steps);
+  }
+  /// Set the iteration count of every parameter of group g (a group whose rule orthogonalizes by
+  /// Newton–Schulz; value_error otherwise). New parameters of the group keep the rule's own count.
+  void set_ns_steps(group_id g, int steps) {
+    refuse_with_budget("set_ns_steps");
+    const auto members = ns_members(g, "set_ns_steps");
+    if (steps < 1) {
+      throw value_error("orthopt::optimizer::set_ns_steps: steps = " + std::to_string(steps) + " for group '" +
+                        groups_[g.index].name + "'; at least 1 is needed");
+    }
+    for (std::size_t i : members) params_[i].state.ns_plan()->set_steps(steps);
+  }
+  /// Residual-based stopping inside each call for every parameter of group g (tolerance > 0; 0 turns it
+  /// off): a call stops at the first iteration whose residual ‖XXᵀ − I‖_F/√m is ≤ tolerance and never
+  /// runs more than the parameter's count. It reads the residual back to the host each iteration:
+  /// meant for CPU backends; on a GPU prefer a committed budget. Refused while a budget is set.
+  void set_ns_stop_tolerance(group_id g, double tolerance) {
+    refuse_with_budget("set_ns_stop_tolerance");
+    const auto members = ns_members(g, "set_ns_stop_tolerance");
+    if (!(tolerance >= 0.0) || !std::isfinite(tolerance)) {
+      throw value_error("orthopt::optimizer::set_ns_stop_tolerance: tolerance = " + std::to_string(tolerance) +
+                        " for group '" + groups_[g.index].name + "' must be finite and >= 0");
+    }
+    for (std::size_t i : members) {
+      if (params_[i].state.ns_plan()->steps() > ns_max_recorded_steps && tolerance > 0.0) {
+        throw value_error("orthopt::optimizer::set_ns_stop_tolerance: '" + params_[i].name + "' runs " +
+                          std::to_string(params_[i].state.ns_plan()->steps()) + " iterations; stopping works up to " +
+                          std::to_string(ns_max_recorded_steps));
+      }
+    }
+    for (std::size_t i : members) params_[i].state.ns_plan()->stop_at_residual(tolerance);
+  }
+  /// Record the residuals r_0 … r_T of every Newton–Schulz call of group g (ns_residuals reads them).
+  void record_ns_residuals(group_id g, bool on) {
+    const auto members = ns_members(g, "record_ns_residuals");
+    for (std::size_t i : members) params_[i].state.ns_plan()->record_residuals(on);
+  }
+  /// The residuals r_0 … r_T of parameter p's last Newton–Schulz call (matrix k of its last chunk),
+  /// copied to the host; empty before any call that measured them. Allocates.
+  [[nodiscard]] std::vector<double> ns_residuals(param_id p, index_t k = 0) {
+    auto* ns = ns_plan_of(p, "ns_residuals");
+    if (!ns->records_residuals() && ns->stop_tolerance() == 0.0) return {};
+    if (k < 0 || k >= ns->batch_capacity()) {
+      throw value_error("orthopt::optimizer::ns_residuals: matrix " + std::to_string(k) + " of '" +
+                        params_[p.index].name + "', whose calls hold " + std::to_string(ns->batch_capacity()));
+    }
+    return ns->residuals(k);
+  }
+
+  /// Run the adaptive budget (orthopt/ns_budget.hpp) over every registered parameter with a
+  /// Newton–Schulz plan, from the next step. Register all parameters first: add_param is refused while a
+  /// budget is set. Replaces a budget already set (its counts are discarded). Throws value_error for
+  /// invalid options, when no parameter runs Newton–Schulz, or when min_steps alone exceeds the budget;
+  /// the optimizer is then unchanged. Allocates (setup); the steps after it do not, except for what
+  /// on_commit does.
+  void set_ns_budget(ns_budget_options options) {
+    options.validate();
+    budget_state b;
+    b.options = std::move(options);
+    build_budget(b);
+    if (budget_) clear_ns_budget();
+    budget_ = std::move(b);
+  }
+  /// Remove the budget: every parameter it ran goes back to its configured count, observation stops.
+  void clear_ns_budget() {
+    if (!budget_) return;
+    for (const auto& part : budget_->participants) {
+      auto* ns = params_[part.param].state.ns_plan();
+      ns->stop_observing();
+      ns->set_steps(params_[part.param].state.configured_ns_steps());
+    }
+    budget_.reset();
+  }
+  [[nodiscard]] bool has_ns_budget() const noexcept { return budget_.has_value(); }
+  [[nodiscard]] ns_budget_phase ns_budget_state() const noexcept {
+    return budget_ ? budget_->phase : ns_budget_phase::none;
+  }
+  /// The optimizer step at which the current phase began (a window's start, or the last commit).
+  [[nodiscard]] std::int64_t ns_budget_phase_start() const noexcept { return budget_ ? budget_->phase_start : 0; }
+  /// The last commit's report, or nullptr before the first commit.
+  [[nodiscard]] const ns_budget_report* ns_budget_last_report() const noexcept {
+    return budget_ && budget_->has_report ? &budget_->report : nullptr;
+  }
+  /// Put the budget in `phase`, begun at step `start` (checkpoint loading; the parameters' counts and
+  /// accumulators are restored by the loader). No effect without a budget or for phase none.
+  void restore_ns_budget_phase(ns_budget_phase phase, std::int64_t start) {
+    if (!budget_ || phase == ns_budget_phase::none) return;
+    for (const auto& part : budget_->participants) {
+      auto* ns = params_[part.param].state.ns_plan();
+      if (phase == ns_budget_phase::observing) ns->observe(part.target);
+      else ns->stop_observing();
+    }
+    budget_->phase = phase;
+    budget_->phase_start = start;
+  }
+
   /// routing() as text, one line per parameter: "name  shape  -> group (rule): why".
   [[nodiscard]] std::string routing_table() const {
     std::string s;
@@ -511,6 +601,179 @@ class optimizer {
     std::string why;
   };
 
+  struct budget_participant {
+    std::size_t param;
+    std::size_t role;
+    int observe_steps;
+    double target;
+  };
+  struct budget_state {
+    ns_budget_options options;
+    ns_budget_phase phase = ns_budget_phase::waiting;
+    std::int64_t phase_start = 0;
+    std::vector<budget_participant> participants;
+    std::vector<double> role_need, role_calls;
+    std::vector<index_t> role_matrices;
+    std::vector<int> role_max, role_committed;
+    ns_budget_report report;  // sized at setup; a commit fills in numbers only
+    bool has_report = false;
+  };
+
+  newton_schulz<T, Backend>* ns_plan_of(param_id p, const char* who) {
+    check_param(p, who);
+    auto* ns = params_[p.index].state.ns_plan();
+    if (ns == nullptr) {
+      throw value_error(std::string("orthopt::optimizer::") + who + ": parameter '" + params_[p.index].name +
+                        "' runs " + rule_name(params_[p.index].state.kind()) +
+                        " without a Newton–Schulz plan (AdamW, or the exact polar factor)");
+    }
+    return ns;
+  }
+  const newton_schulz<T, Backend>* ns_plan_of(param_id p, const char* who) const {
+    return const_cast<optimizer*>(this)->ns_plan_of(p, who);
+  }
+  /// The parameters of group g; value_error if its rule has no Newton–Schulz plan.
+  std::vector<std::size_t> ns_members(group_id g, const char* who) {
+    check_group(g, who);
+    const bool runs_ns = std::visit(
+        [](auto& r) {
+          using R = std::decay_t<decltype(r)>;
+          if constexpr (R::kind == rule_kind::adamw) return false;
+          else return !r.options().ortho.exact;
+        },
+        groups_[g.index].rule);
+    if (!runs_ns) {
+      throw value_error(std::string("orthopt::optimizer::") + who + ": group '" + groups_[g.index].name + "' runs " +
+                        rule_name(groups_[g.index].kind()) + " without Newton–Schulz");
+    }
+    std::vector<std::size_t> members;
+    for (std::size_t i = 0; i < params_.size(); ++i) {
+      if (params_[i].group == g && params_[i].state.ns_plan() != nullptr) members.push_back(i);
+    }
+    return members;
+  }
+  void refuse_with_budget(const char* who) const {
+    if (budget_) {
+      throw value_error(std::string("orthopt::optimizer::") + who +
+                        ": an adaptive Newton–Schulz budget is set and owns the step counts; clear_ns_budget() first");
+    }
+  }
+
+  /// Participants, roles, targets and the report's fixed fields (setup; throws before anything changes).
+  void build_budget(budget_state& b) const {
+    const ns_budget_options& o = b.options;
+    std::vector<std::string> role_names;
+    std::int64_t uniform = 0, matrices = 0;
+    for (std::size_t i = 0; i < params_.size(); ++i) {
+      const state_type& st = params_[i].state;
+      const auto* ns = st.ns_plan();
+      if (ns == nullptr) continue;
+      std::string role = params_[i].name;
+      for (const auto& pat : o.roles) {
+        if (pat.matches(params_[i].name)) {
+          role = pat.describe();
+          break;
+        }
+      }
+      std::size_t r = 0;
+      while (r < role_names.size() && role_names[r] != role) ++r;
+      if (r == role_names.size()) {
+        role_names.push_back(role);
+        b.role_matrices.push_back(0);
+        b.role_max.push_back(ns_max_recorded_steps + 1);
+      }
+      const int configured = st.configured_ns_steps();
+      const int observe = o.observe_ns_steps > 0 ? o.observe_ns_steps : std::min(2 * configured, ns_max_recorded_steps);
+      const int most = o.max_steps > 0 ? o.max_steps : observe;
+      if (most < o.min_steps) {
+        throw value_error("orthopt::optimizer::set_ns_budget: parameter '" + params_[i].name + "' would have max_steps = " +
+                          std::to_string(most) + " below min_steps = " + std::to_string(o.min_steps));
+      }
+      const double target =
+          o.residual_target > 0.0 ? o.residual_target : ns_auto_residual_target(ns->config().with_steps(configured));
+      b.participants.push_back({i, r, observe, target});
+      b.role_matrices[r] += st.count();
+      b.role_max[r] = std::min(b.role_max[r], most);
+      uniform += static_cast<std::int64_t>(configured) * st.count();
+      matrices += st.count();
+      ns_budget_param_report pr;
+      pr.name = params_[i].name;
+      pr.role = role;
+      pr.matrices = st.count();
+      pr.configured_steps = configured;
+      pr.observed_steps = observe;
+      pr.target = target;
+      b.report.params.push_back(std::move(pr));
+    }
+    if (b.participants.empty()) {
+      throw value_error(
+          "orthopt::optimizer::set_ns_budget: no registered parameter runs Newton–Schulz (register parameters first)");
+    }
+    b.report.uniform_cost = uniform;
+    b.report.budget = std::llround(o.budget_fraction * static_cast<double>(uniform));
+    if (static_cast<std::int64_t>(o.min_steps) * matrices > b.report.budget) {
+      throw value_error("orthopt::optimizer::set_ns_budget: min_steps = " + std::to_string(o.min_steps) + " for " +
+                        std::to_string(matrices) + " matrices costs " +
+                        std::to_string(static_cast<std::int64_t>(o.min_steps) * matrices) +
+                        " iterations per step, above the budget of " + std::to_string(b.report.budget) +
+                        " (budget_fraction " + std::to_string(o.budget_fraction) + " of " + std::to_string(uniform) + ")");
+    }
+    b.role_need.assign(role_names.size(), 0.0);
+    b.role_calls.assign(role_names.size(), 0.0);
+    b.role_committed.assign(role_names.size(), 0);
+  }
+
+  /// Before the updates of a step: open an observation window when one is due.
+  void budget_before_step() {
+    budget_state& b = *budget_;
+    const bool first = b.phase == ns_budget_phase::waiting && steps_taken_ >= b.options.start_step;
+    const bool again = b.phase == ns_budget_phase::committed && b.options.reobserve_every > 0 &&
+                       steps_taken_ - b.phase_start >= b.options.reobserve_every;
+    if (!first && !again) return;
+    for (const auto& part : b.participants) {
+      auto* ns = params_[part.param].state.ns_plan();
+      ns->set_steps(part.observe_steps);
+      ns->reset_observation();
+      ns->observe(part.target);
+    }
+    b.phase = ns_budget_phase::observing;
+    b.phase_start = steps_taken_;
+  }
+
+  /// After a step: commit when the window is over.
+  void budget_after_step() {
+    budget_state& b = *budget_;
+    if (b.phase != ns_budget_phase::observing || steps_taken_ - b.phase_start < b.options.observe_steps) return;
+    std::fill(b.role_need.begin(), b.role_need.end(), 0.0);
+    std::fill(b.role_calls.begin(), b.role_calls.end(), 0.0);
+    for (std::size_t k = 0; k < b.participants.size(); ++k) {
+      const auto& part = b.participants[k];
+      auto* ns = params_[part.param].state.ns_plan();
+      const ns_observation obs = ns->read_observation();
+      ns->stop_observing();
+      b.report.params[k].observed = obs;
+      b.role_need[part.role] += obs.mean_needed * obs.calls;
+      b.role_calls[part.role] += obs.calls;
+    }
+    for (std::size_t r = 0; r < b.role_need.size(); ++r) {
+      if (b.role_calls[r] > 0.0) b.role_need[r] /= b.role_calls[r];
+    }
+    b.report.committed_cost = commit_ns_steps(b.role_need, b.role_matrices, b.options.min_steps, b.role_max,
+                                              b.report.budget, b.options.spend_whole_budget, b.role_committed);
+    for (std::size_t k = 0; k < b.participants.size(); ++k) {
+      const auto& part = b.participants[k];
+      params_[part.param].state.ns_plan()->set_steps(b.role_committed[part.role]);
+      b.report.params[k].role_need = b.role_need[part.role];
+      b.report.params[k].committed_steps = b.role_committed[part.role];
+    }
+    b.report.window_start = b.phase_start;
+    b.report.committed_at = steps_taken_;
+    b.has_report = true;
+    b.phase = ns_budget_phase::committed;
+    b.phase_start = steps_taken_;
+    if (b.options.on_commit) b.options.on_commit(b.report);
+  }
+
   void check_group(group_id g, const char* who) const {
     if (g.index >= groups_.size()) {
       throw value_error(std::string("orthopt::optimizer::") + who + ": group index " + std::to_string(g.index) +
@@ -527,6 +790,11 @@ class optimizer {
   param_id add_param_impl(std::string name, group_id g, batch_view<T> param, route_reason reason, std::string why) {
     const char* who = "orthopt::optimizer::add_param";
     check_group(g, "add_param");
+    if (budget_) {
+      throw value_error(std::string(who) + ": parameter '" + name +
+                        "' comes after set_ns_budget; register every parameter first (or clear_ns_budget, add, "
+                        "and set the budget again)");
+    }
     if (name.empty()) throw value_error(std::string(who) + ": the parameter name is empty");
     if (find_param(name)) throw value_error(std::string(who) + ": a parameter named '" + name + "' exists already");
     if (param.count < 1) {
@@ -611,12 +879,14 @@ class optimizer {
         }
       }
     } restore{this};
+    if (budget_) budget_before_step();
     for (std::size_t i = 0; i < params_.size(); ++i) {
       param_entry& p = params_[i];
       const gradient_view grad = gradient_at(i);
       std::visit([&](auto& r) { r.step(p.param, grad, p.state); }, groups_[p.group.index].rule);
     }
     ++steps_taken_;
+    if (budget_) budget_after_step();
   }
 
   void check_gradient(param_entry& p, const gradient_view& grad) {
@@ -661,6 +931,7 @@ class optimizer {
   std::vector<double> saved_lr_;               // per group, scratch of step(): sized at add_group
   std::vector<unsigned char> saved_check_finite_;  // per group, likewise
   std::int64_t steps_taken_ = 0;
+  std::optional<budget_state> budget_;
 };
 
 }  // namespace orthopt

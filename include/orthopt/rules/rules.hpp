@@ -63,7 +63,10 @@ inline constexpr bool runs_batched_products = requires { requires Backend::batch
 ///   second_moment(k)   AdaMuon's V and AdamW's v (rows×cols); empty for the others
 ///   column_moment(k)   NAMO's scalar v (1×1) and NAMO-D's per-column V_j (1×cols), in double
 ///   step()             the number of completed steps t (shared by the batch)
+///   ns_observation     (Newton–Schulz states) the adaptive budget's four accumulators, in double
 /// Besides these it owns the scratch of a step (the direction U, the orthogonalized O, the polar plan).
+/// ns_plan() reaches the Newton–Schulz plan: its step count for this parameter, residual recording,
+/// observation and in-call stopping (orthopt/newton_schulz.hpp).
 template <class T, class Backend>
 class param_state {
  public:
@@ -86,7 +89,10 @@ class param_state {
     direction_ = backend_.template allocate<T>(capacity_ * n);
     ortho_out_ = backend_.template allocate<T>(capacity_ * n);
     scalars_ = backend_.template allocate<scalar_t>(capacity_ * scalar_slot());
-    if (ortho != nullptr) plan_.emplace(rows, cols, *ortho, backend_, capacity_);
+    if (ortho != nullptr) {
+      plan_.emplace(rows, cols, *ortho, backend_, capacity_);
+      if (!ortho->exact) configured_ns_steps_ = ortho->ns.steps;
+    }
   }
 
   [[nodiscard]] rule_kind kind() const noexcept { return kind_; }
@@ -103,6 +109,13 @@ class param_state {
     if (t < 0) throw value_error("orthopt::param_state::set_step: step = " + std::to_string(t) + " < 0");
     step_ = t;
   }
+
+  /// The Newton–Schulz plan of this parameter, or nullptr (AdamW, or the exact polar factor).
+  [[nodiscard]] newton_schulz<T, Backend>* ns_plan() noexcept { return plan_ ? plan_->ns() : nullptr; }
+  [[nodiscard]] const newton_schulz<T, Backend>* ns_plan() const noexcept { return plan_ ? plan_->ns() : nullptr; }
+  /// The Newton–Schulz step count of the rule's options when the state was made (0 without a plan):
+  /// the uniform count an adaptive budget starts from.
+  [[nodiscard]] int configured_ns_steps() const noexcept { return configured_ns_steps_; }
 
   [[nodiscard]] matrix_view<T> momentum(index_t k = 0) { return row_major_view(momentum_.data() + k * rows_ * cols_, rows_, cols_); }
   [[nodiscard]] matrix_view<T> second_moment(index_t k = 0) {
@@ -127,6 +140,9 @@ class param_state {
     s.push_back({"momentum", sizeof(T), momentum_.data(), momentum_.size()});
     if (second_.size() > 0) s.push_back({"second_moment", sizeof(T), second_.data(), second_.size()});
     if (column_.size() > 0) s.push_back({"column_moment", sizeof(scalar_t), column_.data(), column_.size()});
+    if (const auto* ns = ns_plan()) {
+      s.push_back({"ns_observation", sizeof(scalar_t), const_cast<newton_schulz<T, Backend>*>(ns)->observation_data(), 4});
+    }
     return s;
   }
   /// The same, read-only (saving a checkpoint).
@@ -141,6 +157,9 @@ class param_state {
     s.push_back({"momentum", sizeof(T), momentum_.data(), momentum_.size()});
     if (second_.size() > 0) s.push_back({"second_moment", sizeof(T), second_.data(), second_.size()});
     if (column_.size() > 0) s.push_back({"column_moment", sizeof(scalar_t), column_.data(), column_.size()});
+    if (const auto* ns = ns_plan()) {
+      s.push_back({"ns_observation", sizeof(scalar_t), const_cast<newton_schulz<T, Backend>*>(ns)->observation_data(), 4});
+    }
     return s;
   }
 
@@ -169,6 +188,7 @@ class param_state {
   [[nodiscard]] index_t scalar_slot() const noexcept { return 4 + 2 * cols_; }
 
   rule_kind kind_;
+  int configured_ns_steps_ = 0;
   index_t rows_, cols_, count_, capacity_ = 1;
   std::int64_t step_ = 0;
   mutable Backend backend_;  // a handle: copying to the host from a const state is not a change of it

@@ -191,6 +191,9 @@ class orthogonalizer_plan {
   void set_steps(int steps) {
     if (ns_) ns_->set_steps(steps);
   }
+  /// The Newton–Schulz plan, or nullptr when the operator is the exact polar factor.
+  [[nodiscard]] newton_schulz<T, Backend>* ns() noexcept { return ns_ ? &*ns_ : nullptr; }
+  [[nodiscard]] const newton_schulz<T, Backend>* ns() const noexcept { return ns_ ? &*ns_ : nullptr; }
 
  private:
   std::optional<newton_schulz<T, Backend>> ns_;

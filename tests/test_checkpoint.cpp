@@ -135,10 +135,10 @@ TEMPLATE_TEST_CASE("a checkpoint has the documented byte layout", "[checkpoint]"
   CHECK(std::string(slots[1].name) == "column_moment");
   CHECK(slots[1].element_bytes == 8);
   CHECK(slots[1].elements == 3 * 5);
-  // The adaptive budget's accumulators: four doubles per Newton–Schulz state.
+  // The adaptive budget's accumulators: five doubles per Newton–Schulz state.
   CHECK(std::string(slots[2].name) == "ns_observation");
   CHECK(slots[2].element_bytes == 8);
-  CHECK(slots[2].elements == 4);
+  CHECK(slots[2].elements == 5);
 }
 
 TEMPLATE_TEST_CASE("resuming from a checkpoint is bit-exact", "[checkpoint]", float, double) {
@@ -320,4 +320,67 @@ TEMPLATE_TEST_CASE("saving to a failed stream throws", "[checkpoint]", float, do
   std::ostringstream out;
   out.setstate(std::ios::badbit);
   CHECK_THROWS_WITH(orthopt::save_checkpoint(opt, out), Catch::Contains("writing to the stream failed"));
+}
+
+namespace {
+/// The same checkpoint in format version 1 (orthopt before the adaptive budget): without the
+/// ns_observation slots, the per-parameter Newton–Schulz counts and the budget phase. Written from the
+/// format description (docs/checkpoint-format.md), field by field.
+std::string as_version_1(const std::string& v2) {
+  std::string payload;
+  std::size_t at = 24;
+  const auto copy = [&](std::size_t n) {
+    payload += v2.substr(at, n);
+    at += n;
+  };
+  copy(8);  // steps taken
+  const auto n = le(v2, at, 4);
+  copy(4);
+  for (std::uint64_t p = 0; p < n; ++p) {
+    copy(4 + le(v2, at, 4));  // name
+    copy(4 + 8 * 4);          // rule kind, rows, cols, count, step
+    const auto slots = le(v2, at, 4);
+    const std::size_t slot_count_at = payload.size();
+    copy(4);
+    std::uint64_t kept = 0;
+    for (std::uint64_t k = 0; k < slots; ++k) {
+      const auto name_length = le(v2, at, 4);
+      const std::string name = v2.substr(at + 4, name_length);
+      const auto bytes = le(v2, at + 4 + name_length, 4) * le(v2, at + 8 + name_length, 8);
+      const std::size_t record = 4 + name_length + 4 + 8 + bytes;
+      if (name == "ns_observation") {
+        at += record;
+      } else {
+        copy(record);
+        ++kept;
+      }
+    }
+    put_le(payload, slot_count_at, kept, 4);
+    at += 4;  // the Newton–Schulz count
+  }
+  at += 12;  // the budget phase and its start
+  REQUIRE(at == v2.size() - 8);
+  std::string v1 = v2.substr(0, 24) + payload + std::string(8, '\0');
+  put_le(v1, 8, 1, 4);
+  put_le(v1, 16, payload.size(), 8);
+  reseal(v1);
+  return v1;
+}
+}  // namespace
+
+TEMPLATE_TEST_CASE("a version 1 checkpoint still loads, leaving the Newton-Schulz counts as they are", "[checkpoint]",
+                   float, double) {
+  using T = TestType;
+  fixture<T> f;
+  const std::string v1 = as_version_1(f.bytes);
+  CHECK(v1.size() < f.bytes.size());
+  toy_model<T> target_model;
+  auto target = target_model.make_optimizer();
+  const auto hidden = *target.find_param("blocks.0.mlp.fc.weight");
+  target.set_ns_steps(hidden, 7);
+  load_bytes(target, v1);
+  CHECK(target.ns_steps(hidden) == 7);
+  // Everything else is the source's: saving again gives the source's version 2 bytes but for that count.
+  target.set_ns_steps(hidden, f.source.ns_steps(hidden));
+  CHECK(save_bytes(target) == f.bytes);
 }

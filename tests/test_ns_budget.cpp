@@ -152,6 +152,34 @@ TEMPLATE_TEST_CASE("the residual of a known spectrum is the RMS of sigma^2 - 1 a
   }
 }
 
+TEMPLATE_TEST_CASE("an observation counts calls, needs and the inputs' effective rank", "[ns][residual]", float,
+                   double) {
+  using T = TestType;
+  for (const double condition : {1.0, 30.0, 1e4}) {
+    for (const shape s : {shape{16, 16}, shape{12, 30}, shape{30, 12}}) {
+      const MatD x = conditioned(s.rows, s.cols, condition, 9);
+      const auto sv = singular_values(x);
+      const double m = static_cast<double>(sv.size());
+      const double expected_rank = std::pow(sv.squaredNorm(), 2) / (m * sv.array().pow(4).sum());
+      const auto r = recorded<T>(x, presets::keller(10));
+      const double target = 0.41;
+      Mat<T> xt = x.cast<T>(), q(s.rows, s.cols);
+      orthopt::newton_schulz<T, backend_under_test> ns(s.rows, s.cols, presets::keller(10));
+      ns.observe(target);
+      for (int call = 0; call < 3; ++call) ns(orthopt::make_view(xt), orthopt::make_view(q));
+      const orthopt::ns_observation o = ns.read_observation();
+      INFO("condition " << condition << " shape " << to_string(s));
+      CHECK(o.calls == 3);
+      CHECK(o.mean_needed == first_at_or_below(r, target));
+      CHECK(o.max_needed == first_at_or_below(r, target));
+      CHECK(o.mean_final_residual == Approx(r.back()).epsilon(1e-12));
+      CHECK(o.mean_effective_rank == Approx(expected_rank).epsilon(1e-5));
+      ns.reset_observation();
+      CHECK(ns.read_observation().calls == 0);
+    }
+  }
+}
+
 TEMPLATE_TEST_CASE("a zero matrix records residual 1 and the output stays zero", "[ns][residual]", float, double) {
   using T = TestType;
   Mat<T> x = Mat<T>::Zero(5, 9), q(5, 9);

@@ -104,9 +104,11 @@ struct ns_residual_from_gram {
 
 /// One observed call of the adaptive budget (orthopt/ns_budget.hpp): from the residuals r_0..r_last of
 /// one matrix, the iterations it needed, i.e. the first k with r_k ≤ target, or last + 1 when none was
-/// (a censored count); accumulated as acc = [Σ needed, calls, Σ r_last, max needed] in backend memory.
+/// (a censored count); accumulated as acc = [Σ needed, calls, Σ r_last, max needed, Σ effective rank]
+/// in backend memory.
 struct ns_observe_call {
   const scalar_t* residuals;
+  const scalar_t* effective_rank;  // of the call's input, as a fraction of m
   int last;
   double target;
   scalar_t* acc;
@@ -122,13 +124,28 @@ struct ns_observe_call {
     acc[1] += 1.0;
     acc[2] += residuals[last];
     if (needed > acc[3]) acc[3] = needed;
+    acc[4] += *effective_rank;
   }
 };
 
-/// acc[0..3] ← 0
+/// out ← (tr A)²/(m·‖A‖²_F) for A = X·Xᵀ: the participation ratio (Σσ²)²/Σσ⁴ of X's singular values — an
+/// effective rank, 1/m for rank one, 1 for orthogonal rows — as a fraction of m. Scale-free, and free
+/// given the two sums the residual already needs. 0 for a zero matrix.
+struct ns_effective_rank {
+  const scalar_t* gram_norm;
+  const scalar_t* trace;
+  scalar_t* out;
+  double m;
+  ORTHOPT_HD void operator()() const {
+    const double g = *gram_norm;
+    *out = g > 0.0 ? (*trace / g) * (*trace / g) / m : 0.0;
+  }
+};
+
+/// acc[0..4] ← 0
 struct ns_clear_observation {
   scalar_t* acc;
-  ORTHOPT_HD void operator()() const { acc[0] = acc[1] = acc[2] = acc[3] = 0.0; }
+  ORTHOPT_HD void operator()() const { acc[0] = acc[1] = acc[2] = acc[3] = acc[4] = 0.0; }
 };
 
 }  // namespace detail
@@ -142,6 +159,9 @@ struct ns_observation {
   double mean_needed = 0.0;          ///< mean over them of the iterations needed to reach the target
   double max_needed = 0.0;           ///< the largest such count (steps + 1: never reached it)
   double mean_final_residual = 0.0;  ///< mean residual after the last iteration of each call
+  /// Mean effective rank of the inputs, (Σσ²)²/Σσ⁴ as a fraction of m (1: orthogonal rows; small: a few
+  /// directions dominate, the hard case for Newton–Schulz). Free: it comes from the same two sums.
+  double mean_effective_rank = 0.0;
 };
 
 /// A Newton–Schulz plan for one input shape. Construction sizes every buffer; a call allocates nothing.
@@ -196,7 +216,7 @@ class newton_schulz {
     gram_ = backend_.template allocate<T>(capacity_ * small_ * small_);
     poly_ = backend_.template allocate<T>(capacity_ * small_ * small_);
     scalars_ = backend_.template allocate<scalar_t>(capacity_ * (3 + small_));
-    stats_ = backend_.template allocate<scalar_t>(capacity_ * (residual_stride + 2) + 4);
+    stats_ = backend_.template allocate<scalar_t>(capacity_ * (residual_stride + 3) + observation_size);
     host_residuals_.assign(static_cast<std::size_t>(capacity_), 0.0);
     run_scalar(backend_, detail::ns_clear_observation{observation_data()});
     prepare_syrk<T>(backend_, small_, large_);
@@ -251,7 +271,7 @@ class newton_schulz {
   void reset_observation() { run_scalar(backend_, detail::ns_clear_observation{observation_data()}); }
   /// The accumulators, read back to the host (on a GPU: waits for the work queued before it).
   [[nodiscard]] ns_observation read_observation() {
-    scalar_t acc[4];
+    scalar_t acc[observation_size];
     copy_to_host(backend_, acc, observation_data(), sizeof(acc));
     ns_observation o;
     o.calls = acc[1];
@@ -259,12 +279,15 @@ class newton_schulz {
     if (acc[1] > 0.0) {
       o.mean_needed = acc[0] / acc[1];
       o.mean_final_residual = acc[2] / acc[1];
+      o.mean_effective_rank = acc[4] / acc[1];
     }
     return o;
   }
-  /// The four accumulators [Σ needed, calls, Σ final residual, max needed] in backend memory
-  /// (checkpoints save them so that a resumed observation window ends as the uninterrupted one would).
-  [[nodiscard]] scalar_t* observation_data() noexcept { return stats_.data() + capacity_ * (residual_stride + 2); }
+  /// The observation_size accumulators [Σ needed, calls, Σ final residual, max needed, Σ effective rank]
+  /// in backend memory (checkpoints save them so that a resumed observation window ends as the
+  /// uninterrupted one would).
+  [[nodiscard]] scalar_t* observation_data() noexcept { return stats_.data() + capacity_ * (residual_stride + 3); }
+  static constexpr index_t observation_size = 5;
 
   /// Stop each call at the first iteration whose residual is ≤ tolerance (> 0), never beyond steps();
   /// 0 switches it off. Reads the residual back every iteration: meant for CPU backends.
@@ -402,15 +425,17 @@ class newton_schulz {
     // r_j of matrix i of the chunk, from the Gram matrix A = X_j·X_jᵀ currently in G.
     const bool measure = measures();
     scalar_t* residual_rows = stats_.data();
-    scalar_t* temps = stats_.data() + capacity_ * residual_stride;  // ‖A‖_F and tr(A), per matrix
+    // Per matrix: ‖A‖_F, tr(A), and the input's effective rank.
+    scalar_t* temps = stats_.data() + capacity_ * residual_stride;
     const auto measure_residuals = [&](int j) {
       for (index_t i = 0; i < count; ++i) {
-        frobenius_norm(backend_, G[i].as_const(), temps + 2 * i);
+        scalar_t* t = temps + 3 * i;
+        frobenius_norm(backend_, G[i].as_const(), t);
         const matrix_view<const T> diagonal(gram_.data() + i * g_size, small_, 1, small_ + 1, 1);
-        column_norms(backend_, diagonal, column_norm::l1, temps + 2 * i + 1);  // A_ii ≥ 0: Σ|A_ii| = tr(A)
-        run_scalar(backend_, detail::ns_residual_from_gram{temps + 2 * i, temps + 2 * i + 1,
-                                                           residual_rows + i * residual_stride + j,
+        column_norms(backend_, diagonal, column_norm::l1, t + 1);  // A_ii ≥ 0: Σ|A_ii| = tr(A)
+        run_scalar(backend_, detail::ns_residual_from_gram{t, t + 1, residual_rows + i * residual_stride + j,
                                                            static_cast<double>(small_)});
+        if (j == 0) run_scalar(backend_, detail::ns_effective_rank{t, t + 1, t + 2, static_cast<double>(small_)});
       }
     };
     const auto all_within_tolerance = [&](int j) {
@@ -447,8 +472,8 @@ class newton_schulz {
     }
     if (observing()) {
       for (index_t i = 0; i < count; ++i) {
-        run_scalar(backend_, detail::ns_observe_call{residual_rows + i * residual_stride, done, observe_target_,
-                                                     observation_data()});
+        run_scalar(backend_, detail::ns_observe_call{residual_rows + i * residual_stride, temps + 3 * i + 2, done,
+                                                     observe_target_, observation_data()});
       }
     }
     last_steps_ = done;
@@ -460,7 +485,7 @@ class newton_schulz {
   index_t rows_ = 0, cols_ = 0, capacity_ = 1, small_ = 0, large_ = 0;
   typename Backend::template buffer<T> x_, x_next_, gram_, poly_;
   typename Backend::template buffer<scalar_t> scalars_;
-  // [capacity_ rows of r_0…r_64][capacity_ × (‖A‖_F, tr A)][4 observation accumulators]
+  // [capacity_ rows of r_0…r_64][capacity_ × (‖A‖_F, tr A, effective rank)][observation accumulators]
   typename Backend::template buffer<scalar_t> stats_;
   std::vector<double> host_residuals_;  // stop_at_residual's read-back, sized at construction
   bool record_ = false;

@@ -162,17 +162,19 @@ struct ns_budget_report {
   std::int64_t committed_cost = 0;  ///< Σ committed × matrices
   std::vector<ns_budget_param_report> params;
 
-  /// A text table, one line per parameter (allocates; for logs).
+  /// A text table, one line per parameter (allocates; for logs): the mean and largest observed need,
+  /// the inputs' mean effective rank (fraction of m), the mean final residual, τ, and the committed count.
   [[nodiscard]] std::string table() const {
     std::string s = "ns budget committed at step " + std::to_string(committed_at) + ": " +
                     std::to_string(committed_cost) + " iterations per step (budget " + std::to_string(budget) +
                     ", uniform " + std::to_string(uniform_cost) + ")\n";
     char line[512];
     for (const auto& p : params) {
-      std::snprintf(line, sizeof(line), "  %-40s role %-24s x%-3lld need %5.2f (max %2.0f, r_end %.3f, tau %.3f) -> %d (was %d)\n",
-                    p.name.c_str(), p.role.c_str(), static_cast<long long>(p.matrices), p.observed.mean_needed,
-                    p.observed.max_needed, p.observed.mean_final_residual, p.target, p.committed_steps,
-                    p.configured_steps);
+      std::snprintf(line, sizeof(line),
+                    "  %-32s x%-2lld need %5.2f (max %2.0f; rank %.2f, r_end %.3f, tau %.3f) -> %2d (was %d)%s%s\n",
+                    p.name.c_str(), static_cast<long long>(p.matrices), p.observed.mean_needed, p.observed.max_needed,
+                    p.observed.mean_effective_rank, p.observed.mean_final_residual, p.target, p.committed_steps,
+                    p.configured_steps, p.role == p.name ? "" : "  role ", p.role == p.name ? "" : p.role.c_str());
       s += line;
     }
     return s;

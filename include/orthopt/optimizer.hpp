@@ -38,6 +38,12 @@
 // instead. The orthogonalizer settings (`options().ortho`) are planned into each state at registration;
 // changing them later has no effect on parameters already registered.
 //
+// Newton–Schulz iteration counts: per parameter (`set_ns_steps(param_id, n)`, `ns_steps(p)`) or per group
+// (`set_ns_steps(group_id, n)`), stopping inside a call at a residual tolerance
+// (`set_ns_stop_tolerance`, CPU backends), or chosen by the adaptive budget (`set_ns_budget`,
+// orthopt/ns_budget.hpp: observe how many iterations each matrix needs, then commit counts within a
+// total budget; its phase and counts are saved in checkpoints).
+//
 // Thread safety: an optimizer is not synchronized. Its mutating members (add_group, add_param,
 // bind_gradient, step, set_steps_taken, group(...) writes, checkpoint loading) must not run concurrently
 // with any other member call on the same optimizer. Const members may run concurrently with each other.

@@ -63,7 +63,7 @@ inline constexpr bool runs_batched_products = requires { requires Backend::batch
 ///   second_moment(k)   AdaMuon's V and AdamW's v (rows×cols); empty for the others
 ///   column_moment(k)   NAMO's scalar v (1×1) and NAMO-D's per-column V_j (1×cols), in double
 ///   step()             the number of completed steps t (shared by the batch)
-///   ns_observation     (Newton–Schulz states) the adaptive budget's four accumulators, in double
+///   ns_observation     (Newton–Schulz states) the adaptive budget's five accumulators, in double
 /// Besides these it owns the scratch of a step (the direction U, the orthogonalized O, the polar plan).
 /// ns_plan() reaches the Newton–Schulz plan: its step count for this parameter, residual recording,
 /// observation and in-call stopping (orthopt/newton_schulz.hpp).
@@ -141,7 +141,8 @@ class param_state {
     if (second_.size() > 0) s.push_back({"second_moment", sizeof(T), second_.data(), second_.size()});
     if (column_.size() > 0) s.push_back({"column_moment", sizeof(scalar_t), column_.data(), column_.size()});
     if (const auto* ns = ns_plan()) {
-      s.push_back({"ns_observation", sizeof(scalar_t), const_cast<newton_schulz<T, Backend>*>(ns)->observation_data(), 4});
+      s.push_back({"ns_observation", sizeof(scalar_t), const_cast<newton_schulz<T, Backend>*>(ns)->observation_data(),
+                   static_cast<std::size_t>(newton_schulz<T, Backend>::observation_size)});
     }
     return s;
   }
@@ -158,7 +159,8 @@ class param_state {
     if (second_.size() > 0) s.push_back({"second_moment", sizeof(T), second_.data(), second_.size()});
     if (column_.size() > 0) s.push_back({"column_moment", sizeof(scalar_t), column_.data(), column_.size()});
     if (const auto* ns = ns_plan()) {
-      s.push_back({"ns_observation", sizeof(scalar_t), const_cast<newton_schulz<T, Backend>*>(ns)->observation_data(), 4});
+      s.push_back({"ns_observation", sizeof(scalar_t), const_cast<newton_schulz<T, Backend>*>(ns)->observation_data(),
+                   static_cast<std::size_t>(newton_schulz<T, Backend>::observation_size)});
     }
     return s;
   }

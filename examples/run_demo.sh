@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo (see README.md): installs what it needs on Debian/Ubuntu (libtorch, OpenBLAS, Eigen, the
 # `fortunes` corpus, gnuplot), builds examples/gpt/gpt_demo.cpp for this machine and trains a byte-level
-# GPT with AdamW, Muon, AdaMuon, NAMO and NAMO-D, two seeds each. Arguments go to the demo (--quick,
+# GPT with AdamW, Muon, AdaMuon, NAMO and NAMO-D, and Muon and AdaMuon with the adaptive Newton–Schulz
+# budget, two seeds each. Arguments go to the demo (--quick,
 # --sweep, --steps N, --seeds K, --lr NAME=X, --out DIR; --help); output lands in ./gpt-output.
 set -euo pipefail
 

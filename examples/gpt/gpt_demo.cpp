@@ -61,8 +61,20 @@ using optimizer = orthopt::optimizer<float, backend>;
 // ---------------------------------------------------------------------------------------------------
 // Settings
 // ---------------------------------------------------------------------------------------------------
-enum class method { adamw, muon, adamuon, namo, namo_d };
-constexpr std::array<method, 5> all_methods{method::adamw, method::muon, method::adamuon, method::namo, method::namo_d};
+enum class method { adamw, muon, adamuon, namo, namo_d, muon_budget, adamuon_budget };
+/// The default run: the five optimizers, then Muon and AdaMuon with the adaptive Newton–Schulz budget.
+constexpr std::array<method, 7> all_methods{method::adamw,  method::muon,        method::adamuon,       method::namo,
+                                            method::namo_d, method::muon_budget, method::adamuon_budget};
+/// The optimizers the lr sweep covers (a budget variant runs at its base optimizer's lr).
+constexpr std::array<method, 5> swept_methods{method::adamw, method::muon, method::adamuon, method::namo, method::namo_d};
+
+/// The optimizer a variant is built on.
+method base_of(method m) {
+  if (m == method::muon_budget) return method::muon;
+  if (m == method::adamuon_budget) return method::adamuon;
+  return m;
+}
+bool uses_budget(method m) { return base_of(m) != m; }
 
 const char* method_name(method m) {
   switch (m) {
@@ -71,6 +83,8 @@ const char* method_name(method m) {
     case method::adamuon: return "AdaMuon";
     case method::namo: return "NAMO";
     case method::namo_d: return "NAMO-D";
+    case method::muon_budget: return "Muon+budget";
+    case method::adamuon_budget: return "AdaMuon+budget";
   }
   return "?";
 }
@@ -78,12 +92,13 @@ const char* method_name(method m) {
 /// The learning rates the committed sweep chose (examples/gpt/sweep.md; `--sweep` reruns it): the lowest
 /// final validation loss of each optimizer over the grid below, seed 0.
 double chosen_lr(method m) {
-  switch (m) {
+  switch (base_of(m)) {
     case method::adamw: return 2e-3;
     case method::muon: return 8e-3;
     case method::adamuon: return 4e-3;
     case method::namo: return 1.6e-2;
     case method::namo_d: return 1.6e-2;
+    default: break;
   }
   return 0.0;
 }
@@ -301,14 +316,29 @@ Options at_rates(Options o, double lr, double weight_decay) {
 }
 
 optimizer::rule_type matrix_rule(method m, double lr, double wd, const backend& be) {
-  switch (m) {
+  switch (base_of(m)) {
     case method::muon: return orthopt::muon<float, backend>(at_rates(orthopt::muon_presets::moonlight(), lr, wd), be);
     case method::adamuon: return orthopt::adamuon<float, backend>(at_rates(orthopt::adamuon_presets::code(), lr, wd), be);
     case method::namo: return orthopt::namo<float, backend>(at_rates(orthopt::namo_presets::code(), lr, wd), be);
     case method::namo_d: return orthopt::namo_d<float, backend>(at_rates(orthopt::namo_d_presets::code(), lr, wd), be);
-    case method::adamw: break;
+    default: break;
   }
   return orthopt::adamw<float, backend>(at_rates(orthopt::adamw_presets::torch(), lr, wd), be);
+}
+
+/// The adaptive Newton–Schulz budget of the "+budget" runs (orthopt/ns_budget.hpp): once the warmup is
+/// over, observe for 10 steps (1/80 of training; an observation step runs twice the iterations), commit
+/// per-matrix counts that reach the residual target, spending no more than the uniform 5 iterations
+/// per matrix in all (only what is needed: the point is to see whether work can be saved), and observe
+/// again every quarter of training, since what is hard changes as training goes on.
+orthopt::ns_budget_options budget_options(const settings& s) {
+  orthopt::ns_budget_options o;
+  o.start_step = std::max(1, s.steps / 20);
+  o.observe_steps = std::max(5, s.steps / 80);
+  o.reobserve_every = std::max(10, s.steps / 4);
+  o.budget_fraction = 1.0;
+  o.spend_whole_budget = false;
+  return o;
 }
 
 /// The orthopt optimizer over a GPT's parameters, and the gradient views it reads each step.
@@ -317,6 +347,9 @@ struct trainer {
   std::vector<torch::Tensor> params;  // the model's own tensors (handles, not copies)
   std::vector<bool> split_qkv;        // registered as three row blocks
   std::vector<optimizer::gradient_view> grads;
+  std::vector<std::pair<orthopt::param_id, std::int64_t>> ns_params;  // Newton–Schulz parameters, matrices
+  std::int64_t ns_iterations = 0;     // Newton–Schulz iterations run, summed over matrices and steps
+  std::string budget_report;          // the last commit of the adaptive budget
 
   trainer(GPT& model, method m, double lr, const settings& s) {
     const orthopt::warmup_stable_decay schedule(std::max(1, s.steps / 20), s.steps, 0.2);
@@ -344,6 +377,15 @@ struct trainer {
     }
     opt.check_overrides_used(router);
     grads.resize(params.size());
+    for (std::size_t i = 0; i < opt.param_count(); ++i) {
+      const orthopt::param_id p{i};
+      if (opt.state(p).ns_plan() != nullptr) ns_params.emplace_back(p, opt.state(p).count());
+    }
+    if (uses_budget(m)) {
+      auto o = budget_options(s);
+      o.on_commit = [this](const orthopt::ns_budget_report& r) { budget_report = r.table(); };
+      opt.set_ns_budget(std::move(o));
+    }
   }
 
   void step() {
@@ -351,6 +393,7 @@ struct trainer {
       const auto g = orthopt::make_const_view(torch_matrix<float>(params[i].grad()));
       grads[i] = split_qkv[i] ? orthopt::split_rows(g, 3) : orthopt::as_batch(g);
     }
+    for (const auto& [p, matrices] : ns_params) ns_iterations += static_cast<std::int64_t>(opt.ns_steps(p)) * matrices;
     opt.step(grads);
   }
 };
@@ -371,7 +414,8 @@ struct run_result {
   double lr = 0.0;
   std::vector<curve_point> curve;
   double forward_backward_seconds = 0.0, optimizer_seconds = 0.0;
-  std::string routing, sample_text;
+  double ns_iterations_per_step = 0.0;  // over all Newton–Schulz matrices
+  std::string routing, sample_text, budget_report;
 };
 
 struct progress {
@@ -427,6 +471,8 @@ run_result train(method m, int seed, double lr, const settings& s, const corpus&
     }
   }
   if (want_sample) r.sample_text = sample(model, s, "Q: ", 240);
+  r.ns_iterations_per_step = static_cast<double>(t.ns_iterations) / s.steps;
+  r.budget_report = t.budget_report;
   ++prog.runs_done;
   return r;
 }
@@ -477,9 +523,10 @@ std::string results_table(const std::vector<run_result>& runs, const settings& s
   std::string table =
       "| optimizer | lr | steps saved to AdamW's final train loss | steps saved to AdamW's final val loss | "
       "time saved to AdamW's final train loss | time saved to AdamW's final val loss | final train loss | "
-      "final val loss | forward+backward per step | optimizer per step |\n|---|---|---|---|---|---|---|---|---|---|\n";
+      "final val loss | forward+backward per step | optimizer per step | NS iterations per step |\n"
+      "|---|---|---|---|---|---|---|---|---|---|---|\n";
   for (const method m : all_methods) {
-    summary_stat steps_train, steps_val, time_train, time_val, final_train, final_val, fb, op;
+    summary_stat steps_train, steps_val, time_train, time_val, final_train, final_val, fb, op, ns;
     double lr = 0.0;
     for (const auto& r : runs) {
       if (r.m != m) continue;
@@ -500,6 +547,7 @@ std::string results_table(const std::vector<run_result>& runs, const settings& s
       final_val.add(r.curve.back().val_loss, true);
       fb.add(r.forward_backward_seconds / s.steps, true);
       op.add(r.optimizer_seconds / s.steps, true);
+      ns.add(r.ns_iterations_per_step, true);
     }
     if (final_val.values.empty()) continue;
     char lr_text[32];
@@ -507,7 +555,7 @@ std::string results_table(const std::vector<run_result>& runs, const settings& s
     table += std::string("| ") + method_name(m) + " | " + lr_text + " | " + steps_train.text("%.0f%%", 100) + " | " +
              steps_val.text("%.0f%%", 100) + " | " + time_train.text("%.0f%%", 100) + " | " + time_val.text("%.0f%%", 100) +
              " | " + final_train.text("%.4f") + " | " + final_val.text("%.4f") + " | " + fb.text("%.1f ms", 1e3) + " | " +
-             op.text("%.1f ms", 1e3) + " |\n";
+             op.text("%.1f ms", 1e3) + " | " + (m == method::adamw ? std::string("—") : ns.text("%.1f")) + " |\n";
   }
   return table;
 }
@@ -563,7 +611,8 @@ void plot(const settings& s) {
 // ---------------------------------------------------------------------------------------------------
 const char* usage =
     "usage: gpt_demo [--quick] [--sweep [--sweep-lrs X,Y]] [--steps N] [--seeds K] [--lr NAME=X] [--threads N] [--data DIR] [--out DIR]\n"
-    "  (default)   every optimizer at its chosen learning rate, seeds 0..K-1 (K = 2), 800 steps\n"
+    "  (default)   every optimizer at its chosen learning rate, then Muon and AdaMuon with the adaptive\n"
+    "              Newton–Schulz budget (Muon+budget, AdaMuon+budget), seeds 0..K-1 (K = 2), 800 steps\n"
     "  --quick     one seed, 120 steps, a smaller model: the smoke test (every validation loss must fall)\n"
     "  --sweep     the learning-rate sweep: every optimizer at each lr of {1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2}, seed 0;\n"
     "              prints and writes the lr with the lowest final validation loss for each\n"
@@ -605,7 +654,7 @@ settings parse(int argc, char** argv) {
       const std::string v = value();
       const auto eq = v.find('=');
       bool known = false;
-      for (const method m : all_methods) {
+      for (const method m : swept_methods) {
         if (eq != std::string::npos && v.substr(0, eq) == method_name(m)) {
           s.lr_override[m] = std::stod(v.substr(eq + 1));
           known = true;
@@ -658,7 +707,7 @@ int main(int argc, char** argv) try {
   progress prog;
   std::vector<run_result> runs;
   if (s.sweep) {
-    prog.runs_total = static_cast<int>(all_methods.size() * s.sweep_lrs.size());
+    prog.runs_total = static_cast<int>(swept_methods.size() * s.sweep_lrs.size());
     std::string table = "| optimizer | " ;
     for (const double lr : s.sweep_lrs) {
       char head[32];
@@ -670,7 +719,7 @@ int main(int argc, char** argv) try {
     table += "\n";
     std::ofstream csv(s.out + "/sweep.csv");
     csv << "optimizer,lr,final_train_loss,final_val_loss\n";
-    for (const method m : all_methods) {
+    for (const method m : swept_methods) {
       table += std::string("| ") + method_name(m) + " | ";
       double best = 1e30, best_lr = 0.0;
       for (const double lr : s.sweep_lrs) {
@@ -700,7 +749,7 @@ int main(int argc, char** argv) try {
   prog.runs_total = static_cast<int>(all_methods.size()) * s.seeds;
   for (int seed = 0; seed < s.seeds; ++seed) {
     for (const method m : all_methods) {
-      const double lr = s.lr_override.contains(m) ? s.lr_override.at(m) : chosen_lr(m);
+      const double lr = s.lr_override.contains(base_of(m)) ? s.lr_override.at(base_of(m)) : chosen_lr(m);
       std::printf("\n%s, seed %d, lr %g\n", method_name(m), seed, lr);
       runs.push_back(train(m, seed, lr, s, c, vx, vy, prog, seed == 0));
       if (seed == 0 && m == method::muon) std::printf("  routing:\n%s", runs.back().routing.c_str());
@@ -715,12 +764,24 @@ int main(int argc, char** argv) try {
     if (!r.sample_text.empty()) samples += std::string("--- ") + method_name(r.m) + " (seed 0) ---\n" + r.sample_text + "\n\n";
   }
   std::printf("\nSamples (prompt \"Q: \", temperature 0.8):\n\n%s", samples.c_str());
+  std::string budgets;
+  for (const auto& r : runs) {
+    if (r.seed == 0 && !r.budget_report.empty()) budgets += std::string("--- ") + method_name(r.m) + " (seed 0), the last commit ---\n" + r.budget_report + "\n";
+  }
+  std::printf("\nAdaptive Newton–Schulz budget decisions:\n\n%s", budgets.c_str());
   {
     std::ofstream md(s.out + "/results.md");
     md << "Byte-level GPT on Debian's fortunes: " << s.layers << " layers, d_model " << s.d_model << ", " << s.steps
        << " steps of " << s.batch << "×" << s.context << " tokens, " << s.seeds << " seed(s)" << (s.quick ? " (--quick)" : "")
        << "; orthopt::" << backend_name << ", " << threads << " threads\n\n"
        << table;
+    if (!budgets.empty()) {
+      md << "\nAdaptive Newton–Schulz budget (orthopt/ns_budget.hpp): observe steps " << budget_options(s).start_step
+         << "–" << budget_options(s).start_step + budget_options(s).observe_steps
+         << ", then commit per-matrix counts that reach the residual target, within the uniform cost; observe again every "
+         << budget_options(s).reobserve_every << " steps. The last commit of each seed-0 run:\n\n```\n"
+         << budgets << "```\n";
+    }
   }
   std::ofstream(s.out + "/samples.txt") << samples;
   write_curves(runs, s);

@@ -36,6 +36,31 @@ TEMPLATE_TEST_CASE("NS agrees with a plain float64 transcription for every sched
   }
 }
 
+TEMPLATE_TEST_CASE("with absolute_eps NS reproduces the sources' normalization at any norm", "[ns][reference][absolute_eps]",
+                   float, double) {
+  using T = TestType;
+  for (ns_config cfg : all_presets()) {
+    cfg.absolute_eps = true;
+    for (const shape s : property_shapes(3)) {
+      for (const double norm : {1e-3, 0.05, 0.16, 1.0, 3.7, 250.0}) {
+        const MatD x = unit_norm_gaussian(s, 4) * norm;
+        // The source's formula: X/(‖X‖ + ε) and the like. AOL's normalization has no ε (orthopt divides
+        // by ‖X‖ in both modes; reference_ns applies only the row scaling), so it gets X/‖X‖.
+        const bool aol = cfg.normalization == orthopt::ns_normalization::aol;
+        const MatD ref = reference_ns(aol ? MatD(x / x.norm()) : x, cfg);
+        INFO("schedule " << cfg.name << " shape " << to_string(s) << " norm " << norm);
+        CHECK(max_abs_diff(run_ns<T>(x, cfg), ref) <= tol<T>(10 * schedule_gain(cfg), s));
+      }
+    }
+  }
+  // The default (relative ε) differs from the source by ε·(1/‖X‖ − 1)/(1 + ε/‖X‖) in the normalization:
+  // at ‖X‖ = 1e-3 that is 1e-4, far outside the double tolerance; the option is what closes the gap.
+  const shape s{24, 40};
+  const MatD x = unit_norm_gaussian(s, 5) * 1e-3;
+  const ns_config relative = presets::keller();
+  CHECK(max_abs_diff(run_ns<double>(x, relative), reference_ns(x, relative)) > 1e3 * tol<double>(10 * schedule_gain(relative), s));
+}
+
 TEMPLATE_TEST_CASE("NS is invariant to scaling the input from 1e-30 to 1e30", "[ns][scale]", float, double) {
   const std::vector<double> factors = {1e-30, 1e-20, 1e-10, 1e-3, 0.37, 3.0, 1e3, 1e10, 1e20, 1e30};
   for (const ns_config& cfg : all_presets()) {

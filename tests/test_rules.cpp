@@ -38,7 +38,10 @@ MatD orthogonalize(const MatD& u, const orthopt::orthogonalizer& o, double& gain
     return svd_polar(u);
   }
   gain = schedule_gain(o.ns);
-  return reference_ns(u / n, o.ns);
+  // With absolute_eps the library uses the source's formula itself: hand the transcription U as it is
+  // (AOL's normalization has no ε, and reference_ns applies only its row scaling: U/‖U‖ for both).
+  const bool as_is = o.ns.absolute_eps && o.ns.normalization != orthopt::ns_normalization::aol;
+  return as_is ? reference_ns(u, o.ns) : reference_ns(u / n, o.ns);
 }
 
 /// Each transcription keeps `sensitivity`: the largest factor by which its step amplified a relative
@@ -406,6 +409,36 @@ TEMPLATE_TEST_CASE("Muon presets and variants match the float64 transcription of
                    double) {
   std::uint64_t salt = 100;
   for (const auto& c : muon_cases()) check_rule<TestType, Muon<TestType>, muon_ref>("muon " + c.label, c.o, ++salt);
+}
+
+TEMPLATE_TEST_CASE("with absolute_eps every schedule and rule reproduces its source's normalization",
+                   "[rules][reference][absolute_eps]", float, double) {
+  // The transcription normalizes U by the source's formula (‖U‖ + ε, max(‖U‖, ε), ‖U‖(1 + s) + ε) on U
+  // as it is, whose norm here is far from 1 (gradients of scale e⁻² to e², momentum of many of them).
+  using T = TestType;
+  std::uint64_t salt = 700;
+  const std::vector<orthopt::ns_config> schedules = {
+      orthopt::ns_presets::keller(), orthopt::ns_presets::polar_express(), orthopt::ns_presets::polar_express_nanogpt(),
+      orthopt::ns_presets::quintic(), orthopt::ns_presets::cans(),        orthopt::ns_presets::aol(),
+      orthopt::ns_presets::you(),     orthopt::ns_presets::cubic()};
+  for (orthopt::ns_config ns : schedules) {
+    ns.absolute_eps = true;
+    orthopt::muon_options o = orthopt::muon_presets::keller();
+    o.ortho.ns = ns;
+    check_rule<T, Muon<T>, muon_ref>("muon with " + ns.name + " absolute_eps", o, ++salt);
+  }
+  orthopt::muon_options torch_form = orthopt::muon_presets::torch();  // frobenius_clamp: max(‖U‖, ε)
+  torch_form.ortho.ns.absolute_eps = true;
+  check_rule<T, Muon<T>, muon_ref>("muon torch absolute_eps", torch_form, ++salt);
+  orthopt::adamuon_options ada = orthopt::adamuon_presets::code();
+  ada.ortho.ns.absolute_eps = true;
+  check_rule<T, AdaMuon<T>, adamuon_ref>("adamuon code absolute_eps", ada, ++salt);
+  orthopt::namo_options nm = orthopt::namo_presets::code();
+  nm.ortho.ns.absolute_eps = true;
+  check_rule<T, Namo<T>, namo_ref>("namo code absolute_eps", nm, ++salt);
+  orthopt::namo_options nd = orthopt::namo_d_presets::code();
+  nd.ortho.ns.absolute_eps = true;
+  check_rule<T, NamoD<T>, namo_d_ref>("namo_d code absolute_eps", nd, ++salt);
 }
 
 TEMPLATE_TEST_CASE("AdaMuon presets match the float64 transcription of §3", "[rules][reference][adamuon]", float,

@@ -31,10 +31,12 @@ namespace detail {
 /// invariance for small n (‖X‖ = 1e-30 would be divided by ~1e-7 and come out degenerate), so orthopt
 /// applies ε relative to n: it divides by n·(1 + s + ε) (frobenius: s = 0; frobenius_clamp: by n,
 /// since the clamp only ever acts on a zero matrix, handled apart). This equals the reference formula
-/// at n = 1, differs from it by less than ε relative elsewhere, and makes the result exactly invariant
-/// to positive scaling. AOL normalizes by n, then applies its own row scaling.
-/// The multiplier 1/(n(1 + s + ε)) is formed as 2^e/(n·2^e·(1 + s + ε)) with 2^e split over two factors:
-/// for double data with a subnormal norm, 1/n alone exceeds the double range.
+/// at n = 1 and makes the result exactly invariant to positive scaling; elsewhere the multiplier differs
+/// from the reference's by the relative amount ε·(1/n − 1)/(1 + ε/n) (frobenius), which grows as n
+/// shrinks (2e-6 at n = 0.05 with ε = 1e-7). With `absolute` (ns_config::absolute_eps) the reference
+/// formula itself is used: n + ε, max(n, ε), n(1 + s) + ε. AOL normalizes by n, then applies its own
+/// row scaling. The multiplier 1/d is formed as 2^e/(d·2^e) with 2^e split over two factors: for double
+/// data with a subnormal norm, 1/n alone exceeds the double range.
 struct ns_normalization_factor {
   const scalar_t* norm;  // count entries
   scalar_t* factor;      // two entries per matrix
@@ -42,6 +44,7 @@ struct ns_normalization_factor {
   ns_normalization kind;
   double eps;
   double safety;
+  bool absolute = false;
   ORTHOPT_HD void operator()() const {
     for (index_t k = 0; k < count; ++k) one(norm[k], factor + 2 * k);
   }
@@ -50,6 +53,21 @@ struct ns_normalization_factor {
       // Zero input → zero output. NaN or Inf (only reachable with check_finite off) propagates as NaN.
       f[0] = 1.0;
       f[1] = (n == 0.0) ? 0.0 : NAN;
+      return;
+    }
+    if (absolute) {
+      // The sources' formulas, as written (the divisor is at least n, so finite and > 0).
+      double d = n;
+      switch (kind) {
+        case ns_normalization::frobenius: d = n + eps; break;
+        case ns_normalization::frobenius_clamp: d = n > eps ? n : eps; break;
+        case ns_normalization::safety: d = n * (1.0 + safety) + eps; break;
+        case ns_normalization::aol: d = n; break;
+      }
+      const int e = -::ilogb(d);
+      const double unit = ::ldexp(::ldexp(d, e / 2), e - e / 2);  // d·2^e, exact, in [1, 2)
+      f[0] = ::ldexp(1.0, e / 2);
+      f[1] = ::ldexp(1.0 / unit, e - e / 2);
       return;
     }
     const int e = -::ilogb(n);
@@ -403,7 +421,7 @@ class newton_schulz {
 
     frobenius_norms(backend_, x_src, norms);
     run_scalar(backend_, detail::ns_normalization_factor{norms, factors, count, config_.normalization, config_.eps,
-                                                         config_.safety});
+                                                         config_.safety, config_.absolute_eps});
     transform_batched(backend_, x_src, X, detail::scale_by_factor_pair{factors});
 
     using C = compute_t<T>;  // α, β and the coefficients: never rounded to a 16-bit storage type

@@ -39,8 +39,12 @@ enum class ns_normalization {
 /// Scale invariance: the reference codes divide by ‖X‖ + ε (or ‖X‖(1 + s) + ε), where ε guards against
 /// a zero matrix but also swamps a tiny one (‖X‖ = 1e-30 comes out degenerate). orthopt applies ε
 /// relative to the norm, dividing by ‖X‖·(1 + s + ε); a zero matrix maps to zero by itself. The result
-/// equals the reference formula when ‖X‖_F = 1, differs from it by less than ε relative in the
-/// normalization otherwise, and is exactly invariant to positive scaling of X.
+/// equals the reference formula when ‖X‖_F = 1 and is exactly invariant to positive scaling of X;
+/// elsewhere the normalization differs from the reference's by the relative amount
+/// ε·(1/‖X‖ − 1)/(1 + ε/‖X‖), which grows as ‖X‖ shrinks (2e-6 at ‖X‖ = 0.05 with ε = 1e-7), and Newton–
+/// Schulz can amplify that by its schedule's gain. `absolute_eps = true` uses the reference formulas
+/// exactly — ‖X‖ + ε, max(‖X‖, ε), ‖X‖(1 + s) + ε — so that every preset reproduces its source to
+/// rounding, at the price of scale invariance for tiny inputs.
 struct ns_config {
   std::string name = "custom";
   std::vector<ns_coefficients> table;
@@ -49,6 +53,7 @@ struct ns_config {
   double eps = 1e-7;     ///< ε of the normalization
   double safety = 0.0;   ///< s of the `safety` normalization
   bool check_finite = true;  ///< reject NaN/Inf inputs with value_error (a device→host read on a GPU)
+  bool absolute_eps = false;  ///< normalize with the sources' absolute ε (see above); default: relative ε
 
   /// The coefficients of step k (1-based).
   [[nodiscard]] const ns_coefficients& step(int k) const {

@@ -524,6 +524,22 @@ TEMPLATE_TEST_CASE("a step that fails a check changes no parameter, no state and
     }, "group 'adamw' gets lr");
     opt.group(*opt.find_group("adamw")).schedule = orthopt::warmup_stable_decay(2, 12, 0.5, 0.1);
   }
+  SECTION("a schedule emptied after add_group (issue 13, finding 7: std::bad_function_call before)") {
+    fails_cleanly([&] {
+      opt.group(*opt.find_group("adamw")).schedule = nullptr;
+      opt.step(model.gradient_views());
+    }, "group 'adamw' has an empty schedule");
+    opt.group(*opt.find_group("adamw")).schedule = orthopt::warmup_stable_decay(2, 12, 0.5, 0.1);
+  }
+  SECTION("a value the element type cannot hold, in a later group") {
+    if constexpr (sizeof(T) == 4) {
+      fails_cleanly([&] {
+        opt.group(*opt.find_group("adamw")).template options<orthopt::adamw_options>().eps = 1e-50;
+        opt.step(model.gradient_views());
+      }, "eps = 1e-50 rounds to 0");
+      opt.group(*opt.find_group("adamw")).template options<orthopt::adamw_options>().eps = 1e-8;
+    }
+  }
   SECTION("an invalid hyper-parameter in the last group") {
     fails_cleanly([&] {
       opt.group(*opt.find_group("adamw")).template options<orthopt::adamw_options>().beta2 = 1.5;

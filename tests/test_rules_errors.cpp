@@ -408,8 +408,65 @@ TEMPLATE_TEST_CASE("invalid hyper-parameters raise value_error at construction a
   };
   check_invalid<T, AdamW<T>>(orthopt::adamw_presets::torch(), adamw_breaks);
   check_invalid<T, AdamW<T>>(orthopt::adamw_presets::moonlight(), adamw_breaks);
-  // NAMO-D exists only in the code form.
+  // NAMO-D exists only in the code form, at construction and when options() is changed later (issue 13,
+  // finding 7: it was silently ignored).
   expect_throw<orthopt::value_error>([] { NamoD<T> r(orthopt::namo_presets::paper()); }, {"only the code form"});
+  check_invalid<T, NamoD<T>>(orthopt::namo_d_presets::code(),
+                             breaks_of<orthopt::namo_options>{{"only the code form", [](auto& o) { o.form = orthopt::namo_form::paper; }}});
+}
+
+// Issue 13, finding 4: values valid as doubles that a step uses in the element type's arithmetic must
+// survive rounding to it; in float they do not, in double they do.
+TEMPLATE_TEST_CASE("hyper-parameters that the element type cannot hold are refused, naming them",
+                   "[rules][errors][options]", float, double) {
+  using T = TestType;
+  const bool narrow = sizeof(T) == 4;
+  const auto expect = [narrow](auto make, const std::string& field) {
+    INFO(field);
+    if (narrow) {
+      expect_throw<orthopt::value_error>(make, {field});
+    } else {
+      CHECK_NOTHROW(make());
+    }
+  };
+  expect([] { AdamW<T> r(orthopt::adamw_options{"t", orthopt::adamw_form::torch, 1e-3, 0.1, 0.9, 0.95, 1e-50}); },
+         "eps = 1e-50 rounds to 0 in the element type (float)");
+  expect([] { AdamW<T> r(orthopt::adamw_options{"t", orthopt::adamw_form::torch, 1e-3, 0.1, 0.9, 1 - 1e-8, 1e-8}); },
+         "beta2 = 0.99999999 rounds to 1 in the element type (float)");
+  expect([] {
+    auto o = orthopt::adamuon_presets::code();
+    o.eps = 1e-50;
+    AdaMuon<T> r(o);
+  }, "eps = 1e-50 rounds to 0");
+  expect([] {
+    auto o = orthopt::muon_presets::keller();
+    o.momentum = 1 - 1e-9;
+    Muon<T> r(o);
+  }, "momentum = 0.999999999 rounds to 1");
+  expect([] {
+    auto o = orthopt::namo_presets::code();
+    o.mu1 = 1 - 1e-9;
+    Namo<T> r(o);
+  }, "mu1 = 0.999999999 rounds to 1");
+  expect([] {
+    auto o = orthopt::muon_presets::keller();
+    o.ortho.ns.table = {{1e39, -1.0, 0.0}};
+    Muon<T> r(o);
+  }, "Newton–Schulz table row 1 (1e+39, -1, 0) overflows");
+  // NAMO's μ2 and ε are used in double: values float cannot hold are fine there.
+  auto namo = orthopt::namo_presets::code();
+  namo.eps = 1e-50;
+  namo.mu2 = 1 - 1e-9;
+  CHECK_NOTHROW(Namo<T>(namo));
+  // A later change through options() is refused at the next step, with nothing written.
+  if (narrow) {
+    check_invalid<T, AdamW<T>>(orthopt::adamw_presets::torch(),
+                               breaks_of<orthopt::adamw_options>{{"eps = 1e-50 rounds to 0", [](auto& o) { o.eps = 1e-50; }}});
+  }
+  // The aol normalization needs ε > 0 for its row scale 1/√max(row sum, ε).
+  auto aol = orthopt::ns_presets::aol();
+  aol.eps = 0.0;
+  expect_throw<orthopt::value_error>([&] { aol.validate(); }, {"the aol normalization needs eps > 0"});
 }
 
 // Issue 13, finding 3: a state at the largest step count (2^63 − 1, from set_step or a checkpoint) must

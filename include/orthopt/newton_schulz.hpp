@@ -344,6 +344,10 @@ class newton_schulz {
   /// q[k] ← NS(x[k]) for every matrix of a batch (e.g. stacked MoE experts [E, M, N]).
   void operator()(batch_view<const T> x, batch_view<T> q) {
     static constexpr const char* who = "orthopt::newton_schulz";
+    if (x.count < 0 || q.count < 0) {
+      throw shape_error(std::string(who) + ": a batch of " + std::to_string(x.count < 0 ? x.count : q.count) +
+                        " matrices; the count must be >= 0 (an empty batch does nothing)");
+    }
     if (x.count != q.count) {
       throw shape_error(std::string(who) + ": input batch has " + std::to_string(x.count) +
                         " matrices but output batch has " + std::to_string(q.count));

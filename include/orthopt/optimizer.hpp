@@ -833,6 +833,10 @@ class optimizer {
     }
     try {
       for (group_type& g : groups_) {
+        if (!g.schedule) {
+          throw value_error(std::string(who) + ": group '" + g.name +
+                            "' has an empty schedule (set group(g).schedule to a callable); nothing was changed");
+        }
         const double multiplier = g.schedule(steps_taken_);
         const double lr = g.lr * multiplier;
         if (!std::isfinite(lr) || lr < 0.0) {
@@ -847,7 +851,7 @@ class optimizer {
             },
             g.rule);
         ++written;
-        std::visit([](auto& r) { r.options().validate(); }, g.rule);
+        std::visit([](auto& r) { r.validate_options(); }, g.rule);
       }
       // 2. Every gradient: the state belongs to the group's rule, shapes match, views are usable,
       //    values are finite.

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <optional>
 #include <limits>
 #include <string>
@@ -252,6 +253,73 @@ inline double shape_factor(shape_scale s, index_t rows, index_t cols) {
   return 1.0;
 }
 
+/// v with 9 significant digits ("1e-50", "0.99999999"): enough to show why it rounds as it does.
+inline std::string num_g(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.9g", v);
+  return buf;
+}
+
+/// Hyper-parameters that are valid as doubles but that a step uses in the element type's arithmetic
+/// (compute_t<T>: float for float and bf16 data) must survive the rounding: an ε that rounds to 0 gives
+/// 0/0 on a zero gradient entry, a β that rounds to 1 freezes a moment, a coefficient beyond the float
+/// range is Inf. Each check builds its message only when it fails (steps run them and must not allocate).
+template <class T>
+inline void require_positive_in(const char* rule, const std::string& preset, const char* name, double v) {
+  using C = compute_t<T>;
+  require(static_cast<double>(static_cast<C>(v)) > 0.0, rule, preset, [&] {
+    return std::string(name) + " = " + num_g(v) + " rounds to 0 in the element type (" +
+           (sizeof(C) == 4 ? "float" : "its compute type") + "); use a value it can hold";
+  });
+}
+template <class T>
+inline void require_below_one_in(const char* rule, const std::string& preset, const char* name, double v) {
+  using C = compute_t<T>;
+  require(static_cast<double>(static_cast<C>(v)) < 1.0, rule, preset, [&] {
+    return std::string(name) + " = " + num_g(v) + " rounds to 1 in the element type (" +
+           (sizeof(C) == 4 ? "float" : "its compute type") + "), which would freeze the moment";
+  });
+}
+template <class T>
+inline void require_table_in(const char* rule, const std::string& preset, const orthogonalizer& o) {
+  using C = compute_t<T>;
+  if (o.exact) return;
+  for (std::size_t r = 0; r < o.ns.table.size(); ++r) {
+    const ns_coefficients& c = o.ns.table[r];
+    const bool ok = std::isfinite(static_cast<double>(static_cast<C>(c.a))) &&
+                    std::isfinite(static_cast<double>(static_cast<C>(c.b))) &&
+                    std::isfinite(static_cast<double>(static_cast<C>(c.c)));
+    require(ok, rule, preset, [&] {
+      return "Newton–Schulz table row " + std::to_string(r + 1) + " (" + num_g(c.a) + ", " + num_g(c.b) + ", " + num_g(c.c) +
+             ") overflows the element type's range";
+    });
+  }
+}
+template <class T>
+inline void check_in_element_type(const muon_options& o) {
+  require_below_one_in<T>("muon_options", o.preset, "momentum", o.momentum);
+  require_table_in<T>("muon_options", o.preset, o.ortho);
+}
+template <class T>
+inline void check_in_element_type(const adamuon_options& o) {
+  require_below_one_in<T>("adamuon_options", o.preset, "beta", o.beta);
+  if (o.beta2 > 0.0) require_below_one_in<T>("adamuon_options", o.preset, "beta2", o.beta2);
+  require_positive_in<T>("adamuon_options", o.preset, "eps", o.eps);
+  require_table_in<T>("adamuon_options", o.preset, o.ortho);
+}
+template <class T>
+inline void check_in_element_type(const namo_options& o) {
+  // μ2 and ε enter NAMO's scalar arithmetic in double; μ1 drives the momentum in the element type.
+  require_below_one_in<T>("namo_options", o.preset, "mu1", o.mu1);
+  require_table_in<T>("namo_options", o.preset, o.ortho);
+}
+template <class T>
+inline void check_in_element_type(const adamw_options& o) {
+  require_below_one_in<T>("adamw_options", o.preset, "beta1", o.beta1);
+  require_below_one_in<T>("adamw_options", o.preset, "beta2", o.beta2);
+  require_positive_in<T>("adamw_options", o.preset, "eps", o.eps);
+}
+
 /// Shared plumbing of a rule: options, backend, state creation, single/batch step dispatch.
 template <class Derived, class T, class Backend, class Options>
 class rule_base {
@@ -261,7 +329,15 @@ class rule_base {
   using options_type = Options;
 
   explicit rule_base(Options options, Backend backend) : options_(std::move(options)), backend_(std::move(backend)) {
+    validate_options();
+  }
+
+  /// The options' own checks (Options::validate), and that the values a step uses in the element
+  /// type's arithmetic survive rounding to it; value_error naming the field. Every step runs it first.
+  void validate_options() const {
     options_.validate();
+    check_in_element_type<T>(options_);
+    if constexpr (requires { Derived::check_options(options_); }) Derived::check_options(options_);
   }
 
   [[nodiscard]] Options& options() noexcept { return options_; }
@@ -283,7 +359,7 @@ class rule_base {
   /// runs in three phases per chunk of the state's batch capacity: each matrix's direction, then one
   /// (batched) orthogonalization, then each matrix's update.
   void step(batch_view<T> W, batch_view<const T> G, param_state<T, Backend>& s) {
-    options_.validate();
+    validate_options();
     check_step(Derived::name, Derived::kind, backend_, W, G, s, options_.check_finite);
     if (s.step() == std::numeric_limits<std::int64_t>::max()) {
       // step + 1 would overflow (a count loaded from a checkpoint or set by set_step); refuse first.
@@ -545,9 +621,13 @@ class namo_d : public detail::rule_base<namo_d<T, Backend>, T, Backend, namo_opt
  public:
   static constexpr rule_kind kind = rule_kind::namo_d;
   static constexpr const char* name = "namo_d";
-  explicit namo_d(namo_options o = namo_d_presets::code(), Backend be = Backend{}) : base(std::move(o), std::move(be)) {
-    if (this->options_.form != namo_form::code) {
-      throw value_error("orthopt::namo_d: only the code form exists for NAMO-D (preset '" + this->options_.preset + "')");
+  explicit namo_d(namo_options o = namo_d_presets::code(), Backend be = Backend{}) : base(std::move(o), std::move(be)) {}
+
+  /// Only the code form exists for NAMO-D: a paper form, set at construction or later through
+  /// options(), is refused (value_error) rather than ignored.
+  static void check_options(const namo_options& o) {
+    if (o.form != namo_form::code) {
+      throw value_error("orthopt::namo_d: only the code form exists for NAMO-D (preset '" + o.preset + "')");
     }
   }
 

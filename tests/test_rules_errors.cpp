@@ -493,3 +493,20 @@ TEMPLATE_TEST_CASE("a state at the largest step count is refused before anything
     CHECK(st.step() == 42);
   });
 }
+
+// Issue 13, finding 6: sizes whose element count (or byte count) does not fit index_t must be refused
+// before any allocation, not wrap around into a small buffer claiming a huge one.
+TEMPLATE_TEST_CASE("sizes that overflow are refused with a shape_error", "[rules][errors][size]", float, double) {
+  using T = TestType;
+  const index_t big = index_t{1} << 32;
+  Muon<T> rule;
+  expect_throw<orthopt::shape_error>([&] { (void)rule.make_state(big, big); }, {"larger than any buffer can be"});
+  expect_throw<orthopt::shape_error>([&] { (void)rule.make_state(1 << 20, 1 << 20, big); }, {"larger than any buffer can be"});
+  expect_throw<orthopt::shape_error>([&] { orthopt::newton_schulz<T, backend_under_test> ns(big, big, orthopt::ns_presets::keller()); },
+                                     {"larger than any buffer can be"});
+  T x = 0;
+  expect_throw<orthopt::shape_error>([&] { (void)orthopt::tensor_as_matrix(&x, {big, big}); },
+                                     {"the product of the dimensions overflows at dimension 1"});
+  expect_throw<orthopt::shape_error>([&] { (void)orthopt::tensor_as_batch(&x, {big, big, 2}); },
+                                     {"the product of the dimensions overflows"});
+}

@@ -229,6 +229,9 @@ class newton_schulz {
     config_.validate();
     small_ = rows < cols ? rows : cols;
     large_ = rows < cols ? cols : rows;
+    detail::checked_extent_product("orthopt::newton_schulz", "a plan for " + std::to_string(batch_capacity) +
+                                   " matrices of shape " + shape_string(rows, cols), batch_capacity, small_, large_,
+                                   sizeof(T) > sizeof(scalar_t) ? sizeof(T) : sizeof(scalar_t));
     x_ = backend_.template allocate<T>(capacity_ * small_ * large_);
     x_next_ = backend_.template allocate<T>(capacity_ * small_ * large_);
     gram_ = backend_.template allocate<T>(capacity_ * small_ * small_);

@@ -91,7 +91,10 @@ inline index_t product_of_dims(std::span<const index_t> dims, const char* who) {
       throw shape_error(std::string("orthopt::") + who + ": dimension " + std::to_string(i) + " is " +
                         std::to_string(dims[i]) + "; every dimension must be at least 1");
     }
-    n *= dims[i];
+    if (__builtin_mul_overflow(n, dims[i], &n)) {
+      throw shape_error(std::string("orthopt::") + who + ": the product of the dimensions overflows at dimension " +
+                        std::to_string(i) + " (" + std::to_string(dims[i]) + ")");
+    }
   }
   return n;
 }

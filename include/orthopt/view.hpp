@@ -229,6 +229,24 @@ auto make_const_view(Tensor&& t) {
 // ---------------------------------------------------------------------------------------------------
 // Checks shared by every algorithm. They throw before anything is written.
 // ---------------------------------------------------------------------------------------------------
+namespace detail {
+/// a·b·c for non-negative extents, or shape_error naming `what` when the product (or the bytes of that
+/// many elements of `element_bytes` each) does not fit index_t: a size that would wrap around must
+/// never reach an allocation.
+inline index_t checked_extent_product(const char* who, const std::string& what, index_t a, index_t b, index_t c = 1,
+                                      std::size_t element_bytes = 1) {
+  index_t ab = 0, abc = 0, bytes = 0;
+  const bool overflow = __builtin_mul_overflow(a, b, &ab) || __builtin_mul_overflow(ab, c, &abc) ||
+                        __builtin_mul_overflow(abc, static_cast<index_t>(element_bytes), &bytes);
+  if (overflow) {
+    throw shape_error(std::string(who) + ": " + what + " (" + std::to_string(a) + " x " + std::to_string(b) + " x " +
+                      std::to_string(c) + " elements of " + std::to_string(element_bytes) +
+                      " bytes) is larger than any buffer can be");
+  }
+  return abc;
+}
+}  // namespace detail
+
 inline std::string shape_string(index_t rows, index_t cols) {
   return std::to_string(rows) + "x" + std::to_string(cols);
 }

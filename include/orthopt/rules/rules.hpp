@@ -78,6 +78,9 @@ class param_state {
       throw shape_error(std::string("orthopt::") + rule_name(kind) + ": cannot make a state for " + std::to_string(count) +
                         " matrices of shape " + shape_string(rows, cols) + "; every extent must be at least 1");
     }
+    detail::checked_extent_product((std::string("orthopt::") + rule_name(kind)).c_str(),
+                                   "a state for " + std::to_string(count) + " matrices of shape " + shape_string(rows, cols),
+                                   rows, cols, count, sizeof(T) > sizeof(scalar_t) ? sizeof(T) : sizeof(scalar_t));
     const index_t n = rows * cols;
     // A backend that runs a batch's products in one launch (the CUDA backend) gets the scratch of the
     // whole batch, so that its orthogonalization is one batched call; the CPU backends keep one slot and

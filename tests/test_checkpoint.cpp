@@ -384,3 +384,60 @@ TEMPLATE_TEST_CASE("a version 1 checkpoint still loads, leaving the Newton-Schul
   target.set_ns_steps(hidden, f.source.ns_steps(hidden));
   CHECK(save_bytes(target) == f.bytes);
 }
+
+// Issue 13, finding 7: streams that throw (exceptions() set) and lengths that would make the loader read
+// without end give orthopt's errors, with the optimizer unchanged.
+TEMPLATE_TEST_CASE("streams with exceptions set and absurd payload lengths give orthopt's errors", "[checkpoint]", float,
+                   double) {
+  using T = TestType;
+  fixture<T> f;
+  toy_model<T> target_model;
+  auto target = target_model.make_optimizer();
+  target_model.run(target, 0, 2);
+  const auto before = snapshot(target);
+  for (const std::size_t length : {std::size_t{10}, f.bytes.size() / 2, f.bytes.size() - 3}) {
+    std::istringstream in(f.bytes.substr(0, length), std::ios::binary);
+    in.exceptions(std::ios::failbit | std::ios::badbit | std::ios::eofbit);
+    INFO("first " << length << " bytes, exceptions on");
+    CHECK_THROWS_AS(orthopt::load_checkpoint(target, in), orthopt::value_error);
+    CHECK(snapshot(target) == before);
+  }
+  {
+    std::istringstream in(f.bytes, std::ios::binary);
+    in.exceptions(std::ios::failbit | std::ios::badbit);
+    orthopt::load_checkpoint(target, in);  // a whole checkpoint loads with exceptions on
+    CHECK(save_bytes(target) == f.bytes);
+  }
+  // Saving to a stream that fails by throwing.
+  struct full_disk : std::streambuf {
+    int_type overflow(int_type) override { return traits_type::eof(); }
+  } nowhere;
+  std::ostream broken(&nowhere);
+  broken.exceptions(std::ios::badbit);
+  CHECK_THROWS_WITH(orthopt::save_checkpoint(target, broken), Catch::Contains("writing to the stream failed"));
+  // A payload length of 2^62 on a stream that never ends (a header, then zeros forever, as from
+  // /dev/zero): refused before the payload is read.
+  std::string header = f.bytes.substr(0, 24);
+  put_le(header, 16, std::uint64_t{1} << 62, 8);
+  struct endless : std::streambuf {
+    std::string head;
+    std::size_t at = 0;
+    char zero[4096] = {};
+    int_type underflow() override {
+      if (at < head.size()) {
+        setg(head.data(), head.data() + at, head.data() + head.size());
+        at = head.size();
+        return traits_type::to_int_type(*gptr());
+      }
+      setg(zero, zero, zero + sizeof zero);
+      return 0;
+    }
+  } source;
+  source.head = header;
+  std::istream in(&source);
+  const auto loaded_before = snapshot(target);
+  CHECK_THROWS_WITH(orthopt::load_checkpoint(target, in),
+                    Catch::Contains("far more than this optimizer's checkpoint holds") &&
+                        Catch::Contains("the optimizer is unchanged"));
+  CHECK(snapshot(target) == loaded_before);
+}

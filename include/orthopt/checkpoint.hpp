@@ -67,6 +67,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <ios>
 #include <istream>
 #include <limits>
 #include <ostream>
@@ -268,25 +269,46 @@ inline const char* rule_code_name(std::uint32_t code) {
 
 }  // namespace detail
 
-/// Writes the optimizer's whole state to `out` (format above). Throws value_error if the stream fails.
+namespace detail {
+/// The payload length of this optimizer's checkpoint in the current format version.
 template <class T, class Backend>
-void save_checkpoint(const optimizer<T, Backend>& opt, std::ostream& out) {
-  namespace fmt = checkpoint_format;
-  const std::size_t n = opt.param_count();
-  if (n > std::numeric_limits<std::uint32_t>::max()) {
-    throw value_error("orthopt::save_checkpoint: " + std::to_string(n) + " parameters exceed the format's limit");
-  }
-
-  // The payload length goes in the header, so it is computed first.
+std::uint64_t payload_bytes_of(const optimizer<T, Backend>& opt) {
   std::uint64_t payload = 8 + 4 + 4 + 8;
-  for (std::size_t i = 0; i < n; ++i) {
+  for (std::size_t i = 0; i < opt.param_count(); ++i) {
     const param_id p{i};
     payload += 4 + opt.param_name(p).size() + 4 + 8 * 4 + 4 + 4;
     for (const auto& s : opt.state(p).slots()) {
       payload += 4 + std::strlen(s.name) + 4 + 8 + static_cast<std::uint64_t>(s.element_bytes) * s.elements;
     }
   }
+  return payload;
+}
+/// Writes the checkpoint (save_checkpoint minus its error translation).
+template <class T, class Backend>
+void save_checkpoint_unchecked(const optimizer<T, Backend>& opt, std::ostream& out, std::uint64_t payload);
+}  // namespace detail
 
+/// Writes the optimizer's whole state to `out` (format above). Throws value_error if the stream fails,
+/// whether it reports that by its state or, with exceptions() set, by throwing std::ios_base::failure.
+template <class T, class Backend>
+void save_checkpoint(const optimizer<T, Backend>& opt, std::ostream& out) {
+  const std::size_t n = opt.param_count();
+  if (n > std::numeric_limits<std::uint32_t>::max()) {
+    throw value_error("orthopt::save_checkpoint: " + std::to_string(n) + " parameters exceed the format's limit");
+  }
+  try {
+    detail::save_checkpoint_unchecked(opt, out, detail::payload_bytes_of(opt));
+  } catch (const std::ios_base::failure& e) {
+    throw value_error(std::string("orthopt::save_checkpoint: writing to the stream failed (") + e.what() + ")");
+  }
+  if (!out) throw value_error("orthopt::save_checkpoint: writing to the stream failed");
+}
+
+namespace detail {
+template <class T, class Backend>
+void save_checkpoint_unchecked(const optimizer<T, Backend>& opt, std::ostream& out, std::uint64_t payload) {
+  namespace fmt = checkpoint_format;
+  const std::size_t n = opt.param_count();
   detail::checkpoint_writer w(out);
   w.bytes(fmt::magic, sizeof(fmt::magic));
   w.u32(fmt::version);
@@ -323,8 +345,8 @@ void save_checkpoint(const optimizer<T, Backend>& opt, std::ostream& out) {
   const std::uint64_t checksum = w.checksum();
   for (int i = 0; i < 8; ++i) sum[i] = static_cast<unsigned char>(checksum >> (8 * i));
   out.write(reinterpret_cast<const char*>(sum), 8);
-  if (!out) throw value_error("orthopt::save_checkpoint: writing to the stream failed");
 }
+}  // namespace detail
 
 /// Replaces the optimizer's state with the checkpoint read from `in` (format above). All-or-nothing: on
 /// any error it throws and the optimizer is unchanged.
@@ -333,13 +355,22 @@ void load_checkpoint(optimizer<T, Backend>& opt, std::istream& in) {
   namespace fmt = checkpoint_format;
   using detail::load_fail_shape;
   using detail::load_fail_value;
+  // Up to n bytes; a stream with exceptions() set throws std::ios_base::failure where another sets
+  // failbit: either way the count read says what happened, and the messages below say it in orthopt's
+  // terms (value_error), never with a foreign exception.
+  const auto read_up_to = [&in](void* dst, std::size_t n) -> std::size_t {
+    try {
+      in.read(static_cast<char*>(dst), static_cast<std::streamsize>(n));
+    } catch (const std::ios_base::failure&) {
+    }
+    return static_cast<std::size_t>(in.gcount());
+  };
 
   // ---- 1. Header: magic, version and element type are checked before the rest is read, so a file of
   //         another kind or version is reported as such rather than as a bad checksum.
   unsigned char header[fmt::header_bytes];
-  in.read(reinterpret_cast<char*>(header), fmt::header_bytes);
-  if (static_cast<std::size_t>(in.gcount()) != fmt::header_bytes) {
-    load_fail_value("truncated stream: " + std::to_string(in.gcount()) + " bytes where the " +
+  if (const std::size_t got = read_up_to(header, fmt::header_bytes); got != fmt::header_bytes) {
+    load_fail_value("truncated stream: " + std::to_string(got) + " bytes where the " +
                     std::to_string(fmt::header_bytes) + "-byte header was expected");
   }
   if (std::memcmp(header, fmt::magic, sizeof(fmt::magic)) != 0) {
@@ -358,6 +389,16 @@ void load_checkpoint(optimizer<T, Backend>& opt, std::istream& in) {
                     fmt::element_type_name(fmt::element_code<T>()));
   }
   const std::uint64_t payload_bytes = detail::read_le(header + 16, 8);
+  // A checkpoint this optimizer can load is exactly payload_bytes_of(opt) long (version 2; version 1 is
+  // shorter); one of another optimizer fails by name below. A length far beyond it is refused before
+  // reading, so a corrupted length on an endless stream cannot make the loader read (and hold) without end.
+  const std::uint64_t expected_payload = detail::payload_bytes_of(opt);
+  const std::uint64_t payload_limit = 2 * expected_payload + (std::uint64_t{1} << 20);
+  if (payload_bytes > payload_limit) {
+    load_fail_value("truncated or corrupted stream: the header announces " + std::to_string(payload_bytes) +
+                    " payload bytes, far more than this optimizer's checkpoint holds (" +
+                    std::to_string(expected_payload) + "); nothing after the header was read");
+  }
 
   // ---- 2. Payload and checksum. The buffer grows as bytes arrive, so a corrupted length cannot make
   //         it allocate more than the stream holds.
@@ -367,17 +408,15 @@ void load_checkpoint(optimizer<T, Backend>& opt, std::istream& in) {
     const std::size_t have = payload.size();
     const auto want = static_cast<std::size_t>(std::min<std::uint64_t>(chunk, payload_bytes - have));
     payload.resize(have + want);
-    in.read(reinterpret_cast<char*>(payload.data() + have), static_cast<std::streamsize>(want));
-    const auto got = static_cast<std::size_t>(in.gcount());
+    const std::size_t got = read_up_to(payload.data() + have, want);
     if (got != want) {
       load_fail_value("truncated or corrupted stream: the header announces " + std::to_string(payload_bytes) +
                       " payload bytes, the stream ends after " + std::to_string(have + got));
     }
   }
   unsigned char stored_sum[fmt::checksum_bytes];
-  in.read(reinterpret_cast<char*>(stored_sum), fmt::checksum_bytes);
-  if (static_cast<std::size_t>(in.gcount()) != fmt::checksum_bytes) {
-    load_fail_value("truncated stream: it ends " + std::to_string(in.gcount()) +
+  if (const std::size_t got = read_up_to(stored_sum, fmt::checksum_bytes); got != fmt::checksum_bytes) {
+    load_fail_value("truncated stream: it ends " + std::to_string(got) +
                     " bytes into the 8-byte checksum that follows the payload");
   }
   fnv1a64 hash;

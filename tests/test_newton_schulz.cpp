@@ -8,11 +8,6 @@ using orthopt::ns_config;
 namespace presets = orthopt::ns_presets;
 
 namespace {
-std::vector<ns_config> all_presets() {
-  return {presets::keller(),  presets::polar_express(), presets::polar_express_nanogpt(), presets::quintic(),
-          presets::cans(),    presets::aol(),           presets::you(),                   presets::cubic()};
-}
-
 /// A Gaussian matrix rescaled to ‖X‖_F = 1, where orthopt's relative ε and the reference formulas'
 /// absolute ε give the same normalization.
 MatD unit_norm_gaussian(shape s, std::uint64_t salt) {
@@ -334,4 +329,179 @@ TEMPLATE_TEST_CASE("a plan with a batch capacity runs batches together, in chunk
   }
   CHECK_THROWS_AS((orthopt::newton_schulz<T, backend_under_test>(4, 4, presets::keller(), backend_under_test{}, 0)),
                   orthopt::shape_error);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Gram Newton–Schulz (ns_config::algorithm = ns_algorithm::gram)
+// ---------------------------------------------------------------------------------------------------
+namespace {
+ns_config as_gram(ns_config cfg, int restart_after = -1) {
+  cfg.algorithm = orthopt::ns_algorithm::gram;
+  cfg.gram_restart_after = restart_after;
+  return cfg;
+}
+
+/// Shapes from square to 1:8, both orientations, including sizes that are not multiples of anything.
+std::vector<shape> gram_shapes() {
+  return {{24, 24}, {33, 33}, {20, 40}, {40, 20}, {16, 64}, {64, 16}, {13, 104}, {104, 13}, {31, 93}};
+}
+}  // namespace
+
+TEMPLATE_TEST_CASE("Gram NS matches the standard iteration for every schedule, square to 1:8", "[ns][gram]", float,
+                   double) {
+  using T = TestType;
+  for (const ns_config& base : all_presets()) {
+    const ns_config gram = as_gram(base);
+    // The standard bound (10 ε·√n·schedule gain) plus the Gram matrix's own amplification (gram_gain).
+    const double factor = 10 * (schedule_gain(base) + gram_gain(gram));
+    for (const shape s : gram_shapes()) {
+      const MatD x = unit_norm_gaussian(s, 41);
+      const MatD ref = reference_ns(x, base);
+      const MatD got = run_ns<T>(x, gram);
+      INFO("schedule " << base.name << " shape " << to_string(s) << " gram gain " << gram_gain(gram));
+      CHECK(max_abs_diff(got, ref) <= tol<T>(factor, s));
+      CHECK(max_abs_diff(got, run_ns<T>(x, base)) <= tol<T>(factor, s));
+    }
+  }
+}
+
+TEMPLATE_TEST_CASE("Gram NS with a restart stays within its tolerance on ill-conditioned inputs", "[ns][gram][restart]",
+                   float, double) {
+  // Without a restart, R_0 = X·Xᵀ carries σ² and small singular values lose digits that the accumulated
+  // polynomial then multiplies by the schedule's gain; one restart in the middle refreshes R from X. On
+  // float inputs with condition numbers 10² to 10⁶ the restarted Gram result stays within a few times
+  // the standard iteration's own error (both against a float64 reference), where the unrestarted one is
+  // 10-40× off.
+  using T = TestType;
+  double worst_unrestarted_ratio = 0.0;
+  for (const ns_config& base : {presets::keller(), presets::polar_express(), presets::quintic(), presets::you()}) {
+    const ns_config gram = as_gram(base), never = as_gram(base, 0);
+    // The default restart position is the one with the smallest derived amplification.
+    for (int r = 0; r < base.steps; ++r) REQUIRE(gram_gain(as_gram(base, r)) >= gram_gain(gram) * (1 - 1e-3));
+    for (const shape s : {shape{32, 32}, shape{24, 96}, shape{96, 24}, shape{40, 200}}) {
+      for (const double condition : {1e2, 1e4, 1e6}) {
+        const index_t k = std::min(s.rows, s.cols);
+        MatD x = with_singular_values(s.rows, s.cols, spread(k, 1.0 / condition, 1.0, seed_of(s, 43)),
+                                      seed_of(s, 44)).x;
+        x /= x.norm();
+        const MatD ref = reference_ns(x, base);
+        const double standard_error = max_abs_diff(run_ns<T>(x, base), ref);
+        const double gram_error = max_abs_diff(run_ns<T>(x, gram), ref);
+        const double never_error = max_abs_diff(run_ns<T>(x, never), ref);
+        INFO("schedule " << base.name << " shape " << to_string(s) << " condition " << condition << ": standard "
+                         << standard_error << ", gram " << gram_error << ", gram without restart " << never_error);
+        CHECK(gram_error <= tol<T>(10 * (schedule_gain(base) + gram_gain(gram)), s));
+        CHECK(never_error <= tol<T>(10 * (schedule_gain(base) + gram_gain(never)), s));
+        // Measured, not derived: the restart keeps Gram within 4× of the standard iteration's error (an
+        // error floor of 100 ε covers inputs where the standard error is itself tiny).
+        CHECK(gram_error <= 4 * standard_error + 100 * eps<T>());
+        worst_unrestarted_ratio = std::max(worst_unrestarted_ratio, never_error / (standard_error + 100 * eps<T>()));
+      }
+    }
+  }
+  // What the restart is for: in float, some input must show the unrestarted error well beyond 4×.
+  if (std::is_same_v<T, float>) CHECK(worst_unrestarted_ratio > 8.0);
+}
+
+TEMPLATE_TEST_CASE("Gram NS: batches, views, in place, AOL, restarts anywhere, residuals and stopping", "[ns][gram]",
+                   float, double) {
+  using T = TestType;
+  const shape s{12, 40};
+  const MatD x = unit_norm_gaussian(s, 45);
+  for (const ns_config& base : {presets::keller(), presets::aol(), presets::cubic()}) {
+    const double factor = 10 * (schedule_gain(base) + gram_gain(as_gram(base, 0)));
+    // Any restart position (after step 1 … beyond the last, which is none) computes the same matrix.
+    const MatD ref = reference_ns(x, base);
+    for (int restart = 0; restart <= base.steps + 1; ++restart) {
+      INFO(base.name << " restart after " << restart);
+      CHECK(max_abs_diff(run_ns<T>(x, as_gram(base, restart)), ref) <= tol<T>(factor, s));
+    }
+    const ns_config gram = as_gram(base);
+    const MatD single = run_ns<T>(x, gram);
+    // Transposed view in, in place, and a batch with a capacity: the same result.
+    Mat<T> xq = x.cast<T>();
+    orthopt::newton_schulz<T, backend_under_test> ns(s.rows, s.cols, gram);
+    ns(orthopt::make_view(xq), orthopt::make_view(xq));
+    CHECK(max_abs_diff(xq.template cast<double>(), single) <= tol<T>(100, s));
+    Mat<T> xt = x.transpose().cast<T>(), qt(s.cols, s.rows);
+    orthopt::newton_schulz<T, backend_under_test> ns_t(s.cols, s.rows, gram);
+    ns_t(orthopt::make_view(xt), orthopt::make_view(qt));
+    CHECK(max_abs_diff(qt.transpose().template cast<double>(), single) <= tol<T>(100, s));
+    const index_t E = 5;
+    const MatD all = gaussian(E * s.rows, s.cols, 46);
+    Mat<T> stacked = all.cast<T>();
+    std::vector<T> out(static_cast<std::size_t>(E * s.rows * s.cols));
+    orthopt::newton_schulz<T, backend_under_test> batched(s.rows, s.cols, gram, backend_under_test{}, 2);
+    batched(orthopt::split_rows(orthopt::make_view(stacked).as_const(), E), orthopt::row_major_batch(out.data(), E, s.rows, s.cols));
+    for (index_t e = 0; e < E; ++e) {
+      const MatD one = run_ns<T>(all.block(e * s.rows, 0, s.rows, s.cols).template cast<T>().template cast<double>(), gram);
+      Eigen::Map<const MatRM<T>> got(out.data() + e * s.rows * s.cols, s.rows, s.cols);
+      INFO(base.name << " batch item " << e);
+      CHECK(max_abs_diff(got.template cast<double>(), one) <= tol<T>(factor, s));
+    }
+  }
+  // Residuals recorded by the Gram iteration come from R_k; they match the standard iteration's.
+  const ns_config base = presets::keller(), gram = as_gram(base);
+  Mat<T> xt = x.cast<T>(), q1(s.rows, s.cols), q2(s.rows, s.cols);
+  orthopt::newton_schulz<T, backend_under_test> a(s.rows, s.cols, base), b(s.rows, s.cols, gram);
+  a.record_residuals(true);
+  b.record_residuals(true);
+  a(orthopt::make_view(xt), orthopt::make_view(q1));
+  b(orthopt::make_view(xt), orthopt::make_view(q2));
+  const std::vector<double> ra = a.residuals(), rb = b.residuals();
+  REQUIRE(ra.size() == rb.size());
+  for (std::size_t k = 0; k < ra.size(); ++k) {
+    INFO("residual " << k);
+    CHECK(std::abs(ra[k] - rb[k]) <= tol<T>(10 * (schedule_gain(base) + gram_gain(gram)), s));
+  }
+  // Stopping at a residual stops the Gram iteration at the same step, with the same matrix as a plain
+  // Gram call of that many steps.
+  b.record_residuals(false);
+  b.stop_at_residual(0.5);
+  b(orthopt::make_view(xt), orthopt::make_view(q2));
+  REQUIRE(b.last_steps() >= 1);
+  REQUIRE(b.last_steps() < base.steps);
+  ns_config shorter = gram.with_steps(b.last_steps());
+  shorter.gram_restart_after = gram.gram_restart_iteration();  // the restart position of the stopped call
+  CHECK(max_abs_diff(q2.template cast<double>(), run_ns<T>(x, shorter)) == 0.0);
+
+  // Bad restart values are refused by name.
+  ns_config bad = as_gram(base, -2);
+  CHECK_THROWS_WITH(bad.validate(), Catch::Contains("gram_restart_after = -2"));
+}
+
+TEMPLATE_TEST_CASE("a batch of small matrices split over threads equals the matrices one by one", "[ns][batch][threads]",
+                   float, double) {
+  using T = TestType;
+  const index_t E = 9;
+  for (const shape s : {shape{16, 16}, shape{12, 40}, shape{40, 12}}) {
+    for (ns_config cfg : {presets::keller(), presets::aol(), as_gram(presets::polar_express())}) {
+      const MatD all = gaussian(E * s.rows, s.cols, seed_of(s, 47));
+      Mat<T> stacked = all.cast<T>();
+      const auto in = orthopt::split_rows(orthopt::make_view(stacked).as_const(), E);
+      std::vector<T> out(static_cast<std::size_t>(E * s.rows * s.cols));
+      orthopt::newton_schulz<T, backend_under_test> ns(s.rows, s.cols, cfg, make_backend(2));
+#if defined(_OPENMP) && !defined(ORTHOPT_TEST_CUDA_HOST)
+      CHECK(ns.batch_threads() == 2);
+#else
+      CHECK(ns.batch_threads() == 1);
+#endif
+      for (const bool record : {false, true}) {  // recording runs the matrices in turn
+        ns.record_residuals(record);
+        ns(in, orthopt::row_major_batch(out.data(), E, s.rows, s.cols));
+        for (index_t e = 0; e < E; ++e) {
+          MatRM<T> one_out(s.rows, s.cols);
+          orthopt::newton_schulz<T, backend_under_test> single(s.rows, s.cols, cfg, make_backend(1));
+          single(in[e], orthopt::make_view(one_out));
+          Eigen::Map<const MatRM<T>> got(out.data() + e * s.rows * s.cols, s.rows, s.cols);
+          INFO(cfg.name << " " << to_string(s) << " matrix " << e << " recording " << record);
+          // The per-thread plans are single-threaded plans: the same arithmetic as a one-thread call.
+          CHECK(max_abs_diff(got.template cast<double>(), one_out.template cast<double>()) <= (record ? tol<T>(100, s) : 0.0));
+        }
+      }
+    }
+  }
+  // A large shape keeps splitting its products instead.
+  orthopt::newton_schulz<T, backend_under_test> big(300, 300, presets::keller(), make_backend(2));
+  CHECK(big.batch_threads() == 1);
 }

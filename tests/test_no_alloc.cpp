@@ -92,6 +92,35 @@ TEMPLATE_TEST_CASE("batched NS and the exact polar allocate nothing after setup"
   }
 }
 
+TEMPLATE_TEST_CASE("Gram NS calls and batches split over threads allocate nothing after setup", "[alloc][gram]",
+                   float, double) {
+  using T = TestType;
+  const index_t E = 5, M = 24, N = 96;
+  std::vector<T> in(static_cast<std::size_t>(E * M * N)), out(in.size());
+  for (std::size_t i = 0; i < in.size(); ++i) in[i] = static_cast<T>(std::cos(0.29 * double(i)));
+  orthopt::ns_config gram = presets::keller();
+  gram.algorithm = orthopt::ns_algorithm::gram;
+  for (const auto& cfg : {presets::keller(), gram}) {
+    // Two threads: with OpenMP the batch goes to the per-thread plans (batch_threads() == 2).
+    orthopt::newton_schulz<T, backend_under_test> ns(M, N, cfg, make_backend(2));
+    Mat<T> x = gaussian(300, 700, 63).cast<T>(), q(300, 700);
+    orthopt::newton_schulz<T, backend_under_test> big(300, 700, cfg, make_backend(2));
+    ns(orthopt::row_major_batch<const T>(in.data(), E, M, N), orthopt::row_major_batch(out.data(), E, M, N));
+    big(orthopt::make_view(x), orthopt::make_view(q));
+    long n = -1;
+    {
+      allocation_scope scope;
+      ns(orthopt::row_major_batch<const T>(in.data(), E, M, N), orthopt::row_major_batch(out.data(), E, M, N));
+      ns(orthopt::make_view(x).block(0, 0, M, N), orthopt::make_view(q).block(0, 0, M, N));
+      big(orthopt::make_view(x), orthopt::make_view(q));
+      n = scope.allocations();
+    }
+    INFO(cfg.name << (cfg.algorithm == orthopt::ns_algorithm::gram ? " gram" : " standard") << ", batch threads "
+                  << ns.batch_threads());
+    CHECK(n == 0);
+  }
+}
+
 TEMPLATE_TEST_CASE("an optimizer step allocates nothing after the first step", "[alloc][optimizer]", float, double) {
   using T = TestType;
   // Every rule, every kind of registration (split rows, N-D, stacked experts, vectors), schedules.

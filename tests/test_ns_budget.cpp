@@ -17,11 +17,6 @@ using orthopt::ns_config;
 namespace presets = orthopt::ns_presets;
 
 namespace {
-std::vector<ns_config> all_presets() {
-  return {presets::keller(),  presets::polar_express(), presets::polar_express_nanogpt(), presets::quintic(),
-          presets::cans(),    presets::aol(),           presets::you(),                   presets::cubic()};
-}
-
 /// ‖XXᵀ − I‖_F/√m on the small side, in float64: the residual's definition.
 double reference_residual(const MatD& x) {
   const MatD g = x.rows() <= x.cols() ? MatD(x * x.transpose()) : MatD(x.transpose() * x);

@@ -417,11 +417,7 @@ TEMPLATE_TEST_CASE("with absolute_eps every schedule and rule reproduces its sou
   // as it is, whose norm here is far from 1 (gradients of scale e⁻² to e², momentum of many of them).
   using T = TestType;
   std::uint64_t salt = 700;
-  const std::vector<orthopt::ns_config> schedules = {
-      orthopt::ns_presets::keller(), orthopt::ns_presets::polar_express(), orthopt::ns_presets::polar_express_nanogpt(),
-      orthopt::ns_presets::quintic(), orthopt::ns_presets::cans(),        orthopt::ns_presets::aol(),
-      orthopt::ns_presets::you(),     orthopt::ns_presets::cubic()};
-  for (orthopt::ns_config ns : schedules) {
+  for (orthopt::ns_config ns : testing::all_presets()) {
     ns.absolute_eps = true;
     orthopt::muon_options o = orthopt::muon_presets::keller();
     o.ortho.ns = ns;

@@ -85,6 +85,21 @@ struct storage_epsilon {
 };
 
 namespace detail {
+/// True for a backend whose batched primitives run a whole batch in one launch (it says so with
+/// `static constexpr bool batches_products = true;`); rules then orthogonalize a batch parameter's
+/// matrices together.
+template <class Backend>
+inline constexpr bool runs_batched_products = requires { requires Backend::batches_products; };
+
+/// True for a host backend that runs its products on `threads()` threads of its own and can be made
+/// with a given thread count (the Eigen and BLAS backends): Newton–Schulz can then give each thread
+/// whole matrices of a batch instead of splitting each small product.
+template <class Backend>
+concept threads_over_batches = !runs_batched_products<Backend> && std::constructible_from<Backend, int> &&
+                               requires(const Backend& be) {
+                                 { be.threads() } -> std::convertible_to<int>;
+                               };
+
 /// x in the compute type of its storage type.
 template <class T>
 ORTHOPT_HD constexpr compute_t<T> widen(T x) noexcept {

@@ -12,6 +12,7 @@
 #include <math.h>  // ::ldexp, ::ilogb, ::sqrt, INFINITY, NAN: the names a CUDA device function can call too
 
 #include <cmath>
+#include <exception>
 #include <string>
 #include <utility>
 #include <vector>
@@ -20,6 +21,10 @@
 #include "orthopt/errors.hpp"
 #include "orthopt/ns_schedule.hpp"
 #include "orthopt/view.hpp"
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 namespace orthopt {
 
@@ -108,15 +113,21 @@ struct aol_row_scale {
 /// error is the double rounding of the two sums (relative 1e-16 of m), far below what float data can
 /// resolve. One reduction of A and one of its diagonal: a cost of order m², against the m²·n of the
 /// product that formed A. NaN stays NaN.
+///
+/// When `rank` is set (the call's input, j = 0), the same two sums also give (tr A)²/(m·‖A‖²_F): the
+/// participation ratio (Σσ²)²/Σσ⁴ of X's singular values — an effective rank, 1/m for rank one, 1 for
+/// orthogonal rows — as a fraction of m; scale-free, 0 for a zero matrix.
 struct ns_residual_from_gram {
   const scalar_t* gram_norm;
   const scalar_t* trace;
   scalar_t* out;
   double m;
+  scalar_t* rank = nullptr;
   ORTHOPT_HD void operator()() const {
     const double g = *gram_norm;
     const double v = g * g - 2.0 * *trace + m;
     *out = v > 0.0 ? ::sqrt(v / m) : (v == v ? 0.0 : v);
+    if (rank) *rank = g > 0.0 ? (*trace / g) * (*trace / g) / m : 0.0;
   }
 };
 
@@ -146,20 +157,6 @@ struct ns_observe_call {
   }
 };
 
-/// out ← (tr A)²/(m·‖A‖²_F) for A = X·Xᵀ: the participation ratio (Σσ²)²/Σσ⁴ of X's singular values — an
-/// effective rank, 1/m for rank one, 1 for orthogonal rows — as a fraction of m. Scale-free, and free
-/// given the two sums the residual already needs. 0 for a zero matrix.
-struct ns_effective_rank {
-  const scalar_t* gram_norm;
-  const scalar_t* trace;
-  scalar_t* out;
-  double m;
-  ORTHOPT_HD void operator()() const {
-    const double g = *gram_norm;
-    *out = g > 0.0 ? (*trace / g) * (*trace / g) / m : 0.0;
-  }
-};
-
 /// acc[0..4] ← 0
 struct ns_clear_observation {
   scalar_t* acc;
@@ -167,6 +164,11 @@ struct ns_clear_observation {
 };
 
 }  // namespace detail
+
+/// Matrices whose products are at most this many multiply-adds (m²·n ≤ 256³: 256×256, 128×1024) are
+/// where splitting one product over threads stops paying: on a host backend with several threads, a
+/// plan for such a shape runs a batch's matrices side by side, one per thread.
+inline constexpr double ns_thread_batches_max_work = 256.0 * 256.0 * 256.0;
 
 /// The most iterations a plan may run while it records residuals (its record holds r_0 … r_64).
 inline constexpr int ns_max_recorded_steps = 64;
@@ -196,8 +198,14 @@ struct ns_observation {
 ///
 /// Batches: a plan made with batch_capacity = B runs up to B matrices of a batch_view together, every
 /// stage of the iteration one batched primitive (on the CUDA backend one strided-batched GEMM launch
-/// per product for the whole batch); a longer batch runs in chunks of B. The CPU backends loop over the
-/// matrices either way. Each matrix's result is the same as a single call's.
+/// per product for the whole batch); a longer batch runs in chunks of B. On a host backend with several
+/// threads (eigen_backend or blas_backend made with threads > 1, which needs OpenMP) and a small shape
+/// (m²·n ≤ ns_thread_batches_max_work), a batch is split over the threads instead: each thread runs
+/// whole matrices with a single-threaded copy of the plan made at construction, so no product is split
+/// (BLAS calls made inside an OpenMP region run on one thread in OpenBLAS's OpenMP build; a BLAS with a
+/// thread pool of its own would oversubscribe the cores). Calls that record, observe or stop at a
+/// residual run the matrices in turn. Each matrix's result is the same as a single call's, up to the
+/// rounding differences of a product split over threads or not.
 ///
 /// The orthogonality residual. Every iteration forms A = X·Xᵀ anyway; r = ‖A − I‖_F/√m (m the small
 /// side) is how far X is from having orthonormal rows: the root mean square of σ_i² − 1 over the
@@ -236,10 +244,25 @@ class newton_schulz {
     x_next_ = backend_.template allocate<T>(capacity_ * small_ * large_);
     gram_ = backend_.template allocate<T>(capacity_ * small_ * small_);
     poly_ = backend_.template allocate<T>(capacity_ * small_ * small_);
+    if (config_.algorithm == ns_algorithm::gram) {
+      // The accumulated polynomial Q and one more m×m work matrix per batch item.
+      accumulated_ = backend_.template allocate<T>(capacity_ * small_ * small_);
+      work_ = backend_.template allocate<T>(capacity_ * small_ * small_);
+      prepare_gemm<T>(backend_, small_, small_, small_);
+      gram_restart_ = config_.gram_restart_iteration();
+    }
     scalars_ = backend_.template allocate<scalar_t>(capacity_ * (3 + small_));
     stats_ = backend_.template allocate<scalar_t>(capacity_ * (residual_stride + 3) + observation_size);
     host_residuals_.assign(static_cast<std::size_t>(capacity_), 0.0);
     run_scalar(backend_, detail::ns_clear_observation{observation_data()});
+    if constexpr (detail::threads_over_batches<Backend>) {
+      const int threads = backend_.threads();
+      if (threads > 1 && static_cast<double>(small_) * static_cast<double>(small_) * static_cast<double>(large_) <=
+                             ns_thread_batches_max_work) {
+        workers_.reserve(static_cast<std::size_t>(threads));
+        for (int t = 0; t < threads; ++t) workers_.emplace_back(rows, cols, config_, Backend(1), 1);
+      }
+    }
     prepare_syrk<T>(backend_, small_, large_);
     prepare_syrk<T>(backend_, small_, small_);
     prepare_gemm<T>(backend_, small_, large_, small_);
@@ -251,6 +274,9 @@ class newton_schulz {
   /// How many matrices of a batch run together.
   [[nodiscard]] index_t batch_capacity() const noexcept { return capacity_; }
   [[nodiscard]] Backend& backend() noexcept { return backend_; }
+  /// How many threads a batch call splits its matrices over (1: the matrices run in turn, each product
+  /// using the backend's threads).
+  [[nodiscard]] int batch_threads() const noexcept { return workers_.empty() ? 1 : static_cast<int>(workers_.size()); }
 
   static constexpr int max_recorded_steps = ns_max_recorded_steps;
 
@@ -264,6 +290,8 @@ class newton_schulz {
                         std::to_string(max_recorded_steps) + " iterations");
     }
     config_.steps = steps;
+    if (config_.algorithm == ns_algorithm::gram) gram_restart_ = config_.gram_restart_iteration();
+    for (auto& w : workers_) w.set_steps(steps);
   }
   [[nodiscard]] int steps() const noexcept { return config_.steps; }
 
@@ -356,6 +384,12 @@ class newton_schulz {
                         " matrices but output batch has " + std::to_string(q.count));
     }
     for (index_t k = 0; k < x.count; ++k) check(x[k], q[k], k);
+    if constexpr (detail::threads_over_batches<Backend>) {
+      if (!workers_.empty() && x.count > 1 && !measures()) {
+        run_over_threads(x, q);
+        return;
+      }
+    }
     for (index_t k0 = 0; k0 < x.count; k0 += capacity_) {
       const index_t n = x.count - k0 < capacity_ ? x.count - k0 : capacity_;
       run(batch_view<const T>(x[k0], n, x.batch_stride), batch_view<T>(q[k0], n, q.batch_stride));
@@ -397,6 +431,34 @@ class newton_schulz {
     }
   }
 
+  /// Matrix k of the batch on thread k mod parts, each thread with its own single-threaded plan.
+  void run_over_threads(batch_view<const T> x, batch_view<T> q) {
+    const int parts = static_cast<int>(x.count < static_cast<index_t>(workers_.size()) ? x.count : workers_.size());
+    std::exception_ptr failure;  // nothing in run() is expected to throw; an exception must not cross OpenMP
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(parts)
+#endif
+    {
+#if defined(_OPENMP)
+      const int t = omp_get_thread_num();
+#else
+      const int t = 0;
+#endif
+      try {
+        for (index_t k = t; k < x.count; k += parts) {
+          workers_[static_cast<std::size_t>(t)].run(batch_view<const T>(x[k], 1, 0), batch_view<T>(q[k], 1, 0));
+        }
+      } catch (...) {
+#if defined(_OPENMP)
+#pragma omp critical(orthopt_ns_failure)
+#endif
+        failure = std::current_exception();
+      }
+    }
+    if (failure) std::rethrow_exception(failure);
+    last_steps_ = config_.steps;
+  }
+
   /// The iteration on x.count ≤ capacity_ matrices at once; every stage is one batched primitive.
   void run(batch_view<const T> x_in, batch_view<T> q_out) {
     const index_t count = x_in.count;
@@ -416,12 +478,6 @@ class newton_schulz {
     batch_view<T> X = iterate_batch(x_.data());
     batch_view<T> X_next = iterate_batch(x_next_.data());
     const batch_view<T> G{row_major_view(gram_.data(), small_, small_), count, g_size};
-    const batch_view<T> P{row_major_view(poly_.data(), small_, small_), count, g_size};
-    // The Gram and polynomial matrices of the whole batch as one contiguous matrix, and their diagonals
-    // (count × small_: diagonal entry i of matrix k).
-    const matrix_view<T> G_all = row_major_view(gram_.data(), count * small_, small_);
-    const matrix_view<T> P_all = row_major_view(poly_.data(), count * small_, small_);
-    const matrix_view<T> P_diagonals(poly_.data(), count, small_, g_size, small_ + 1);
     scalar_t* norms = scalars_.data();
     scalar_t* factors = scalars_.data() + capacity_;    // two per matrix
     scalar_t* row_scale = scalars_.data() + 3 * capacity_;  // small_ per matrix
@@ -452,15 +508,14 @@ class newton_schulz {
     scalar_t* residual_rows = stats_.data();
     // Per matrix: ‖A‖_F, tr(A), and the input's effective rank.
     scalar_t* temps = stats_.data() + capacity_ * residual_stride;
-    const auto measure_residuals = [&](int j) {
+    const auto measure_residuals = [&](int j, T* gram) {
       for (index_t i = 0; i < count; ++i) {
         scalar_t* t = temps + 3 * i;
-        frobenius_norm(backend_, G[i].as_const(), t);
-        const matrix_view<const T> diagonal(gram_.data() + i * g_size, small_, 1, small_ + 1, 1);
+        frobenius_norm(backend_, row_major_view<const T>(gram + i * g_size, small_, small_), t);
+        const matrix_view<const T> diagonal(gram + i * g_size, small_, 1, small_ + 1, 1);
         column_norms(backend_, diagonal, column_norm::l1, t + 1);  // A_ii ≥ 0: Σ|A_ii| = tr(A)
         run_scalar(backend_, detail::ns_residual_from_gram{t, t + 1, residual_rows + i * residual_stride + j,
-                                                           static_cast<double>(small_)});
-        if (j == 0) run_scalar(backend_, detail::ns_effective_rank{t, t + 1, t + 2, static_cast<double>(small_)});
+                                                           static_cast<double>(small_), j == 0 ? t + 2 : nullptr});
       }
     };
     const auto all_within_tolerance = [&](int j) {
@@ -473,27 +528,15 @@ class newton_schulz {
     };
 
     int done = config_.steps;
-    for (int k = 1; k <= config_.steps; ++k) {
-      const ns_coefficients& coef = config_.step(k);
-      if (!(aol && k == 1)) syrk_batched(backend_, C(1), X.as_const_batch(), C(0), G);
-      if (measure) {
-        measure_residuals(k - 1);
-        if (stop_tolerance_ > 0.0 && all_within_tolerance(k - 1)) {
-          done = k - 1;
-          break;
-        }
-      }
-      // P = b·A + c·A·A + a·I  (A·A = A·Aᵀ: A is symmetric)
-      transform(backend_, G_all, P_all, functors::scale_by<T>{static_cast<C>(coef.b)});
-      if (coef.c != 0.0) syrk_batched(backend_, static_cast<C>(coef.c), G.as_const_batch(), C(1), P);
-      transform(backend_, P_diagonals, P_diagonals, functors::add_constant<T>{static_cast<C>(coef.a)});
-      gemm_batched(backend_, C(1), P.as_const_batch(), op::none, X.as_const_batch(), op::none, C(0), X_next);
-      std::swap(X, X_next);
+    if (config_.algorithm == ns_algorithm::gram) {
+      done = gram_iterations(X, X_next, aol, measure, measure_residuals, all_within_tolerance);
+    } else {
+      done = standard_iterations(X, X_next, aol, measure, measure_residuals, all_within_tolerance);
     }
     if (measure && done == config_.steps) {
       // r_T of the result: the one product X·Xᵀ a measuring call adds.
       syrk_batched(backend_, C(1), X.as_const_batch(), C(0), G);
-      measure_residuals(done);
+      measure_residuals(done, gram_.data());
     }
     if (observing()) {
       for (index_t i = 0; i < count; ++i) {
@@ -505,10 +548,108 @@ class newton_schulz {
     transform_batched(backend_, X.as_const_batch(), q, functors::identity{});
   }
 
+  /// P ← b·R + c·R·R + a·I for every matrix of the batch (R symmetric, so R·R = R·Rᵀ is a rank-k update).
+  void form_polynomial(const ns_coefficients& coef, index_t count, T* R, T* P) {
+    using C = compute_t<T>;
+    const index_t g_size = small_ * small_;
+    const batch_view<const T> Rb{row_major_view<const T>(R, small_, small_), count, g_size};
+    const batch_view<T> Pb{row_major_view(P, small_, small_), count, g_size};
+    const matrix_view<T> P_diagonals(P, count, small_, g_size, small_ + 1);
+    transform(backend_, row_major_view<const T>(R, count * small_, small_), row_major_view(P, count * small_, small_),
+              functors::scale_by<T>{static_cast<C>(coef.b)});
+    if (coef.c != 0.0) syrk_batched(backend_, static_cast<C>(coef.c), Rb, C(1), Pb);
+    transform(backend_, P_diagonals, P_diagonals, functors::add_constant<T>{static_cast<C>(coef.a)});
+  }
+
+  /// The standard iteration: every step forms A = X·Xᵀ from X, then X ← P·X. Returns the iterations run.
+  template <class Measure, class Within>
+  int standard_iterations(batch_view<T>& X, batch_view<T>& X_next, bool aol, bool measure, Measure& measure_residuals,
+                          Within& all_within_tolerance) {
+    using C = compute_t<T>;
+    const index_t count = X.count, g_size = small_ * small_;
+    const batch_view<T> G{row_major_view(gram_.data(), small_, small_), count, g_size};
+    const batch_view<const T> P{row_major_view<const T>(poly_.data(), small_, small_), count, g_size};
+    for (int k = 1; k <= config_.steps; ++k) {
+      const ns_coefficients& coef = config_.step(k);
+      if (!(aol && k == 1)) syrk_batched(backend_, C(1), X.as_const_batch(), C(0), G);
+      if (measure) {
+        measure_residuals(k - 1, gram_.data());
+        if (stop_tolerance_ > 0.0 && all_within_tolerance(k - 1)) return k - 1;
+      }
+      form_polynomial(coef, count, gram_.data(), poly_.data());
+      gemm_batched(backend_, C(1), P, op::none, X.as_const_batch(), op::none, C(0), X_next);
+      std::swap(X, X_next);
+    }
+    return config_.steps;
+  }
+
+  /// Gram Newton–Schulz (ns_algorithm::gram). With R_0 = X·Xᵀ and Q_0 = I, step k forms
+  /// P_k = a·I + b·R_k + c·R_k², Q_k = P_k·Q_{k−1} and, unless it is the last, R_{k+1} = R_k·P_k²; all of them
+  /// polynomials in R_0, so symmetric and commuting. X_T = Q_T·X_0 is formed once at the end. A restart
+  /// after iteration j sets X ← Q_j·X, R ← X·Xᵀ, Q ← I. Residuals come from R_k, the Gram matrix of the
+  /// current iterate Q_k·X (exactly so in exact arithmetic). Returns the iterations run.
+  template <class Measure, class Within>
+  int gram_iterations(batch_view<T>& X, batch_view<T>& X_next, bool aol, bool measure, Measure& measure_residuals,
+                      Within& all_within_tolerance) {
+    using C = compute_t<T>;
+    const index_t count = X.count, g_size = small_ * small_;
+    const auto square = [&](T* p) { return batch_view<T>{row_major_view(p, small_, small_), count, g_size}; };
+    const auto square_const = [&](T* p) {
+      return batch_view<const T>{row_major_view<const T>(p, small_, small_), count, g_size};
+    };
+    // R lives in gram_ or poly_ (they trade places as R is updated); Q and the work matrix likewise.
+    T* R = gram_.data();
+    T* P = poly_.data();
+    T* Q = accumulated_.data();
+    T* W = work_.data();
+    if (!aol) syrk_batched(backend_, C(1), X.as_const_batch(), C(0), square(R));
+    const int restart = gram_restart_;
+    bool q_is_identity = true;
+    const auto apply_accumulated = [&] {  // X ← Q·X, Q ← I
+      gemm_batched(backend_, C(1), square_const(Q), op::none, X.as_const_batch(), op::none, C(0), X_next);
+      std::swap(X, X_next);
+      q_is_identity = true;
+    };
+    int done = config_.steps;
+    for (int k = 1; k <= config_.steps; ++k) {
+      if (measure) {
+        measure_residuals(k - 1, R);
+        if (stop_tolerance_ > 0.0 && all_within_tolerance(k - 1)) {
+          done = k - 1;
+          break;
+        }
+      }
+      form_polynomial(config_.step(k), count, R, P);
+      if (q_is_identity) {
+        transform(backend_, row_major_view<const T>(P, count * small_, small_), row_major_view(Q, count * small_, small_),
+                  functors::identity{});
+        q_is_identity = false;
+      } else {
+        gemm_batched(backend_, C(1), square_const(P), op::none, square_const(Q), op::none, C(0), square(W));
+        std::swap(Q, W);
+      }
+      if (k == config_.steps) break;
+      if (k == restart) {
+        apply_accumulated();
+        syrk_batched(backend_, C(1), X.as_const_batch(), C(0), square(R));
+      } else {
+        // R ← R·P²: P² = P·Pᵀ as a rank-k update, then one product (R and P² commute: R·P² is symmetric).
+        syrk_batched(backend_, C(1), square_const(P), C(0), square(W));
+        gemm_batched(backend_, C(1), square_const(R), op::none, square_const(W), op::none, C(0), square(P));
+        std::swap(R, P);
+      }
+    }
+    if (!q_is_identity) apply_accumulated();
+    return done;
+  }
+
+ private:
+
   Backend backend_;
   ns_config config_;
   index_t rows_ = 0, cols_ = 0, capacity_ = 1, small_ = 0, large_ = 0;
   typename Backend::template buffer<T> x_, x_next_, gram_, poly_;
+  typename Backend::template buffer<T> accumulated_, work_;  // ns_algorithm::gram only
   typename Backend::template buffer<scalar_t> scalars_;
   // [capacity_ rows of r_0…r_64][capacity_ × (‖A‖_F, tr A, effective rank)][observation accumulators]
   typename Backend::template buffer<scalar_t> stats_;
@@ -517,6 +658,8 @@ class newton_schulz {
   double observe_target_ = 0.0;  // > 0 while observing
   double stop_tolerance_ = 0.0;  // > 0: stop at this residual
   int last_steps_ = 0;
+  int gram_restart_ = 0;  // ns_config::gram_restart_iteration(), resolved when the plan or its steps change
+  std::vector<newton_schulz> workers_;  // one single-threaded plan per thread: batches split over threads
 };
 
 }  // namespace orthopt

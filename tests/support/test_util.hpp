@@ -183,6 +183,68 @@ inline double schedule_gain(const orthopt::ns_config& cfg) {
   return gain;
 }
 
+/// Every named schedule (orthopt::ns_presets), each with its source's step count.
+inline std::vector<orthopt::ns_config> all_presets() {
+  namespace p = orthopt::ns_presets;
+  return {p::keller(), p::polar_express(), p::polar_express_nanogpt(), p::quintic(),
+          p::cans(),   p::aol(),           p::you(),                   p::cubic()};
+}
+
+/// How much the Gram algorithm (ns_algorithm::gram) can amplify a rounding error of its m×m Gram matrix,
+/// beyond schedule_gain. On a segment of iterations s..e run on R (between restarts) the iterate is
+/// X_e = q(R_s)·X_s with q(λ) = Π_k (a_k + b_k·λ_k + c_k·λ_k²), a polynomial in λ = σ², λ_{k+1} = λ_k·(…)².
+/// R_s holds σ² with an absolute rounding error δ ≈ ε (‖R‖ ≤ 1), which moves σ_e by |q'(σ_s²)|·δ·σ_s;
+/// the steps after the segment multiply that by their slopes |p_k'|. The sum over segments of the
+/// largest such factor over σ ∈ (0, 1] is the gain. Keller, 5 steps: 35617 without a restart, 432 with
+/// the default restart after step 2 (against a schedule_gain of 485): small singular values are where
+/// working with σ² loses digits, and a restart refreshes R from X. (ns_config::gram_error_gain computes
+/// the same quantity to choose the default restart; this is the tests' own transcription.)
+inline double gram_gain(const orthopt::ns_config& cfg) {
+  const int T = cfg.steps;
+  const int restart = cfg.gram_restart_iteration();
+  std::vector<std::pair<int, int>> segments;
+  if (restart > 0 && restart < T) {
+    segments = {{1, restart}, {restart + 1, T}};
+  } else {
+    segments = {{1, T}};
+  }
+  const auto p = [&](int k, double s) {
+    const auto& c = cfg.step(k);
+    return c.a * s + c.b * s * s * s + c.c * s * s * s * s * s;
+  };
+  const auto slope = [&](int k, double s) {
+    const auto& c = cfg.step(k);
+    return std::abs(c.a + 3 * c.b * s * s + 5 * c.c * s * s * s * s);
+  };
+  double total = 0.0;
+  for (const auto& [first, last] : segments) {
+    double best = 0.0;
+    for (int g = 1; g <= 2000; ++g) {
+      double sigma = g / 2000.0;
+      for (int k = 1; k < first; ++k) sigma = p(k, sigma);
+      // Forward-mode derivative of q with respect to λ along the segment.
+      double lambda = sigma * sigma, d_lambda = 1.0, q = 1.0, d_q = 0.0;
+      for (int k = first; k <= last; ++k) {
+        const auto& c = cfg.step(k);
+        const double f = c.a + c.b * lambda + c.c * lambda * lambda;
+        const double d_f = (c.b + 2 * c.c * lambda) * d_lambda;
+        d_q = d_q * f + q * d_f;
+        q *= f;
+        d_lambda = d_lambda * f * f + lambda * 2 * f * d_f;
+        lambda *= f * f;
+      }
+      double sensitivity = std::abs(d_q) * sigma, s_end = q * sigma;
+      for (int k = last + 1; k <= T; ++k) {
+        sensitivity *= slope(k, s_end);
+        s_end = p(k, s_end);
+      }
+      best = std::max(best, sensitivity);
+    }
+    total += best;
+  }
+  return total;
+}
+
 /// Run NS with the Eigen backend on a float64 matrix converted to T; returns the result in double.
 template <class T>
 MatD run_ns(const MatD& x, const orthopt::ns_config& cfg, backend_under_test be = backend_under_test{}) {

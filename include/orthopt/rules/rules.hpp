@@ -49,11 +49,6 @@ namespace detail {
 template <class Derived, class T, class Backend, class Options>
 class rule_base;
 
-/// True for a backend whose batched primitives run a whole batch in one launch (it says so with
-/// `static constexpr bool batches_products = true;`); rules then orthogonalize a batch parameter's
-/// matrices together.
-template <class Backend>
-inline constexpr bool runs_batched_products = requires { requires Backend::batches_products; };
 
 }  // namespace detail
 

@@ -28,6 +28,9 @@
 //   frobenius_norms(be, X, out)                                out[k] ← ‖X[k]‖_F
 //   transform_batched(be, X, Y, f)                             Y[k](i,j) ← f.at(k)(X[k](i,j)), or f(…)
 //                                                              when f has no at(k) (per-matrix scalars)
+// One optional product, with a gemm as its default:
+//   gemm_symmetric_result(be, alpha, A, B, beta, C)   C ← α·A·B + β·C for a product known to be symmetric
+//                                                     (one triangle computed and mirrored where supported)
 //
 // Arithmetic: α and β of the products and every constant in the functors are of type compute_t<T>,
 // which is T for float and double and float for 16-bit storage types (the CUDA backend's bf16), so a
@@ -206,6 +209,30 @@ template <class Backend, class T, class TA>
 void syrk_batched(Backend& be, std::type_identity_t<compute_t<T>> alpha, batch_view<TA> A,
                   std::type_identity_t<compute_t<T>> beta, batch_view<T> C) {
   for (index_t k = 0; k < C.count; ++k) syrk(be, alpha, A[k], beta, C[k]);
+}
+
+/// C ← α·A·B + β·C for a product the caller knows to be symmetric (A and B symmetric and commuting:
+/// polynomials in one matrix, as Gram Newton–Schulz forms them). A backend may compute one triangle and
+/// mirror it (the Eigen backend: half the multiply-adds); this default is a gemm. As in syrk, C must be
+/// symmetric on input when β ≠ 0.
+template <class Backend, class T, class TA, class TB>
+  requires(std::same_as<std::remove_const_t<TA>, T> && std::same_as<std::remove_const_t<TB>, T>)
+void gemm_symmetric_result(Backend& be, std::type_identity_t<compute_t<T>> alpha, matrix_view<TA> A,
+                           matrix_view<TB> B, std::type_identity_t<compute_t<T>> beta, matrix_view<T> C) {
+  gemm(be, alpha, A, op::none, B, op::none, beta, C);
+}
+
+/// gemm_symmetric_result over a batch: one batched gemm on a backend that runs batches in one launch,
+/// else the matrices in turn.
+template <class Backend, class T, class TA, class TB>
+  requires(std::same_as<std::remove_const_t<TA>, T> && std::same_as<std::remove_const_t<TB>, T>)
+void gemm_symmetric_result_batched(Backend& be, std::type_identity_t<compute_t<T>> alpha, batch_view<TA> A,
+                                   batch_view<TB> B, std::type_identity_t<compute_t<T>> beta, batch_view<T> C) {
+  if constexpr (detail::runs_batched_products<Backend>) {
+    gemm_batched(be, alpha, A, op::none, B, op::none, beta, C);
+  } else {
+    for (index_t k = 0; k < C.count; ++k) gemm_symmetric_result(be, alpha, A[k], B[k], beta, C[k]);
+  }
 }
 
 template <class Backend, class T>

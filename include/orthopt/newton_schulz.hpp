@@ -625,6 +625,9 @@ class newton_schulz {
                   functors::identity{});
         q_is_identity = false;
       } else {
+        // A full product, not a symmetric one: the computed P_k and Q commute only up to rounding that Q's
+        // gain has amplified, and keeping one triangle of P·Q would add that commutator to Q (measured:
+        // 5-10× the float error; R, used only to form the next P, tolerates it).
         gemm_batched(backend_, C(1), square_const(P), op::none, square_const(Q), op::none, C(0), square(W));
         std::swap(Q, W);
       }
@@ -633,9 +636,9 @@ class newton_schulz {
         apply_accumulated();
         syrk_batched(backend_, C(1), X.as_const_batch(), C(0), square(R));
       } else {
-        // R ← R·P²: P² = P·Pᵀ as a rank-k update, then one product (R and P² commute: R·P² is symmetric).
+        // R ← R·P²: P² = P·Pᵀ as a rank-k update, then one product, symmetric since R and P² commute.
         syrk_batched(backend_, C(1), square_const(P), C(0), square(W));
-        gemm_batched(backend_, C(1), square_const(R), op::none, square_const(W), op::none, C(0), square(P));
+        gemm_symmetric_result_batched(backend_, C(1), square_const(R), square_const(W), C(0), square(P));
         std::swap(R, P);
       }
     }

@@ -472,6 +472,32 @@ void prepare_gemm(eigen_backend& be, index_t m, index_t n, index_t k) {
 #endif
 }
 
+namespace detail {
+/// lower(C) += α·L·R for L (n×k), R (k×n) given as kernel operands and a column-major C: the block left
+/// of the diagonal as a gemm and the diagonal block's lower triangle, in row bands of equal work per
+/// thread. Half the multiply-adds of the full product. Then upper(C) ← lower(C)ᵀ.
+template <class T>
+void lower_product_and_mirror(eigen_backend& be, T alpha, index_t n, index_t k, kernel_operand<T> L,
+                              kernel_operand<T> R, T* c, index_t cs) {
+#if ORTHOPT_EIGEN_PACKED_KERNELS
+  const int parts = eigen_threads_for(be, 0.5 * double(n) * double(n) * double(k), n);
+  parallel_for_threads(parts, [&](int t) {
+    const index_t p0 = triangle_split_point(n, parts, t);
+    const index_t p1 = triangle_split_point(n, parts, t + 1);
+    if (p1 <= p0) return;
+    const auto band = operand_rows_from(L, p0);
+    // The block left of the diagonal: C[p0:p1, 0:p0] += α·L[p0:p1, :]·R[:, 0:p0]
+    if (p0 > 0) gemm_single<T>(be, t, p1 - p0, p0, k, band, R, c + p0, cs, alpha);
+    // The diagonal block's lower triangle.
+    lower_single<T>(be, t, p1 - p0, k, band, operand_columns_from(R, p0), c + p0 + p0 * cs, cs, alpha);
+  });
+#else
+  gemm_single<T>(be, 0, n, n, k, L, R, c, cs, alpha);
+#endif
+  mirror_lower_to_upper(be, n, c, cs);
+}
+}  // namespace detail
+
 /// C ← α·A·Aᵀ + β·C for A (n×k) and C (n×n); both triangles of C are written. For Aᵀ·A pass
 /// A.transposed(). Half the multiply-adds of a gemm: only the lower triangle is computed, then mirrored;
 /// so, as in BLAS syrk, C must be symmetric on input when β ≠ 0 (its upper triangle is not read).
@@ -500,23 +526,41 @@ void syrk(eigen_backend& be, std::type_identity_t<T> alpha, matrix_view<TA> A_in
   }
   const index_t cs = C.cols <= 1 ? std::max<index_t>(n, 1) : C.col_stride;
   prepare_syrk<T>(be, n, k);
-#if ORTHOPT_EIGEN_PACKED_KERNELS
-  const int parts = detail::eigen_threads_for(be, 0.5 * double(n) * double(n) * double(k), n);
-  detail::parallel_for_threads(parts, [&](int t) {
-    const index_t p0 = detail::triangle_split_point(n, parts, t);
-    const index_t p1 = detail::triangle_split_point(n, parts, t + 1);
-    if (p1 <= p0) return;
-    const auto band = detail::operand_rows_from(*ao, p0);
-    // The block left of the diagonal: C[p0:p1, 0:p0] += α·A[p0:p1, :]·A[0:p0, :]ᵀ
-    if (p0 > 0) detail::gemm_single<T>(be, t, p1 - p0, p0, k, band, *at, C.data + p0, cs, alpha);
-    // The diagonal block's lower triangle.
-    const auto band_t = detail::operand_columns_from(*at, p0);
-    detail::lower_single<T>(be, t, p1 - p0, k, band, band_t, C.data + p0 + p0 * cs, cs, alpha);
-  });
-#else
-  detail::gemm_single<T>(be, 0, n, n, k, *ao, *at, C.data, cs, alpha);
-#endif
-  detail::mirror_lower_to_upper(be, n, C.data, cs);
+  detail::lower_product_and_mirror<T>(be, alpha, n, k, *ao, *at, C.data, cs);
+}
+
+/// C ← α·A·B + β·C for A (n×k), B (k×n) whose product the caller knows to be symmetric (A and B
+/// symmetric and commuting, e.g. two polynomials in one matrix, as in Gram Newton–Schulz): the lower
+/// triangle is computed and mirrored, half the multiply-adds of a gemm. As in syrk, C must be symmetric
+/// on input when β ≠ 0. Scratch: prepare_syrk(n, k) covers it.
+template <class T, class TA, class TB>
+  requires(std::same_as<std::remove_const_t<TA>, T> && std::same_as<std::remove_const_t<TB>, T>)
+void gemm_symmetric_result(eigen_backend& be, std::type_identity_t<T> alpha, matrix_view<TA> A_in,
+                           matrix_view<TB> B_in, std::type_identity_t<T> beta, matrix_view<T> C) {
+  const_matrix_view<T> A = A_in.as_const(), B = B_in.as_const();
+  if (A.cols != B.rows || C.rows != A.rows || C.cols != B.cols || A.rows != B.cols) {
+    throw shape_error("orthopt::gemm_symmetric_result: A is " + shape_string(A) + ", B is " + shape_string(B) +
+                      " and C is " + shape_string(C) + "; A·B must be square and the shape of C");
+  }
+  const index_t n = A.rows, k = A.cols;
+  detail::scale_in_place(C, beta);
+  if (n == 0 || k == 0 || alpha == T(0)) return;
+  if (!(C.row_stride == 1 || C.rows == 1)) {
+    // A row-major C is the column-major Cᵀ = Bᵀ·Aᵀ: the same product, exactly, with the operands swapped.
+    C = C.transposed();
+    const const_matrix_view<T> A_t = B.transposed(), B_t = A.transposed();
+    A = A_t;
+    B = B_t;
+  }
+  const auto lo = detail::as_kernel_operand(A);
+  const auto ro = detail::as_kernel_operand(B);
+  if (!lo || !ro || !(C.row_stride == 1 || C.rows == 1)) {
+    gemm<T>(be, alpha, A, op::none, B, op::none, T(1), C);
+    return;
+  }
+  const index_t cs = C.cols <= 1 ? std::max<index_t>(n, 1) : C.col_stride;
+  prepare_syrk<T>(be, n, k);
+  detail::lower_product_and_mirror<T>(be, alpha, n, k, *lo, *ro, C.data, cs);
 }
 
 /// Reserve the scratch a syrk of A (n×k) needs.

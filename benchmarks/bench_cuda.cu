@@ -10,7 +10,7 @@
 // <shape> is RxC or BxRxC (a batch of B stacked matrices, one plan with batch capacity B).
 // Counters:
 //   FLOP/s       the naive count of one call, T·(4·m²·n + 2·m³) per matrix (m = min, n = max of the
-//                shape, T = 5), as bench_ns_eigen counts it; a rule step counts its NS only.
+//                shape, T = 5), as bench_cpu counts it; a rule step counts its NS only.
 //   pct_ceiling  FLOP/s as a percentage of the cuBLAS GEMM rate of the same element type at 8192³
 //                (bf16: cublasGemmEx with fp32 accumulation; float: cublasSgemm), measured at startup.
 // The PyTorch peer (its eager zeropower_via_newtonschulz5 in bf16) is benchmarks/bench_torch_ns.py,

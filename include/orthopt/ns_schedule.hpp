@@ -38,12 +38,13 @@ enum class ns_algorithm {
   /// preset's source uses, so the one that reproduces them. Per step 3m²n + m³ flops (m ≤ n).
   standard,
   /// Gram Newton–Schulz (Dao-AILab, 2026): form R = X·Xᵀ once, iterate on the small m×m side
-  /// (P_k = a·I + b·R_k + c·R_k², R_{k+1} = R_k·P_k², Q ← P_k·Q) and apply the accumulated Q to X once at
+  /// (P_k = a·I + b·R_k + c·R_k², R_{k+1} = R_k·P_k² as a product known to be symmetric, Q ← P_k·Q) and
+  /// apply the accumulated Q to X once at
   /// the end. Every P_k is a polynomial in R_0, so in exact arithmetic the result is the standard one.
   /// Flops: about 5m³ per step on the small side plus m²n (R_0) and 2m²n (Q·X), and 3m²n more per
-  /// restart; the standard iteration costs 3m²n + m³ per step. Keller, 5 steps, one restart: 44m³ against
-  /// 65m³ at 1:4, 80m³ against 130m³ at 1:8; more than the standard's 20m³ on a square matrix, so use
-  /// it for n ≥ 2m. In floating point R_0 carries σ², so small singular values lose digits that Q then
+  /// restart; the standard iteration costs 3m²n + m³ per step. Keller, 5 steps, one restart: 41m³ against
+  /// 65m³ at 1:4, 65m³ against 125m³ at 1:8, but 23m³ against 20m³ on a square matrix: use it for
+  /// n ≥ 2m. In floating point R_0 carries σ², so small singular values lose digits that Q then
   /// multiplies by the schedule's gain; a restart (X ← Q·X, R ← X·Xᵀ, Q ← I; see gram_restart_after)
   /// brings float results back near the standard iteration's accuracy (ns_config::gram_error_gain).
   gram,

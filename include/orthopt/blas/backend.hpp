@@ -7,7 +7,7 @@
 //
 // Why: the products are nearly all of a Newton–Schulz step, and a tuned BLAS runs them faster than
 // Eigen's built-in kernels on most CPUs (on this project's machine OpenBLAS's sgemm is about 1.4× Eigen
-// 3.4's; benchmarks/RESULTS.md). syrk stays a rank-k update (half the multiply-adds of a gemm), as in
+// 3.4's on the AVX2 machines this project has run on; docs/benchmarks.md has the current machine's numbers). syrk stays a rank-k update (half the multiply-adds of a gemm), as in
 // the Eigen backend.
 //
 // Threads: the BLAS library decides how many threads its calls use (OpenBLAS: OPENBLAS_NUM_THREADS or

@@ -358,23 +358,41 @@ void gemm_strided(T alpha, const_matrix_view<T> L, const_matrix_view<T> R, matri
   }
 }
 
-/// Visit every element of one or more same-shape views, fastest over the first view's unit stride.
+/// Element-wise passes shorter than this many elements run on one thread (a parallel region costs a few
+/// microseconds; a pass over 64 Ki floats takes about as long).
+inline constexpr index_t eigen_parallel_min_elements = index_t{1} << 16;
+
+/// Threads for an element-wise pass over n elements: the handle's, for long passes (memory-bound passes
+/// still gain from a second core's load bandwidth).
+inline int elementwise_threads(const eigen_backend& be, index_t n) {
+  if (be.threads() <= 1 || n < eigen_parallel_min_elements) return 1;
+  return static_cast<int>(std::min<index_t>(be.threads(), n / (eigen_parallel_min_elements / 2)));
+}
+
+/// Visit every element of one or more same-shape views, fastest over the first view's unit stride; a
+/// long pass is split into `parts` fixed ranges (the same split for the same thread count: results do
+/// not depend on scheduling).
 template <class F, class V0, class... V>
-void for_each_index(const V0& first, F&& f, const V&... rest) {
+void for_each_index(const eigen_backend& be, const V0& first, F&& f, const V&... rest) {
   const bool all_contiguous_alike =
       first.is_contiguous() && ((rest.is_contiguous() && rest.row_stride == first.row_stride &&
                                  rest.col_stride == first.col_stride) && ...);
+  const int parts = elementwise_threads(be, first.size());
   if (all_contiguous_alike) {
     const index_t n = first.size();
-    f.linear(n);
+    parallel_for_threads(parts, [&](int t) { f.linear(split_point(n, parts, t), split_point(n, parts, t + 1)); });
     return;
   }
   if (first.col_stride <= first.row_stride) {
-    for (index_t i = 0; i < first.rows; ++i)
-      for (index_t j = 0; j < first.cols; ++j) f(i, j);
+    parallel_for_threads(parts, [&](int t) {
+      for (index_t i = split_point(first.rows, parts, t), end = split_point(first.rows, parts, t + 1); i < end; ++i)
+        for (index_t j = 0; j < first.cols; ++j) f(i, j);
+    });
   } else {
-    for (index_t j = 0; j < first.cols; ++j)
-      for (index_t i = 0; i < first.rows; ++i) f(i, j);
+    parallel_for_threads(parts, [&](int t) {
+      for (index_t j = split_point(first.cols, parts, t), end = split_point(first.cols, parts, t + 1); j < end; ++j)
+        for (index_t i = 0; i < first.rows; ++i) f(i, j);
+    });
   }
 }
 
@@ -605,8 +623,29 @@ double stable_norm(Visit&& visit) {
 
 /// out[0] ← ‖X‖_F, accumulated in double. NaN if X has a NaN; Inf if it has an Inf.
 template <class TX>
-void frobenius_norm(eigen_backend&, matrix_view<TX> X, scalar_t* out) {
+void frobenius_norm(eigen_backend& be, matrix_view<TX> X, scalar_t* out) {
   using T = std::remove_const_t<TX>;
+  const int parts = X.is_contiguous() ? detail::elementwise_threads(be, X.size()) : 1;
+  if (parts > 1) {
+    // Partial sums of squares over fixed ranges, added in order (deterministic for a thread count); the
+    // one-pass sum is accurate in [1e-280, 1e280], else the rescaling pass below takes over.
+    double partial[64] = {};
+    const int used = parts < 64 ? parts : 64;
+    const index_t n = X.size();
+    detail::parallel_for_threads(used, [&](int t) {
+      double ssq = 0.0;
+      for (index_t p = detail::split_point(n, used, t), end = detail::split_point(n, used, t + 1); p < end; ++p) {
+        ssq += double(X.data[p]) * double(X.data[p]);
+      }
+      partial[t] = ssq;
+    });
+    double ssq = 0.0;
+    for (int t = 0; t < used; ++t) ssq += partial[t];
+    if (ssq > 1e-280 && ssq < 1e280) {
+      out[0] = std::sqrt(ssq);
+      return;
+    }
+  }
   out[0] = detail::stable_norm<T>([&](auto&& f) {
     if (X.is_contiguous()) {
       const index_t n = X.size();
@@ -638,38 +677,38 @@ void column_norms(eigen_backend&, matrix_view<TX> X, column_norm kind, scalar_t*
 
 /// Y(i,j) ← f(X(i,j)). Y may be X itself (in place); partial overlap is not allowed.
 template <class T, class U, class F>
-void transform(eigen_backend&, matrix_view<T> X, matrix_view<U> Y, F f) {
+void transform(eigen_backend& be, matrix_view<T> X, matrix_view<U> Y, F f) {
   struct visitor {
     matrix_view<T> X;
     matrix_view<U> Y;
     F f;
-    void linear(index_t n) {
+    void linear(index_t begin, index_t end) const {
       const auto* x = X.data;
       U* y = Y.data;
-      for (index_t p = 0; p < n; ++p) y[p] = static_cast<U>(f(x[p]));
+      for (index_t p = begin; p < end; ++p) y[p] = static_cast<U>(f(x[p]));
     }
-    void operator()(index_t i, index_t j) { Y(i, j) = static_cast<U>(f(X(i, j))); }
+    void operator()(index_t i, index_t j) const { Y(i, j) = static_cast<U>(f(X(i, j))); }
   } v{X, Y, f};
-  detail::for_each_index(Y, v, X);
+  detail::for_each_index(be, Y, v, X);
 }
 
 /// Z(i,j) ← f(X(i,j), Y(i,j)). Z may be X or Y.
 template <class T, class U, class V, class F>
-void transform(eigen_backend&, matrix_view<T> X, matrix_view<U> Y, matrix_view<V> Z, F f) {
+void transform(eigen_backend& be, matrix_view<T> X, matrix_view<U> Y, matrix_view<V> Z, F f) {
   struct visitor {
     matrix_view<T> X;
     matrix_view<U> Y;
     matrix_view<V> Z;
     F f;
-    void linear(index_t n) {
+    void linear(index_t begin, index_t end) const {
       const auto* x = X.data;
       const auto* y = Y.data;
       V* z = Z.data;
-      for (index_t p = 0; p < n; ++p) z[p] = static_cast<V>(f(x[p], y[p]));
+      for (index_t p = begin; p < end; ++p) z[p] = static_cast<V>(f(x[p], y[p]));
     }
-    void operator()(index_t i, index_t j) { Z(i, j) = static_cast<V>(f(X(i, j), Y(i, j))); }
+    void operator()(index_t i, index_t j) const { Z(i, j) = static_cast<V>(f(X(i, j), Y(i, j))); }
   } v{X, Y, Z, f};
-  detail::for_each_index(Z, v, X, Y);
+  detail::for_each_index(be, Z, v, X, Y);
 }
 
 /// X(:,j) ← d[j]·X(:,j), the product taken in double. Rows: scale_columns(be, d, X.transposed()).

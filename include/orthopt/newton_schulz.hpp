@@ -187,7 +187,8 @@ struct ns_observation {
 /// A Newton–Schulz plan for one input shape. Construction sizes every buffer; a call allocates nothing.
 ///
 /// `q = NS(x)` accepts any strides for x and q (either storage order, blocks, transposes). q may be x
-/// itself or overlap it: x is read completely before q is written. A plan is not safe to call from two
+/// itself (in place: the same view); any other overlap of q with x, of q with itself (strides (1, 1)) or
+/// of two outputs of a batch is refused with a shape_error naming both views, before anything is written. A plan is not safe to call from two
 /// threads at once; give each thread its own plan (and backend handle).
 ///
 /// Errors (thrown before anything is written): shape_error for an empty matrix, a shape other than the
@@ -369,6 +370,7 @@ class newton_schulz {
   /// q ← NS(x).
   void operator()(const_matrix_view<T> x, matrix_view<T> q) {
     check(x, q);
+    check_batch_overlap(batch_view<const T>(x, 1, 0), batch_view<T>(q, 1, 0));
     run(batch_view<const T>(x, 1, 0), batch_view<T>(q, 1, 0));
   }
 
@@ -384,6 +386,7 @@ class newton_schulz {
                         " matrices but output batch has " + std::to_string(q.count));
     }
     for (index_t k = 0; k < x.count; ++k) check(x[k], q[k], k);
+    check_batch_overlap(x, q);
     if constexpr (detail::threads_over_batches<Backend>) {
       if (!workers_.empty() && x.count > 1 && !measures()) {
         run_over_threads(x, q);
@@ -405,6 +408,32 @@ class newton_schulz {
       throw value_error(std::string("orthopt::newton_schulz::") + who + ": the plan runs " +
                         std::to_string(config_.steps) + " iterations; residuals are recorded for at most " +
                         std::to_string(max_recorded_steps));
+    }
+  }
+
+  /// Outputs must not overlap themselves or each other, nor overlap an input other than in full: a call
+  /// reads each input matrix whole before writing its output, so q[k] may be x[k] itself (in place), but a
+  /// q[k] that shares only part of x[k], or any of another x[j], would be overwritten before it is read.
+  void check_batch_overlap(batch_view<const T> x, batch_view<T> q) const {
+    static constexpr const char* who = "orthopt::newton_schulz";
+    const auto item = [&q](index_t k) { return q.count > 1 ? " (batch item " + std::to_string(k) + ")" : std::string(); };
+    for (index_t k = 0; k < q.count; ++k) {
+      if (view_overlaps_itself(q[k])) {
+        throw shape_error(std::string(who) + ": the output" + item(k) + " [" + describe_view(q[k]) +
+                          "] addresses some elements twice");
+      }
+    }
+    if (const auto [j, k] = overlapping_batch_items(q); j >= 0) {
+      throw shape_error(std::string(who) + ": output batch items " + std::to_string(j) + " and " + std::to_string(k) +
+                        " share memory [" + describe_view(q[j]) + "], [" + describe_view(q[k]) + "]");
+    }
+    const bool in_place = x.first.data == q.first.data && x.batch_stride == q.batch_stride &&
+                          x.first.row_stride == q.first.row_stride && x.first.col_stride == q.first.col_stride;
+    if (in_place) return;
+    if (const auto [j, k] = overlapping_items(x, q); j >= 0) {
+      throw shape_error(std::string(who) + ": the output" + item(k) + " [" + describe_view(q[k]) + "] overlaps the input" +
+                        (x.count > 1 ? " (batch item " + std::to_string(j) + ")" : std::string()) + " [" +
+                        describe_view(x[j]) + "] without being the same view; only q = x (in place) is allowed");
     }
   }
 

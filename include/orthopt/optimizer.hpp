@@ -816,6 +816,25 @@ class optimizer {
     }
     const std::string what = "parameter '" + name + "'";
     check_view(param.first, who, what.c_str());
+    for (index_t k = 1; k < param.count; ++k) check_view(param[k], who, what.c_str());
+    // Memory shared with itself or with a registered parameter would be updated twice per step (tied
+    // weights: register the shared tensor once), or read after another update wrote it.
+    for (index_t k = 0; k < param.count; ++k) {
+      if (view_overlaps_itself(param[k])) {
+        throw shape_error(std::string(who) + ": " + what + " [" + describe_view(param[k]) + "] addresses some elements twice");
+      }
+    }
+    if (const auto [j, k] = overlapping_batch_items(param); j >= 0) {
+      throw shape_error(std::string(who) + ": " + what + ": batch items " + std::to_string(j) + " and " + std::to_string(k) +
+                        " share memory [" + describe_view(param[j]) + "], [" + describe_view(param[k]) + "]");
+    }
+    for (const param_entry& other : params_) {
+      if (const auto [j, k] = overlapping_items(param, other.param); j >= 0) {
+        throw shape_error(std::string(who) + ": " + what + " [" + describe_view(param[j]) + "] shares memory with parameter '" +
+                          other.name + "' [" + describe_view(other.param[k]) +
+                          "]; each step would update it twice (for tied weights, register the shared tensor once)");
+      }
+    }
     state_type state = std::visit([&](auto& r) { return r.make_state(param.rows(), param.cols(), param.count); },
                                   groups_[g.index].rule);
     params_.push_back(param_entry{std::move(name), g, param, std::move(state), {}, reason, std::move(why)});
@@ -923,6 +942,18 @@ class optimizer {
         const std::string what = "gradient of '" + p.name + "'";
         check_view(gk, who, what.c_str());
       }
+    }
+    // A gradient must not share memory with any parameter: the step would read it after an update wrote
+    // it. Two comparisons per parameter when the memory is separate (an exact check where ranges meet).
+    for (const param_entry& q : params_) {
+      if (const auto [j, k] = overlapping_items(grad, q.param); j >= 0) {
+        throw shape_error(std::string(who) + ": the gradient of '" + p.name + "' [" + describe_view(grad[j]) +
+                          "] shares memory with parameter '" + q.name + "' [" + describe_view(q.param[k]) +
+                          "]; nothing was changed");
+      }
+    }
+    for (index_t k = 0; k < grad.count; ++k) {
+      const const_matrix_view<T> gk = grad[k];
       if (check_finite) {
         if (const auto bad = find_nonfinite(be, gk)) {
           throw value_error(std::string(who) + ": the gradient of '" + p.name + "' has " + std::to_string(bad->value) +

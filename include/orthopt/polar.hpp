@@ -82,6 +82,15 @@ class exact_polar {
                         shape_string(rows_, cols_));
     }
     if (q.rows != x.rows || q.cols != x.cols) check_shape(q, x.rows, x.cols, who, "output");
+    // q may be x itself (x is read whole by the SVD first); no other overlap (newton_schulz's rule).
+    if (view_overlaps_itself(q)) {
+      throw shape_error(std::string(who) + ": the output [" + describe_view(q) + "] addresses some elements twice");
+    }
+    const bool in_place = x.data == q.data && x.row_stride == q.row_stride && x.col_stride == q.col_stride;
+    if (!in_place && views_overlap(x, q)) {
+      throw shape_error(std::string(who) + ": the output [" + describe_view(q) + "] overlaps the input [" + describe_view(x) +
+                        "] without being the same view; only q = x (in place) is allowed");
+    }
     if (check_finite_) {
       if (const auto bad = find_nonfinite(backend_, x)) {
         throw value_error(std::string(who) + ": input(" + std::to_string(bad->row) + ", " + std::to_string(bad->col) +

@@ -6,7 +6,11 @@
 
 #include <concepts>
 #include <cstddef>
+#include <cstdio>
+#include <cstdint>
 #include <string>
+#include <utility>
+#include <algorithm>
 #include <type_traits>
 #include <utility>
 
@@ -280,6 +284,140 @@ void check_view(const matrix_view<T>& v, const char* caller, const char* what) {
     throw shape_error(std::string(caller) + ": " + what + " has strides (" + std::to_string(v.row_stride) +
                       ", " + std::to_string(v.col_stride) + "); strides must be positive");
   }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Overlapping memory. Usable views only (view_is_usable: positive strides on every dimension of extent
+// > 1). None of these allocate; each is a few comparisons, plus an extended gcd when address ranges meet.
+// ---------------------------------------------------------------------------------------------------
+namespace detail {
+/// [lo, hi): the bytes a usable view's elements lie in.
+template <class T>
+std::pair<std::uintptr_t, std::uintptr_t> byte_range(const matrix_view<T>& v) noexcept {
+  const auto base = reinterpret_cast<std::uintptr_t>(v.data);
+  const index_t last = (v.rows > 1 ? (v.rows - 1) * v.row_stride : 0) + (v.cols > 1 ? (v.cols - 1) * v.col_stride : 0);
+  return {base, base + static_cast<std::uintptr_t>(last + 1) * sizeof(T)};
+}
+
+inline bool ranges_meet(std::pair<std::uintptr_t, std::uintptr_t> a, std::pair<std::uintptr_t, std::uintptr_t> b) noexcept {
+  return a.first < b.second && b.first < a.second;
+}
+
+__extension__ typedef __int128 wide_int;  // GCC and Clang; offsets times gcd coefficients exceed 64 bits
+
+inline wide_int floor_div(wide_int a, wide_int b) noexcept {  // b > 0
+  const wide_int q = a / b;
+  return (a % b != 0 && a < 0) ? q - 1 : q;
+}
+inline wide_int ceil_div(wide_int a, wide_int b) noexcept {  // b > 0
+  const wide_int q = a / b;
+  return (a % b != 0 && a > 0) ? q + 1 : q;
+}
+
+/// Whether x·r + y·c = d has an integer solution with x ∈ [x_lo, x_hi], y ∈ [y_lo, y_hi] (r, c ≥ 1).
+/// The solutions are x = x0 + t·c/g, y = y0 − t·r/g (g = gcd(r, c)); the bounds give an interval of t.
+inline bool lattice_has_point(index_t r, index_t c, wide_int d, wide_int x_lo, wide_int x_hi, wide_int y_lo,
+                              wide_int y_hi) noexcept {
+  // Extended Euclid: r·u + c·v = g.
+  index_t old_r = r, cur_r = c, old_u = 1, cur_u = 0, old_v = 0, cur_v = 1;
+  while (cur_r != 0) {
+    const index_t q = old_r / cur_r;
+    index_t t = old_r - q * cur_r;
+    old_r = cur_r, cur_r = t;
+    t = old_u - q * cur_u;
+    old_u = cur_u, cur_u = t;
+    t = old_v - q * cur_v;
+    old_v = cur_v, cur_v = t;
+  }
+  const index_t g = old_r;
+  if (d % g != 0) return false;
+  const wide_int x0 = static_cast<wide_int>(old_u) * (d / g), y0 = static_cast<wide_int>(old_v) * (d / g);
+  const wide_int step_x = c / g, step_y = r / g;
+  const wide_int lo = std::max(ceil_div(x_lo - x0, step_x), ceil_div(y0 - y_hi, step_y));
+  const wide_int hi = std::min(floor_div(x_hi - x0, step_x), floor_div(y0 - y_lo, step_y));
+  return lo <= hi;
+}
+}  // namespace detail
+
+/// True when two distinct index pairs of `v` address the same element (e.g. strides (1, 1)): exact.
+template <class T>
+bool view_overlaps_itself(const matrix_view<T>& v) noexcept {
+  if (v.rows <= 1 || v.cols <= 1) return false;
+  // x·r + y·c = 0 with (x, y) ≠ 0, |x| < rows, |y| < cols: the smallest solution is x = c/g, y = −r/g.
+  index_t a = v.row_stride, b = v.col_stride;
+  while (b != 0) {
+    const index_t t = a % b;
+    a = b, b = t;
+  }
+  return v.col_stride / a < v.rows && v.row_stride / a < v.cols;
+}
+
+/// True when the usable views `a` and `b` share an element. Exact when the address ranges meet and the
+/// strides agree on every dimension both use (blocks of one matrix, row blocks of split_rows, the items
+/// of a batch); when the strides differ (a view against the transpose of its own memory) any meeting of
+/// ranges counts as overlap.
+template <class T, class U>
+bool views_overlap(const matrix_view<T>& a, const matrix_view<U>& b) noexcept {
+  static_assert(sizeof(T) == sizeof(U), "views of one element type");
+  const auto ra = detail::byte_range(a), rb = detail::byte_range(b);
+  if (!detail::ranges_meet(ra, rb)) return false;
+  const auto diff = static_cast<std::ptrdiff_t>(rb.first - ra.first);
+  if (diff % static_cast<std::ptrdiff_t>(sizeof(T)) != 0) return true;  // elements that straddle each other
+  // A dimension of extent 1 has no stride to speak of: take the other view's.
+  const auto merged = [](index_t extent_a, index_t stride_a, index_t extent_b, index_t stride_b, index_t& out) {
+    if (extent_a > 1 && extent_b > 1) {
+      out = stride_a;
+      return stride_a == stride_b;
+    }
+    out = extent_a > 1 ? stride_a : (extent_b > 1 ? stride_b : 1);
+    return true;
+  };
+  index_t r = 1, c = 1;
+  if (!merged(a.rows, a.row_stride, b.rows, b.row_stride, r) || !merged(a.cols, a.col_stride, b.cols, b.col_stride, c)) {
+    return true;
+  }
+  // a(i1, j1) is b(i2, j2) when (i1 − i2)·r + (j1 − j2)·c = (b.data − a.data) in elements.
+  const detail::wide_int d = diff / static_cast<std::ptrdiff_t>(sizeof(T));
+  return detail::lattice_has_point(r, c, d, -(b.rows - 1), a.rows - 1, -(b.cols - 1), a.cols - 1);
+}
+
+/// The first pair (j, k), j < k, of items of a batch that share an element, or (−1, −1). O(count) exact
+/// checks: items are the first one shifted by k·batch_stride, so item j against item k is item 0 against
+/// item k − j.
+template <class T>
+std::pair<index_t, index_t> overlapping_batch_items(const batch_view<T>& b) noexcept {
+  for (index_t k = 1; k < b.count; ++k) {
+    if (views_overlap(b[0], b[k])) return {0, k};
+  }
+  return {-1, -1};
+}
+
+/// The first item pair (j of a, k of b) that shares an element, or (−1, −1); the whole batches' byte
+/// ranges first, so batches in separate buffers cost two comparisons.
+template <class T, class U>
+std::pair<index_t, index_t> overlapping_items(const batch_view<T>& a, const batch_view<U>& b) noexcept {
+  const auto whole = [](const auto& batch) {
+    auto r = detail::byte_range(batch[0]);
+    if (batch.count > 1) {
+      const auto last = detail::byte_range(batch[batch.count - 1]);
+      r = {std::min(r.first, last.first), std::max(r.second, last.second)};
+    }
+    return r;
+  };
+  if (a.count == 0 || b.count == 0 || !detail::ranges_meet(whole(a), whole(b))) return {-1, -1};
+  for (index_t j = 0; j < a.count; ++j)
+    for (index_t k = 0; k < b.count; ++k)
+      if (views_overlap(a[j], b[k])) return {j, k};
+  return {-1, -1};
+}
+
+/// "0x7f…: 24x40, strides (40, 1)": how a message names a view.
+template <class T>
+std::string describe_view(const matrix_view<T>& v) {
+  char address[32];
+  std::snprintf(address, sizeof(address), "%p", static_cast<const void*>(v.data));
+  return std::string(address) + ": " + shape_string(v) + ", strides (" + std::to_string(v.row_stride) + ", " +
+         std::to_string(v.col_stride) + ")";
 }
 
 /// Throws a shape_error naming both shapes unless `v` is rows×cols.

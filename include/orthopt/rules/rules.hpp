@@ -164,6 +164,23 @@ class param_state {
     return s;
   }
 
+  /// The name of the first of this state's buffers whose memory meets [lo, hi) (bytes), or nullptr:
+  /// what the steps use to refuse a parameter or gradient that overlaps the state.
+  [[nodiscard]] const char* buffer_meeting(std::uintptr_t lo, std::uintptr_t hi) const noexcept {
+    const auto meets = [&](const auto& b) {
+      if (b.size() == 0 || b.data() == nullptr) return false;
+      const auto first = reinterpret_cast<std::uintptr_t>(b.data());
+      return first < hi && lo < first + b.size() * sizeof(*b.data());
+    };
+    if (meets(momentum_)) return "momentum";
+    if (meets(second_)) return "second moment";
+    if (meets(column_)) return "column moment";
+    if (meets(direction_)) return "direction scratch";
+    if (meets(ortho_out_)) return "orthogonalized scratch";
+    if (meets(scalars_)) return "scalars";
+    return nullptr;
+  }
+
  private:
   template <class, class, class, class>
   friend class detail::rule_base;
@@ -223,6 +240,30 @@ void check_step(const char* rule, rule_kind kind, Backend& be, batch_view<T> W, 
       throw shape_error(who() + ": parameter is " + shape_string(w) + ", gradient is " + shape_string(g) +
                         " and the state is " + shape_string(s.rows(), s.cols()) + (W.count > 1 ? " (batch item " + std::to_string(k) + ")" : ""));
     }
+  }
+  // Overlapping memory (issue 13): refused before anything is written, since a step reads G and the
+  // state while it writes W and the state. A few comparisons when everything lies in separate buffers.
+  const auto item = [&W](index_t k) { return W.count > 1 ? " (batch item " + std::to_string(k) + ")" : std::string(); };
+  for (index_t k = 0; k < W.count; ++k) {
+    if (view_overlaps_itself(W[k])) {
+      throw shape_error(who() + ": the parameter" + item(k) + " [" + describe_view(W[k]) +
+                        "] addresses some elements twice; a parameter must not overlap itself");
+    }
+    for (const auto& [what, v] : {std::pair<const char*, matrix_view<const T>>{"parameter", W[k].as_const()}, {"gradient", G[k]}}) {
+      const auto r = detail::byte_range(v);
+      if (const char* buffer = s.buffer_meeting(r.first, r.second)) {
+        throw shape_error(who() + ": the " + what + item(k) + " [" + describe_view(v) + "] overlaps the state's " + buffer +
+                          "; pass the rule memory of your own");
+      }
+    }
+  }
+  if (const auto [j, k] = overlapping_batch_items(W); j >= 0) {
+    throw shape_error(who() + ": parameter batch items " + std::to_string(j) + " [" + describe_view(W[j]) + "] and " +
+                      std::to_string(k) + " [" + describe_view(W[k]) + "] share memory; each matrix is updated once per step");
+  }
+  if (const auto [j, k] = overlapping_items(G, W); j >= 0) {
+    throw shape_error(who() + ": the gradient" + item(j) + " [" + describe_view(G[j]) + "] and the parameter" + item(k) + " [" +
+                      describe_view(W[k]) + "] share memory; the step would read a gradient it is overwriting");
   }
   if (check_finite) {
     for (index_t k = 0; k < G.count; ++k) {

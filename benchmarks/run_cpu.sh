@@ -5,19 +5,19 @@
 # within a round and their median over rounds reported (the host is shared and noisy: absolute times
 # move between rounds, ratios of neighbours in time much less).
 #
-#   bash benchmarks/run_cpu.sh                 # about 20 minutes on 2 cores; prints the summary
+#   bash benchmarks/run_cpu.sh                 # about 30 minutes on 2 cores (3 rounds); prints the summary
 #   WRITE_DOCS=1 bash benchmarks/run_cpu.sh    # also rewrites docs/benchmarks.md, its plot, and the
 #                                              # README's speed section from this run
 #
 # Environment: BUILD_DIR (default /tmp/orthopt-bench-build), OUT (results folder, default
-# $BUILD_DIR/run-YYYY-MM-DD-HHMMSS), ROUNDS (default 5), FILTER (a Google Benchmark regex; default:
+# $BUILD_DIR/run-YYYY-MM-DD-HHMMSS), ROUNDS (default 3; about 9 minutes each), FILTER (a Google Benchmark regex; default:
 # the selection docs/benchmarks.md reports), OMP_NUM_THREADS (default: nproc), JOBS (build jobs, 2).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 SRC=$(cd "$HERE/.." && pwd)
 BUILD_DIR=${BUILD_DIR:-/tmp/orthopt-bench-build}
-ROUNDS=${ROUNDS:-5}
+ROUNDS=${ROUNDS:-3}
 JOBS=${JOBS:-2}
 OUT=${OUT:-$BUILD_DIR/run-$(date +%F-%H%M%S)}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
@@ -33,6 +33,8 @@ cmake --build "$BUILD_DIR" --target bench_cpu -j "$JOBS"
 BENCH="$BUILD_DIR/benchmarks/bench_cpu"
 
 mkdir -p "$OUT"
+git -C "$SRC" describe --always --dirty > "$OUT/commit.txt" 2>/dev/null || echo unknown > "$OUT/commit.txt"
+printf '%s\n' "$FILTER" > "$OUT/filter.txt"
 "$BENCH" --check > "$OUT/check.txt" || { cat "$OUT/check.txt"; echo "bench_cpu --check failed" >&2; exit 1; }
 echo "# $(date -Is)  nproc=$(nproc)  cpu:$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2)  OMP_NUM_THREADS=$OMP_NUM_THREADS"
 echo "# results in $OUT"

@@ -93,6 +93,26 @@ TEST_CASE("Newton-Schulz on the device matches the Eigen backend for every sched
   }
 }
 
+TEST_CASE("Gram Newton-Schulz on the device matches the standard iteration, in float and bf16", "[gpu][ns][gram]") {
+  // The same derived bound as tests/test_newton_schulz.cpp: the schedule's slope gain plus the Gram
+  // matrix's own amplification (gram_gain), in units of the storage type's rounding.
+  for (const auto& cfg : all_schedules()) {
+    orthopt::ns_config gram = cfg;
+    gram.algorithm = orthopt::ns_algorithm::gram;
+    const double amplification = schedule_gain(cfg) + gram_gain(gram);
+    for (const shape s : gpu_shapes) {
+      const auto x = as_float(gpu_runs::values(static_cast<std::size_t>(s.rows * s.cols), seed_of(s, 2)));
+      host_memory mem;
+      const auto ref = gpu_runs::ns_run<float>(orthopt::eigen_backend{}, mem, x, s.rows, s.cols, cfg);
+      const auto f32 = gpu_driver::newton_schulz(x, s.rows, s.cols, gram, element::f32);
+      const auto bf = gpu_driver::newton_schulz(x, s.rows, s.cols, gram, element::bf16);
+      INFO(cfg.name << " " << to_string(s) << ": float " << max_diff(f32, ref) << ", bf16 " << max_diff(bf, ref));
+      CHECK(max_diff(f32, ref) <= tol<float>(10 * amplification, s));
+      CHECK(max_diff(bf, ref) <= bf16_tolerance(cfg) * amplification / schedule_gain(cfg));
+    }
+  }
+}
+
 TEST_CASE("a batch of stacked matrices on the device matches the Eigen backend matrix by matrix", "[gpu][batch]") {
   const index_t E = 64, M = 32, N = 32;  // the issue's 64×(128×128) in the benchmarks; smaller here
   const auto x = as_float(gpu_runs::values(static_cast<std::size_t>(E * M * N), 5));

@@ -209,7 +209,7 @@ def markdown(run, ctx, np_ctx, run_dir, png_name):
     a(f"```sh\nROUNDS={rounds} WRITE_DOCS=1 bash benchmarks/run_cpu.sh   # installs what it needs, builds bench_cpu for this machine, runs it\n```\n")
     commit_file = os.path.join(run_dir, "commit.txt")
     commit = open(commit_file).read().strip() if os.path.exists(commit_file) else "?"
-    a(f"on {ctx.get('cpu_model', '?')} ({ctx.get('num_cpus', '?')} CPUs), ISA flags: {ctx.get('cpu_isa', '?')}; "
+    a(f"on {ctx.get('cpu_model', '?')} ({ctx.get('num_cpus', '?')} CPUs, {isa_summary(ctx.get('cpu_isa', ''))}), ISA flags: {ctx.get('cpu_isa', '?')}; "
       f"{ctx.get('date', '?')[:10]}; {rounds} rounds; orthopt at commit {commit}.\n")
     a("| | |\n|---|---|")
     for k in ("compiler", "orthopt_bench_native", "eigen_version", "eigen_simd", "blas", "blas_threads", "openmp_max_threads",
@@ -313,11 +313,16 @@ def markdown(run, ctx, np_ctx, run_dir, png_name):
     return "\n".join(out)
 
 
-def readme_block(run, ctx):
+def isa_summary(flags):
+    f = flags.split()
+    return "AVX-512" if "avx512f" in f else ("AVX2" if "avx2" in f else "no AVX2")
+
+
+def readme_block(run, ctx, followup=None):
     rows = targets(run)
     rounds = len({r for v in run.t.values() for r in v})
-    lines = [f"Measured by `ROUNDS={rounds} WRITE_DOCS=1 bash benchmarks/run_cpu.sh` on {ctx.get('cpu_model', '?')} ({ctx.get('num_cpus', '?')} CPUs; "
-             f"{ctx.get('cpu_isa', '?').split(' ')[-1] if ctx.get('cpu_isa') else '?'} among its ISA flags), "
+    lines = [f"Measured by `ROUNDS={rounds} WRITE_DOCS=1 bash benchmarks/run_cpu.sh` on {ctx.get('cpu_model', '?')} ({ctx.get('num_cpus', '?')} CPUs, "
+             f"{isa_summary(ctx.get('cpu_isa', ''))}), "
              f"{ctx.get('date', '?')[:10]}; the whole run, the machine and the method are in "
              "[docs/benchmarks.md](docs/benchmarks.md). Ratios are medians of ratios paired within a round; below 1 orthopt is faster.\n",
              "| | " + "orthopt BLAS | orthopt Eigen |", "|---|---:|---:|"]
@@ -339,6 +344,11 @@ def readme_block(run, ctx):
                  f"{r('STEP/adamuon/f32/1024x4096/orthopt_eigen', ns_name('keller', 'standard', 'f32', '1024x4096', 'orthopt_eigen'))} |")
     met = sum(1 for _, _, ok in rows if ok)
     lines.append(f"\n{met} of the {len(rows)} target checks of issue 11 are met in this run; docs/benchmarks.md lists each.")
+    if followup is not None:
+        fb = followup.ratio("STEP/adamuon/f32/1024x4096/orthopt_blas", ns_name("keller", "standard", "f32", "1024x4096", "orthopt_blas"))
+        fe = followup.ratio("STEP/adamuon/f32/1024x4096/orthopt_eigen", ns_name("keller", "standard", "f32", "1024x4096", "orthopt_eigen"))
+        lines.append(f"A follow-up run after the element-wise passes were threaded (same page) measures the full AdaMuon step at "
+                     f"{fmt_r(fb)} (BLAS) and {fmt_r(fe)} (Eigen) of its NS call at 1024×4096.")
     return "\n".join(lines)
 
 
@@ -384,7 +394,8 @@ def main():
             text = f.read()
         begin, end = "<!-- speed:begin -->", "<!-- speed:end -->"
         if begin in text and end in text:
-            text = text[:text.index(begin) + len(begin)] + "\n" + readme_block(run, ctx) + "\n" + text[text.index(end):]
+            f_run = Run(load(a.followup)[0]) if a.followup else None
+            text = text[:text.index(begin) + len(begin)] + "\n" + readme_block(run, ctx, f_run) + "\n" + text[text.index(end):]
             with open(a.readme, "w") as f:
                 f.write(text)
             print("updated the speed section of", a.readme)

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// orthopt's CUDA backend on a GPU: Newton–Schulz (keller and polar_express, 5 steps) and full AdaMuon
+// orthopt's CUDA backend on a GPU: Newton–Schulz (keller and polar_express, 5 steps, standard and Gram) and full AdaMuon
 // and NAMO steps, in float and bf16, for the shapes Muon users run, timed with CUDA events (Google
 // Benchmark's manual time), with the device's GEMM ceilings measured by the same binary.
 //
@@ -192,6 +192,13 @@ void register_type() {
     for (const auto& cfg : {orthopt::ns_presets::keller(), orthopt::ns_presets::polar_express()}) {
       benchmark::RegisterBenchmark(("NS/" + cfg.name + "/" + t + "/" + s.name()).c_str(),
                                    [cfg, s](benchmark::State& st) { ns_bench<T>(st, cfg, s); })
+          ->UseManualTime()
+          ->Unit(benchmark::kMillisecond);
+      // Gram Newton–Schulz (ns_algorithm::gram): the same polynomial, iterated on the small side.
+      orthopt::ns_config gram = cfg;
+      gram.algorithm = orthopt::ns_algorithm::gram;
+      benchmark::RegisterBenchmark(("NS/" + cfg.name + "/gram/" + t + "/" + s.name()).c_str(),
+                                   [gram, s](benchmark::State& st) { ns_bench<T>(st, gram, s); })
           ->UseManualTime()
           ->Unit(benchmark::kMillisecond);
     }

@@ -189,19 +189,9 @@ template <class T, class TA, class TB>
 void gemm_symmetric_result(blas_backend& be, std::type_identity_t<T> alpha, matrix_view<TA> A_in,
                            matrix_view<TB> B_in, std::type_identity_t<T> beta, matrix_view<T> C) {
   const_matrix_view<T> A = A_in.as_const(), B = B_in.as_const();
-  if (A.cols != B.rows || C.rows != A.rows || C.cols != B.cols || A.rows != B.cols) {
-    throw shape_error("orthopt::gemm_symmetric_result: A is " + shape_string(A) + ", B is " + shape_string(B) +
-                      " and C is " + shape_string(C) + "; A·B must be square and the shape of C");
-  }
+  detail::orient_symmetric_product(A, B, C);
   const index_t n = A.rows;
   constexpr index_t leaf = 256;
-  if (!(C.row_stride == 1 || C.rows == 1)) {
-    // A row-major C is the column-major Cᵀ = Bᵀ·Aᵀ: the same product, exactly, with the operands swapped.
-    C = C.transposed();
-    const const_matrix_view<T> A_t = B.transposed(), B_t = A.transposed();
-    A = A_t;
-    B = B_t;
-  }
   if (!detail::blas_scalar<T> || !(C.row_stride == 1 || C.rows == 1)) {
     gemm<T>(be, alpha, A, op::none, B, op::none, beta, C);
     return;

@@ -547,6 +547,25 @@ void syrk(eigen_backend& be, std::type_identity_t<T> alpha, matrix_view<TA> A_in
   detail::lower_product_and_mirror<T>(be, alpha, n, k, *ao, *at, C.data, cs);
 }
 
+namespace detail {
+/// gemm_symmetric_result's operands, checked (A·B square and the shape of C), and oriented so that a C
+/// with unit row stride is column-major: a row-major C is the column-major Cᵀ = Bᵀ·Aᵀ, the same product
+/// exactly, with the operands swapped.
+template <class T>
+void orient_symmetric_product(const_matrix_view<T>& A, const_matrix_view<T>& B, matrix_view<T>& C) {
+  if (A.cols != B.rows || C.rows != A.rows || C.cols != B.cols || A.rows != B.cols) {
+    throw shape_error("orthopt::gemm_symmetric_result: A is " + shape_string(A) + ", B is " + shape_string(B) +
+                      " and C is " + shape_string(C) + "; A·B must be square and the shape of C");
+  }
+  if (!(C.row_stride == 1 || C.rows == 1)) {
+    C = C.transposed();
+    const const_matrix_view<T> A_t = B.transposed(), B_t = A.transposed();
+    A = A_t;
+    B = B_t;
+  }
+}
+}  // namespace detail
+
 /// C ← α·A·B + β·C for A (n×k), B (k×n) whose product the caller knows to be symmetric (A and B
 /// symmetric and commuting, e.g. two polynomials in one matrix, as in Gram Newton–Schulz): the lower
 /// triangle is computed and mirrored, half the multiply-adds of a gemm. As in syrk, C must be symmetric
@@ -556,20 +575,10 @@ template <class T, class TA, class TB>
 void gemm_symmetric_result(eigen_backend& be, std::type_identity_t<T> alpha, matrix_view<TA> A_in,
                            matrix_view<TB> B_in, std::type_identity_t<T> beta, matrix_view<T> C) {
   const_matrix_view<T> A = A_in.as_const(), B = B_in.as_const();
-  if (A.cols != B.rows || C.rows != A.rows || C.cols != B.cols || A.rows != B.cols) {
-    throw shape_error("orthopt::gemm_symmetric_result: A is " + shape_string(A) + ", B is " + shape_string(B) +
-                      " and C is " + shape_string(C) + "; A·B must be square and the shape of C");
-  }
+  detail::orient_symmetric_product(A, B, C);
   const index_t n = A.rows, k = A.cols;
   detail::scale_in_place(C, beta);
   if (n == 0 || k == 0 || alpha == T(0)) return;
-  if (!(C.row_stride == 1 || C.rows == 1)) {
-    // A row-major C is the column-major Cᵀ = Bᵀ·Aᵀ: the same product, exactly, with the operands swapped.
-    C = C.transposed();
-    const const_matrix_view<T> A_t = B.transposed(), B_t = A.transposed();
-    A = A_t;
-    B = B_t;
-  }
   const auto lo = detail::as_kernel_operand(A);
   const auto ro = detail::as_kernel_operand(B);
   if (!lo || !ro || !(C.row_stride == 1 || C.rows == 1)) {

@@ -188,6 +188,13 @@ class checkpoint_writer {
     }
   }
   [[nodiscard]] std::uint64_t checksum() const noexcept { return hash_.value(); }
+  /// Ends the checkpoint: the checksum of every byte written so far (not itself fed to the checksum).
+  void write_checksum() {
+    unsigned char sum[8];
+    const std::uint64_t value = hash_.value();
+    for (int i = 0; i < 8; ++i) sum[i] = static_cast<unsigned char>(value >> (8 * i));
+    out_.write(reinterpret_cast<const char*>(sum), 8);
+  }
 
  private:
   void integer(std::uint64_t v, int width) {
@@ -270,17 +277,49 @@ inline const char* rule_code_name(std::uint32_t code) {
 }  // namespace detail
 
 namespace detail {
+/// The payload bytes outside the parameter records: steps taken, parameter count, budget phase and start.
+inline constexpr std::uint64_t payload_fixed_bytes = 8 + 4 + 4 + 8;
+
+/// The length of one parameter's record in the payload (current format version).
+template <class State>
+std::uint64_t record_bytes_of(const std::string& name, const State& state) {
+  std::uint64_t bytes = 4 + name.size() + 4 + 8 * 4 + 4 + 4;
+  for (const auto& s : state.slots()) {
+    bytes += 4 + std::strlen(s.name) + 4 + 8 + static_cast<std::uint64_t>(s.element_bytes) * s.elements;
+  }
+  return bytes;
+}
+
+/// Writes one parameter's record (name, rule, shape, step count, slots, Newton–Schulz count). `staging`
+/// holds one slot at a time in host memory.
+template <class State>
+void write_param_record(checkpoint_writer& w, const std::string& name, const State& state,
+                        std::vector<unsigned char>& staging) {
+  w.text(name);
+  w.u32(static_cast<std::uint32_t>(state.kind()));
+  w.u64(static_cast<std::uint64_t>(state.rows()));
+  w.u64(static_cast<std::uint64_t>(state.cols()));
+  w.u64(static_cast<std::uint64_t>(state.count()));
+  w.u64(static_cast<std::uint64_t>(state.step()));
+  const auto slots = state.slots();
+  w.u32(static_cast<std::uint32_t>(slots.size()));
+  for (const auto& s : slots) {
+    w.text(s.name);
+    w.u32(static_cast<std::uint32_t>(s.element_bytes));
+    w.u64(static_cast<std::uint64_t>(s.elements));
+    staging.resize(s.element_bytes * s.elements);
+    copy_to_host(state.backend(), staging.data(), s.data, staging.size());
+    w.elements(staging.data(), s.element_bytes, s.elements);
+  }
+  const auto* ns = state.ns_plan();
+  w.u32(ns != nullptr ? static_cast<std::uint32_t>(ns->steps()) : 0u);
+}
+
 /// The payload length of this optimizer's checkpoint in the current format version.
 template <class T, class Backend>
 std::uint64_t payload_bytes_of(const optimizer<T, Backend>& opt) {
-  std::uint64_t payload = 8 + 4 + 4 + 8;
-  for (std::size_t i = 0; i < opt.param_count(); ++i) {
-    const param_id p{i};
-    payload += 4 + opt.param_name(p).size() + 4 + 8 * 4 + 4 + 4;
-    for (const auto& s : opt.state(p).slots()) {
-      payload += 4 + std::strlen(s.name) + 4 + 8 + static_cast<std::uint64_t>(s.element_bytes) * s.elements;
-    }
-  }
+  std::uint64_t payload = payload_fixed_bytes;
+  for (std::size_t i = 0; i < opt.param_count(); ++i) payload += record_bytes_of(opt.param_name(param_id{i}), opt.state(param_id{i}));
   return payload;
 }
 /// Writes the checkpoint (save_checkpoint minus its error translation).
@@ -317,44 +356,26 @@ void save_checkpoint_unchecked(const optimizer<T, Backend>& opt, std::ostream& o
   w.u64(static_cast<std::uint64_t>(opt.steps_taken()));
   w.u32(static_cast<std::uint32_t>(n));
   std::vector<unsigned char> staging;  // one slot at a time, in host memory
-  for (std::size_t i = 0; i < n; ++i) {
-    const param_id p{i};
-    const auto& state = opt.state(p);
-    w.text(opt.param_name(p));
-    w.u32(static_cast<std::uint32_t>(state.kind()));
-    w.u64(static_cast<std::uint64_t>(state.rows()));
-    w.u64(static_cast<std::uint64_t>(state.cols()));
-    w.u64(static_cast<std::uint64_t>(state.count()));
-    w.u64(static_cast<std::uint64_t>(state.step()));
-    const auto slots = state.slots();
-    w.u32(static_cast<std::uint32_t>(slots.size()));
-    for (const auto& s : slots) {
-      w.text(s.name);
-      w.u32(static_cast<std::uint32_t>(s.element_bytes));
-      w.u64(static_cast<std::uint64_t>(s.elements));
-      staging.resize(s.element_bytes * s.elements);
-      copy_to_host(state.backend(), staging.data(), s.data, staging.size());
-      w.elements(staging.data(), s.element_bytes, s.elements);
-    }
-    const auto* ns = state.ns_plan();
-    w.u32(ns != nullptr ? static_cast<std::uint32_t>(ns->steps()) : 0u);
-  }
+  for (std::size_t i = 0; i < n; ++i) write_param_record(w, opt.param_name(param_id{i}), opt.state(param_id{i}), staging);
   w.u32(static_cast<std::uint32_t>(opt.ns_budget_state()));
   w.u64(static_cast<std::uint64_t>(opt.ns_budget_phase_start()));
-  unsigned char sum[8];
-  const std::uint64_t checksum = w.checksum();
-  for (int i = 0; i < 8; ++i) sum[i] = static_cast<unsigned char>(checksum >> (8 * i));
-  out.write(reinterpret_cast<const char*>(sum), 8);
+  w.write_checksum();
 }
 }  // namespace detail
 
-/// Replaces the optimizer's state with the checkpoint read from `in` (format above). All-or-nothing: on
-/// any error it throws and the optimizer is unchanged.
-template <class T, class Backend>
-void load_checkpoint(optimizer<T, Backend>& opt, std::istream& in) {
+namespace detail {
+/// A checkpoint's verified bytes: its format version and payload.
+struct checkpoint_image {
+  std::uint32_t version = 0;
+  std::vector<unsigned char> payload;
+};
+
+/// Steps 1–2 of loading: reads the header, the payload and the checksum from `in` and verifies them.
+/// `expected_payload` is the length the loading optimizer's checkpoint has: a header announcing far more
+/// is refused before anything else is read.
+template <class T>
+checkpoint_image read_checkpoint_image(std::istream& in, std::uint64_t expected_payload) {
   namespace fmt = checkpoint_format;
-  using detail::load_fail_shape;
-  using detail::load_fail_value;
   // Up to n bytes; a stream with exceptions() set throws std::ios_base::failure where another sets
   // failbit: either way the count read says what happened, and the messages below say it in orthopt's
   // terms (value_error), never with a foreign exception.
@@ -374,25 +395,24 @@ void load_checkpoint(optimizer<T, Backend>& opt, std::istream& in) {
                     std::to_string(fmt::header_bytes) + "-byte header was expected");
   }
   if (std::memcmp(header, fmt::magic, sizeof(fmt::magic)) != 0) {
-    load_fail_value("not an orthopt checkpoint: magic bytes " + detail::hex_bytes(header, 8) + ", expected " +
-                    detail::hex_bytes(fmt::magic, 8) + " (\"ORTHOPT\\0\")");
+    load_fail_value("not an orthopt checkpoint: magic bytes " + hex_bytes(header, 8) + ", expected " +
+                    hex_bytes(fmt::magic, 8) + " (\"ORTHOPT\\0\")");
   }
-  const auto version = static_cast<std::uint32_t>(detail::read_le(header + 8, 4));
+  const auto version = static_cast<std::uint32_t>(read_le(header + 8, 4));
   if (version < fmt::oldest_version || version > fmt::version) {
     load_fail_value("format version in the checkpoint = " + std::to_string(version) + ", this build reads versions " +
                     std::to_string(fmt::oldest_version) + " to " + std::to_string(fmt::version));
   }
-  const auto element = static_cast<std::uint32_t>(detail::read_le(header + 12, 4));
+  const auto element = static_cast<std::uint32_t>(read_le(header + 12, 4));
   if (element != fmt::element_code<T>()) {
     load_fail_value("element type in the checkpoint = " + std::string(fmt::element_type_name(element)) + " (code " +
                     std::to_string(element) + "), in the optimizer = " +
                     fmt::element_type_name(fmt::element_code<T>()));
   }
-  const std::uint64_t payload_bytes = detail::read_le(header + 16, 8);
+  const std::uint64_t payload_bytes = read_le(header + 16, 8);
   // A checkpoint this optimizer can load is exactly payload_bytes_of(opt) long (version 2; version 1 is
   // shorter); one of another optimizer fails by name below. A length far beyond it is refused before
   // reading, so a corrupted length on an endless stream cannot make the loader read (and hold) without end.
-  const std::uint64_t expected_payload = detail::payload_bytes_of(opt);
   const std::uint64_t payload_limit = 2 * expected_payload + (std::uint64_t{1} << 20);
   if (payload_bytes > payload_limit) {
     load_fail_value("truncated or corrupted stream: the header announces " + std::to_string(payload_bytes) +
@@ -422,20 +442,35 @@ void load_checkpoint(optimizer<T, Backend>& opt, std::istream& in) {
   fnv1a64 hash;
   hash.update(header, fmt::header_bytes);
   hash.update(payload.data(), payload.size());
-  const std::uint64_t expected = detail::read_le(stored_sum, 8);
+  const std::uint64_t expected = read_le(stored_sum, 8);
   if (hash.value() != expected) {
-    load_fail_value("checksum mismatch: the checkpoint records " + detail::hex64(expected) +
-                    ", its bytes sum to " + detail::hex64(hash.value()) + " (the data is corrupted)");
+    load_fail_value("checksum mismatch: the checkpoint records " + hex64(expected) +
+                    ", its bytes sum to " + hex64(hash.value()) + " (the data is corrupted)");
   }
 
+  return {version, std::move(payload)};
+}
+
+/// What a verified payload holds.
+struct parsed_checkpoint {
+  std::uint64_t steps_taken = 0;
+  std::vector<parsed_param> params;
+  std::uint32_t budget_phase = 0;
+  std::uint64_t budget_phase_start = 0;
+};
+
+/// Step 3: parses and range-checks the payload.
+inline parsed_checkpoint parse_checkpoint(const checkpoint_image& image) {
+  const std::vector<unsigned char>& payload = image.payload;
+  const std::uint32_t version = image.version;
   // ---- 3. Parse.
-  detail::payload_reader r(payload.data(), payload.size());
+  payload_reader r(payload.data(), payload.size());
   const std::uint64_t steps_taken = r.u64("steps taken");
   const std::uint32_t param_count = r.u32("parameter count");
-  std::vector<detail::parsed_param> params;
+  std::vector<parsed_param> params;
   params.reserve(std::min<std::size_t>(param_count, payload.size() / 4));
   for (std::uint32_t i = 0; i < param_count; ++i) {
-    detail::parsed_param p;
+    parsed_param p;
     p.name = r.text("parameter name");
     p.kind = r.u32("rule kind");
     p.rows = r.u64("rows");
@@ -444,7 +479,7 @@ void load_checkpoint(optimizer<T, Backend>& opt, std::istream& in) {
     p.step = r.u64("step count");
     const std::uint32_t slot_count = r.u32("slot count");
     for (std::uint32_t k = 0; k < slot_count; ++k) {
-      detail::parsed_slot s;
+      parsed_slot s;
       s.name = r.text("slot name");
       s.element_bytes = r.u32("slot element size");
       s.elements = r.u64("slot element count");
@@ -468,6 +503,11 @@ void load_checkpoint(optimizer<T, Backend>& opt, std::istream& in) {
   }
   constexpr auto int64_max = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
   if (steps_taken > int64_max) load_fail_value("optimizer steps taken = " + std::to_string(steps_taken) + " is out of range");
+  for (const parsed_param& p : params) {
+    if (p.step > int64_max) {
+      load_fail_value("parameter '" + p.name + "': step count = " + std::to_string(p.step) + " is out of range");
+    }
+  }
   if (budget_phase > static_cast<std::uint32_t>(ns_budget_phase::committed)) {
     load_fail_value("adaptive budget phase = " + std::to_string(budget_phase) + " is not one of 0 to 3");
   }
@@ -475,6 +515,24 @@ void load_checkpoint(optimizer<T, Backend>& opt, std::istream& in) {
     load_fail_value("adaptive budget phase start = " + std::to_string(budget_phase_start) + " is out of range");
   }
 
+  return {steps_taken, std::move(params), budget_phase, budget_phase_start};
+}
+
+/// Where each of an optimizer's parameters is in a parsed checkpoint, and its slots.
+template <class T, class Backend>
+struct checkpoint_load_plan {
+  using slot_list = decltype(std::declval<optimizer<T, Backend>&>().state(param_id{}).slots());
+  std::vector<slot_list> targets;
+  std::vector<std::size_t> source;
+};
+
+/// Step 4: matches the checkpoint against the optimizer by name and checks every field, allocating
+/// what the copy needs. With `other_params_allowed` the checkpoint may hold parameters the optimizer
+/// lacks (a distributed optimizer's shard: the caller checks those against the other ranks').
+template <class T, class Backend>
+checkpoint_load_plan<T, Backend> plan_checkpoint_load(optimizer<T, Backend>& opt, const parsed_checkpoint& parsed,
+                                                      std::uint32_t version, bool other_params_allowed) {
+  const std::vector<parsed_param>& params = parsed.params;
   // ---- 4. Match against the optimizer, by name.
   std::unordered_map<std::string_view, std::size_t> by_name;
   by_name.reserve(params.size());
@@ -491,24 +549,27 @@ void load_checkpoint(optimizer<T, Backend>& opt, std::istream& in) {
     }
   }
   for (const auto& p : params) {
-    if (!opt.find_param(p.name)) {
+    if (!other_params_allowed && !opt.find_param(p.name)) {
       load_fail_value("the checkpoint holds parameter '" + p.name + "', which the optimizer does not have");
     }
   }
 
   // Where each of the optimizer's parameters is in the checkpoint, and its slots: gathered (and
   // allocated) now so that the copy below cannot fail half-way.
-  using slot_list = decltype(opt.state(param_id{}).slots());
-  std::vector<slot_list> targets(opt.param_count());
-  std::vector<std::size_t> source(opt.param_count());
+  checkpoint_load_plan<T, Backend> plan;
+  plan.targets.resize(opt.param_count());
+  plan.source.resize(opt.param_count());
+  auto& targets = plan.targets;
+  auto& source = plan.source;
+  using slot_list = typename checkpoint_load_plan<T, Backend>::slot_list;
   for (std::size_t i = 0; i < opt.param_count(); ++i) {
     const param_id id{i};
     const auto& state = opt.state(id);
     source[i] = by_name.find(opt.param_name(id))->second;
-    const detail::parsed_param& p = params[source[i]];
+    const parsed_param& p = params[source[i]];
     const std::string who = "parameter '" + p.name + "': ";
     if (p.kind != static_cast<std::uint32_t>(state.kind())) {
-      load_fail_value(who + "rule in the checkpoint = " + detail::rule_code_name(p.kind) + " (" +
+      load_fail_value(who + "rule in the checkpoint = " + rule_code_name(p.kind) + " (" +
                       std::to_string(p.kind) + "), in the optimizer = " + rule_name(state.kind()));
     }
     const auto check_extent = [&](const char* field, std::uint64_t saved, index_t have) {
@@ -520,7 +581,6 @@ void load_checkpoint(optimizer<T, Backend>& opt, std::istream& in) {
     check_extent("rows", p.rows, state.rows());
     check_extent("cols", p.cols, state.cols());
     check_extent("count", p.count, state.count());
-    if (p.step > int64_max) load_fail_value(who + "step count = " + std::to_string(p.step) + " is out of range");
     targets[i] = opt.state(id).slots();
     if (version < 2) {  // version 1 has no ns_observation slot: those accumulators are left as they are
       std::erase_if(targets[i], [](const auto& slot) { return std::string_view(slot.name) == "ns_observation"; });
@@ -531,7 +591,7 @@ void load_checkpoint(optimizer<T, Backend>& opt, std::istream& in) {
                       ", in the optimizer = " + std::to_string(have.size()));
     }
     for (std::size_t k = 0; k < have.size(); ++k) {
-      const detail::parsed_slot& s = p.slots[k];
+      const parsed_slot& s = p.slots[k];
       if (s.name != have[k].name) {
         load_fail_value(who + "slot " + std::to_string(k) + " in the checkpoint = '" + s.name +
                         "', in the optimizer = '" + have[k].name + "'");
@@ -564,6 +624,17 @@ void load_checkpoint(optimizer<T, Backend>& opt, std::istream& in) {
     }
   }
 
+  return plan;
+}
+
+/// Step 5: copies the checkpoint into the optimizer (every check has passed).
+template <class T, class Backend>
+void commit_checkpoint_load(optimizer<T, Backend>& opt, const checkpoint_image& image, const parsed_checkpoint& parsed,
+                            const checkpoint_load_plan<T, Backend>& plan) {
+  const std::vector<unsigned char>& payload = image.payload;
+  const std::vector<parsed_param>& params = parsed.params;
+  const auto& targets = plan.targets;
+  const auto& source = plan.source;
   // ---- 5. Every check passed: copy. Nothing below throws on a host backend; on a device backend only a
   //         failing device copy could (a cuda_error), which means the device itself failed.
   std::vector<unsigned char> swapped;  // big-endian hosts only
@@ -587,8 +658,20 @@ void load_checkpoint(optimizer<T, Backend>& opt, std::istream& in) {
       }
     }
   }
-  opt.set_steps_taken(static_cast<std::int64_t>(steps_taken));
-  opt.restore_ns_budget_phase(static_cast<ns_budget_phase>(budget_phase), static_cast<std::int64_t>(budget_phase_start));
+  opt.set_steps_taken(static_cast<std::int64_t>(parsed.steps_taken));
+  opt.restore_ns_budget_phase(static_cast<ns_budget_phase>(parsed.budget_phase),
+                              static_cast<std::int64_t>(parsed.budget_phase_start));
+}
+}  // namespace detail
+
+/// Replaces the optimizer's state with the checkpoint read from `in` (format above). All-or-nothing: on
+/// any error it throws and the optimizer is unchanged.
+template <class T, class Backend>
+void load_checkpoint(optimizer<T, Backend>& opt, std::istream& in) {
+  const detail::checkpoint_image image = detail::read_checkpoint_image<T>(in, detail::payload_bytes_of(opt));
+  const detail::parsed_checkpoint parsed = detail::parse_checkpoint(image);
+  const auto plan = detail::plan_checkpoint_load(opt, parsed, image.version, false);
+  detail::commit_checkpoint_load(opt, image, parsed, plan);
 }
 
 }  // namespace orthopt

@@ -151,6 +151,45 @@ constexpr batch_view<T> as_batch(matrix_view<T> m) noexcept {
   return {m, 1, 0};
 }
 
+namespace detail {
+/// The registration checks of a parameter view (optimizer and distributed_optimizer): a batch of at
+/// least one matrix, usable views, no element addressed twice, and no memory shared with a registered
+/// parameter. `for_each_registered(visit)` calls visit(name, batch_view) for each registered parameter.
+template <class T, class ForEachRegistered>
+void check_new_param(const char* who, const std::string& name, batch_view<T> param,
+                     ForEachRegistered for_each_registered) {
+  if (param.count < 1) {
+    throw shape_error(std::string(who) + ": parameter '" + name + "' is a batch of " + std::to_string(param.count) +
+                      " matrices; at least 1 is needed");
+  }
+  if (param.count > 1 && param.batch_stride == 0) {
+    throw shape_error(std::string(who) + ": parameter '" + name +
+                      "' is a batch whose matrices all share one address (batch stride 0)");
+  }
+  const std::string what = "parameter '" + name + "'";
+  check_view(param.first, who, what.c_str());
+  for (index_t k = 1; k < param.count; ++k) check_view(param[k], who, what.c_str());
+  // Memory shared with itself or with a registered parameter would be updated twice per step (tied
+  // weights: register the shared tensor once), or read after another update wrote it.
+  for (index_t k = 0; k < param.count; ++k) {
+    if (view_overlaps_itself(param[k])) {
+      throw shape_error(std::string(who) + ": " + what + " [" + describe_view(param[k]) + "] addresses some elements twice");
+    }
+  }
+  if (const auto [j, k] = overlapping_batch_items(param); j >= 0) {
+    throw shape_error(std::string(who) + ": " + what + ": batch items " + std::to_string(j) + " and " + std::to_string(k) +
+                      " share memory [" + describe_view(param[j]) + "], [" + describe_view(param[k]) + "]");
+  }
+  for_each_registered([&](const std::string& other_name, const batch_view<T>& other) {
+    if (const auto [j, k] = overlapping_items(param, other); j >= 0) {
+      throw shape_error(std::string(who) + ": " + what + " [" + describe_view(param[j]) + "] shares memory with parameter '" +
+                        other_name + "' [" + describe_view(other[k]) +
+                        "]; each step would update it twice (for tied weights, register the shared tensor once)");
+    }
+  });
+}
+}  // namespace detail
+
 // ---------------------------------------------------------------------------------------------------
 // Groups
 // ---------------------------------------------------------------------------------------------------
@@ -298,6 +337,9 @@ struct route_record {
 // ---------------------------------------------------------------------------------------------------
 // The optimizer
 // ---------------------------------------------------------------------------------------------------
+
+template <class T, class Backend>
+class distributed_optimizer;
 
 template <class T, class Backend>
 class optimizer {
@@ -806,44 +848,31 @@ class optimizer {
     }
     if (name.empty()) throw value_error(std::string(who) + ": the parameter name is empty");
     if (find_param(name)) throw value_error(std::string(who) + ": a parameter named '" + name + "' exists already");
-    if (param.count < 1) {
-      throw shape_error(std::string(who) + ": parameter '" + name + "' is a batch of " + std::to_string(param.count) +
-                        " matrices; at least 1 is needed");
-    }
-    if (param.count > 1 && param.batch_stride == 0) {
-      throw shape_error(std::string(who) + ": parameter '" + name +
-                        "' is a batch whose matrices all share one address (batch stride 0)");
-    }
-    const std::string what = "parameter '" + name + "'";
-    check_view(param.first, who, what.c_str());
-    for (index_t k = 1; k < param.count; ++k) check_view(param[k], who, what.c_str());
-    // Memory shared with itself or with a registered parameter would be updated twice per step (tied
-    // weights: register the shared tensor once), or read after another update wrote it.
-    for (index_t k = 0; k < param.count; ++k) {
-      if (view_overlaps_itself(param[k])) {
-        throw shape_error(std::string(who) + ": " + what + " [" + describe_view(param[k]) + "] addresses some elements twice");
-      }
-    }
-    if (const auto [j, k] = overlapping_batch_items(param); j >= 0) {
-      throw shape_error(std::string(who) + ": " + what + ": batch items " + std::to_string(j) + " and " + std::to_string(k) +
-                        " share memory [" + describe_view(param[j]) + "], [" + describe_view(param[k]) + "]");
-    }
-    for (const param_entry& other : params_) {
-      if (const auto [j, k] = overlapping_items(param, other.param); j >= 0) {
-        throw shape_error(std::string(who) + ": " + what + " [" + describe_view(param[j]) + "] shares memory with parameter '" +
-                          other.name + "' [" + describe_view(other.param[k]) +
-                          "]; each step would update it twice (for tied weights, register the shared tensor once)");
-      }
-    }
+    detail::check_new_param(who, name, param, [this](auto&& visit) {
+      for (const param_entry& other : params_) visit(other.name, other.param);
+    });
     state_type state = std::visit([&](auto& r) { return r.make_state(param.rows(), param.cols(), param.count); },
                                   groups_[g.index].rule);
     params_.push_back(param_entry{std::move(name), g, param, std::move(state), {}, reason, std::move(why)});
     return {params_.size() - 1};
   }
 
+  // distributed_optimizer runs a step in two halves with an agreement of all ranks between them.
+  template <class, class>
+  friend class distributed_optimizer;
+
   /// Checks everything, then updates everything: nothing is written until every check has passed.
   template <class GradientAt>
   void step_impl(GradientAt gradient_at) {
+    check_step(gradient_at);
+    apply_step(gradient_at);
+  }
+
+  /// The checks of a step (1–3 below). On success every group's rule lr holds the step's scheduled value
+  /// (apply_step uses it; abandon_checked_step puts the previous values back); on failure it throws and
+  /// nothing has changed.
+  template <class GradientAt>
+  void check_step(GradientAt gradient_at) {
     const char* who = "orthopt::optimizer::step";
     // 1. Scheduled learning rates and hyper-parameters. The rule's lr is set so that validate() sees
     //    the value the step will use; any failure puts every lr back.
@@ -887,11 +916,23 @@ class optimizer {
         }
       }
     } catch (...) {
-      for (std::size_t k = 0; k < written; ++k) {
-        std::visit([&](auto& r) { r.options().lr = saved_lr_[k]; }, groups_[k].rule);
-      }
+      restore_lrs(written);
       throw;
     }
+  }
+
+  /// Puts back the rule lrs a successful check_step replaced (the step will not run).
+  void abandon_checked_step() { restore_lrs(groups_.size()); }
+
+  void restore_lrs(std::size_t groups) {
+    for (std::size_t k = 0; k < groups; ++k) {
+      std::visit([&](auto& r) { r.options().lr = saved_lr_[k]; }, groups_[k].rule);
+    }
+  }
+
+  /// The updates of a step whose check_step passed.
+  template <class GradientAt>
+  void apply_step(GradientAt gradient_at) {
     // 4. Update. The rules would scan every gradient for NaN/Inf again; that was done above, so their
     //    own scan is switched off for the step and restored after it.
     for (std::size_t k = 0; k < groups_.size(); ++k) {

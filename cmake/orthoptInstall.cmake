@@ -4,10 +4,11 @@
 #   find_package(orthopt CONFIG REQUIRED COMPONENTS eigen)
 #   target_link_libraries(app PRIVATE orthopt::eigen)
 #
-# Four export sets: orthoptTargets (orthopt::orthopt, the backend-independent core, no dependencies),
+# Five export sets: orthoptTargets (orthopt::orthopt, the backend-independent core, no dependencies),
 # orthoptEigenTargets (orthopt::eigen, which needs Eigen3::Eigen), orthoptBlasTargets (orthopt::blas,
 # which also needs BLAS::BLAS) and orthoptCudaTargets (orthopt::cuda, which needs the CUDA toolkit's
-# cuBLAS, cuSOLVER and runtime; installed when orthopt was configured with ORTHOPT_ENABLE_CUDA=ON). A consumer without Eigen can still
+# cuBLAS, cuSOLVER and runtime; installed when orthopt was configured with ORTHOPT_ENABLE_CUDA=ON) and
+# orthoptMpiTargets (orthopt::mpi, which needs MPI's C++ target). A consumer without Eigen can still
 # find the package and use orthopt::orthopt; the Eigen targets are only loaded when Eigen is found.
 #
 # Paths come from CMAKE_CURRENT_LIST_DIR / PROJECT_SOURCE_DIR (never CMAKE_SOURCE_DIR), so these rules
@@ -49,6 +50,15 @@ if(TARGET orthopt_blas)
   install(EXPORT orthoptBlasTargets
           NAMESPACE orthopt::
           FILE orthoptBlasTargets.cmake
+          DESTINATION "${ORTHOPT_INSTALL_CMAKEDIR}")
+endif()
+
+# orthopt_mpi links MPI::MPI_CXX, which the config recreates with find_dependency(MPI COMPONENTS CXX).
+if(TARGET orthopt_mpi)
+  install(TARGETS orthopt_mpi EXPORT orthoptMpiTargets)
+  install(EXPORT orthoptMpiTargets
+          NAMESPACE orthopt::
+          FILE orthoptMpiTargets.cmake
           DESTINATION "${ORTHOPT_INSTALL_CMAKEDIR}")
 endif()
 

@@ -1,5 +1,5 @@
 # cmake -DBUILD_DIR=<orthopt build> -DPREFIX=<dir> -DSOURCE_DIR=<orthopt source> -DINCLUDEDIR=include
-#       [-DCONFIG=<cfg>] [-DWITH_EIGEN=ON] [-DWITH_BLAS=ON] [-DWITH_CUDA=ON] -P install_tree.cmake
+#       [-DCONFIG=<cfg>] [-DWITH_EIGEN=ON] [-DWITH_BLAS=ON] [-DWITH_CUDA=ON] [-DWITH_MPI=ON] -P install_tree.cmake
 #
 # The fixture of the package tests: installs the build tree's orthopt into a fresh PREFIX and checks
 # that the install holds what a consumer needs: every header at its source-relative path, the package
@@ -51,6 +51,9 @@ if(WITH_BLAS)
 endif()
 if(WITH_CUDA)
   require("${_package_dir}/orthoptCudaTargets.cmake")
+endif()
+if(WITH_MPI)
+  require("${_package_dir}/orthoptMpiTargets.cmake")
 endif()
 
 file(GLOB_RECURSE _licenses "${PREFIX}/*/LICENSE")

@@ -1,0 +1,1070 @@
+// SPDX-License-Identifier: Apache-2.0
+//
+// A data-parallel optimizer over many processes: the same parameters and groups as orthopt::optimizer,
+// registered identically on every rank; each matrix owned by one rank, which alone keeps its state and
+// runs its rule; the updated parameters sent to every rank with bucketed collectives. The scheme of
+// KellerJordan/Muon's distributed step and of ZeRO-1 optimizer sharding, with a balanced assignment.
+//
+//   MPI_Init(&argc, &argv);
+//   orthopt::mpi_communicator comm(MPI_COMM_WORLD);            // orthopt/mpi.hpp; borrowed, never freed
+//   orthopt::distributed_optimizer<float, orthopt::eigen_backend> opt(comm);
+//   auto hidden = opt.add_group("hidden", orthopt::muon<float, orthopt::eigen_backend>(...));
+//   auto rest = opt.add_group("adamw", orthopt::adamw<float, orthopt::eigen_backend>(...));
+//   orthopt::param_router router(hidden, rest);
+//   opt.add_param("blocks.0.mlp.fc.weight", orthopt::make_view(W_fc), router);   // on every rank
+//   ...
+//   opt.step(gradients);   // every rank, the same averaged gradients (or options.averaging = average)
+//
+// The protocol of a step, on every rank (each numbered item a collective over the whole group):
+//   - Checks of every gradient view that read no data: shape, usable strides, no memory shared with a
+//     parameter. Without averaging, the owner's full checks follow at once (NaN/Inf in its gradients,
+//     the groups' scheduled learning rates and hyper-parameters, step counters); then
+//     1. an agreement: one allreduce of an 8-byte value. If any rank refused, every rank throws the same
+//        exception (the lowest failing rank's type and message, broadcast: 2 more collectives) and no
+//        rank has written anything.
+//   - With options.averaging = average, the gradients are first averaged onto their owners:
+//     1. an agreement on the view checks;
+//     2. per bucket, one alltoallv: every rank sends each owner its gradients of the owner's parameters;
+//        the owner sums the P contributions as a pairwise tree in rank order — ((g0+g1)+(g2+g3)) for
+//        P = 4, ((g0+g1)+g2) for P = 3 — and divides by P, so the average is the same bits whatever the
+//        MPI library, and a single process that forms the same tree over P micro-batches matches it;
+//     3. the owner's full checks on the averaged gradients, and an agreement.
+//   - Each owner runs its parameters' rules (the same code and arithmetic as optimizer::step).
+//   - 4. per bucket, one allgatherv of the updated parameters (skipped on one rank).
+// A bucket is a run of one rank's owned parameters of at most options.bucket_bytes (a parameter larger
+// than that is a bucket alone); round k carries every rank's k-th bucket, so the number of collectives
+// is set by the most loaded rank, never by the number of matrices. last_step_traffic() reports them.
+//
+// Promises:
+// - Determinism: the parameters after a step are bit-identical to optimizer::step's on the same
+//   gradients with the same backend thread count, on every rank count (each matrix's rule runs exactly
+//   as in one process); with averaging, to a single process given the tree-averaged gradient above.
+// - All-or-nothing across ranks: a refused step (bad shape, NaN/Inf, a bad learning rate, on any rank)
+//   throws the same exception on every rank, with every rank's parameters and state unchanged.
+// - Memory: a rank holds the state of the parameters it owns (about 1/P of optimizer's, see memory()),
+//   plus staging buffers of a few buckets and, with averaging, the averaged gradients of its parameters.
+// - A step allocates nothing once the first step (or finalize()) has run, on success.
+//
+// Limits: the backend's memory must be what the communicator accepts (host memory for MPI; a GPU
+// backend needs a device communicator such as NCCL behind the same interface, not provided yet); the
+// element type is float or double; a batch parameter (stacked experts) is owned whole by one rank; the
+// adaptive Newton–Schulz budget (set_ns_budget) is not available, as its commit is a global decision;
+// every rank must register the same parameters and groups in the same order and call every member
+// that says "collective" together (finalize() verifies the registration by a fingerprint).
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <istream>
+#include <numeric>
+#include <ostream>
+#include <span>
+#include <stdexcept>
+#include <streambuf>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <unordered_map>
+#include <vector>
+
+#include "orthopt/checkpoint.hpp"
+#include "orthopt/distributed/communicator.hpp"
+#include "orthopt/errors.hpp"
+#include "orthopt/optimizer.hpp"
+
+namespace orthopt {
+
+/// How gradients reach the owners.
+enum class gradient_averaging : unsigned char {
+  none,     ///< the host hands every rank the same, already averaged gradients (its own all-reduce)
+  average,  ///< each rank hands its local gradients; orthopt averages them onto the owners (see above)
+};
+
+struct distributed_options {
+  gradient_averaging averaging = gradient_averaging::none;
+  /// The most bytes of one rank's parameters a collective carries (a single larger parameter is sent
+  /// alone). Larger buckets mean fewer collectives; the staging memory is a few buckets.
+  std::size_t bucket_bytes = std::size_t{16} << 20;
+};
+
+/// Which rank owns a parameter, and the cost the assignment balanced.
+struct ownership_record {
+  std::string name;
+  int owner;
+  double cost;  ///< the model below, in multiply-adds per step
+  index_t rows, cols, count;
+};
+
+/// The collectives of one step as seen from this rank. Bytes are payload: what this rank sends to and
+/// receives from the other ranks, counted as if point to point (an MPI library may route them through
+/// trees or rings; the totals over ranks are what crosses the network in a direct exchange).
+struct distributed_traffic {
+  std::int64_t collectives = 0;
+  std::uint64_t bytes_sent = 0;
+  std::uint64_t bytes_received = 0;
+};
+
+/// This rank's share of the memory and the work.
+struct distributed_memory {
+  std::uint64_t state_bytes = 0;    ///< persistent optimizer state of the owned parameters (checkpoint slots)
+  std::uint64_t staging_bytes = 0;  ///< the collectives' buffers and, with averaging, the averaged gradients
+  std::size_t params_owned = 0;
+  index_t matrices_owned = 0;
+  double cost_owned = 0.0;  ///< the ownership cost model's multiply-adds per step on this rank
+  double cost_total = 0.0;  ///< the same over all ranks
+};
+
+namespace detail {
+
+/// The ownership cost of one parameter per step, in multiply-adds: what the assignment balances.
+/// Newton–Schulz on an m×n matrix (m ≤ n) costs, per iteration, the Gram X·Xᵀ (m²n), its square (m³) and
+/// the product with X (m²n): steps·(2m²n + m³). The exact polar factor (SVD) is counted as 20·m²n, a
+/// one-sided Jacobi SVD's few sweeps. Every rule adds about 10 element-wise passes over the matrix
+/// (momentum, moments, update), which is all AdamW costs.
+inline double ownership_cost(rule_kind kind, bool exact, int ns_steps, index_t rows, index_t cols, index_t count) {
+  const double m = static_cast<double>(std::min(rows, cols));
+  const double n = static_cast<double>(std::max(rows, cols));
+  double per_matrix = 10.0 * m * n;
+  if (kind != rule_kind::adamw) per_matrix += exact ? 20.0 * m * m * n : ns_steps * (2.0 * m * m * n + m * m * m);
+  return per_matrix * static_cast<double>(count);
+}
+
+/// Largest cost first onto the least-loaded rank (ties: the earlier parameter, the lower rank): the
+/// longest-processing-time rule, within 4/3 of the best possible maximum load.
+inline std::vector<int> assign_owners(std::span<const double> costs, int ranks) {
+  std::vector<std::size_t> order(costs.size());
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return costs[a] > costs[b]; });
+  std::vector<double> load(static_cast<std::size_t>(ranks), 0.0);
+  std::vector<int> owner(costs.size(), 0);
+  for (std::size_t i : order) {
+    const auto least = static_cast<std::size_t>(std::min_element(load.begin(), load.end()) - load.begin());
+    owner[i] = static_cast<int>(least);
+    load[least] += costs[i];
+  }
+  return owner;
+}
+
+/// An output stream buffer appending to a byte vector (a rank's checkpoint records).
+class byte_vector_streambuf final : public std::streambuf {
+ public:
+  explicit byte_vector_streambuf(std::vector<unsigned char>& bytes) : bytes_(bytes) {}
+
+ protected:
+  std::streamsize xsputn(const char* s, std::streamsize n) override {
+    bytes_.insert(bytes_.end(), reinterpret_cast<const unsigned char*>(s), reinterpret_cast<const unsigned char*>(s) + n);
+    return n;
+  }
+  int_type overflow(int_type c) override {
+    if (!traits_type::eq_int_type(c, traits_type::eof())) bytes_.push_back(static_cast<unsigned char>(c));
+    return traits_type::not_eof(c);
+  }
+
+ private:
+  std::vector<unsigned char>& bytes_;
+};
+
+/// z = x + y, in the element type (the averaging tree).
+struct add_elements {
+  template <class U>
+  ORTHOPT_HD U operator()(U x, U y) const noexcept {
+    return x + y;
+  }
+};
+/// y = x / d, correctly rounded in the element type (the average's division by the rank count).
+struct divide_elements {
+  double divisor;
+  template <class U>
+  ORTHOPT_HD U operator()(U x) const noexcept {
+    return x / static_cast<U>(divisor);
+  }
+};
+
+/// Chunks of at most 2^30 elements for collectives over arbitrarily long byte ranges.
+inline constexpr std::size_t collective_chunk = std::size_t{1} << 30;
+
+}  // namespace detail
+
+template <class T, class Backend>
+class distributed_optimizer {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "orthopt::distributed_optimizer: the collectives carry float or double parameters");
+
+ public:
+  using value_type = T;
+  using backend_type = Backend;
+  using local_optimizer = optimizer<T, Backend>;
+  using rule_type = any_rule<T, Backend>;
+  using group_type = param_group<T, Backend>;
+  using gradient_view = batch_view<const T>;
+
+  /// `comm` is borrowed: it must outlive the optimizer. `be` holds the staging buffers and runs the
+  /// packing copies (each rule keeps its own backend handle).
+  explicit distributed_optimizer(communicator& comm, distributed_options options = {}, const Backend& be = Backend{})
+      : comm_(&comm), options_(options), be_(be), rank_(comm.rank()), ranks_(comm.size()) {
+    if (ranks_ < 1 || rank_ < 0 || rank_ >= ranks_) {
+      throw value_error("orthopt::distributed_optimizer: the communicator reports rank " + std::to_string(rank_) +
+                        " of " + std::to_string(ranks_));
+    }
+    if (options_.bucket_bytes < sizeof(T)) {
+      throw value_error("orthopt::distributed_optimizer: bucket_bytes = " + std::to_string(options_.bucket_bytes) +
+                        " holds no element");
+    }
+  }
+  distributed_optimizer(const distributed_optimizer&) = delete;
+  distributed_optimizer& operator=(const distributed_optimizer&) = delete;
+  distributed_optimizer(distributed_optimizer&&) noexcept = default;
+  distributed_optimizer& operator=(distributed_optimizer&&) noexcept = default;
+
+  // ---- Setup: identical on every rank, before finalize() ------------------------------------------
+
+  /// A new group (see optimizer::add_group). Local: every rank must make the same groups in order.
+  group_id add_group(std::string name, rule_type rule, lr_schedule schedule = constant_schedule{}) {
+    refuse_after_finalize("add_group");
+    return local_.add_group(std::move(name), std::move(rule), std::move(schedule));
+  }
+
+  /// Register a parameter with a group (see optimizer::add_param). Local: every rank registers the same
+  /// parameters in the same order. Its state is made at finalize(), on its owner only.
+  param_id add_param(std::string name, group_id g, batch_view<T> param) {
+    return add_param_impl(std::move(name), g, param, route_reason::explicit_group, "registered with this group");
+  }
+  param_id add_param(std::string name, group_id g, matrix_view<T> param) {
+    return add_param(std::move(name), g, as_batch(param));
+  }
+  param_id add_param(std::string name, batch_view<T> param, const param_router& router) {
+    check_group(router.matrix_group, "add_param (router's matrix group)");
+    check_group(router.adamw_group, "add_param (router's AdamW group)");
+    if (local_.group(router.adamw_group).kind() != rule_kind::adamw) {
+      throw value_error("orthopt::distributed_optimizer::add_param: the router's AdamW group '" +
+                        local_.group(router.adamw_group).name + "' runs " +
+                        rule_name(local_.group(router.adamw_group).kind()) + ", not adamw");
+    }
+    route_decision d = router.decide(name, param.rows(), param.cols());
+    return add_param_impl(std::move(name), d.group, param, d.reason, std::move(d.why));
+  }
+  param_id add_param(std::string name, matrix_view<T> param, const param_router& router) {
+    return add_param(std::move(name), as_batch(param), router);
+  }
+
+  /// Bind the gradient step() reads for p (local; see optimizer::bind_gradient).
+  void bind_gradient(param_id p, gradient_view grad) {
+    check_param(p, "bind_gradient");
+    entries_[p.index].bound = grad;
+  }
+  void bind_gradient(param_id p, const_matrix_view<T> grad) { bind_gradient(p, as_batch(grad)); }
+  /// A gradient view with the parameter's shape and strides at `data`.
+  [[nodiscard]] gradient_view gradient_like(param_id p, const T* data) const {
+    check_param(p, "gradient_like");
+    const batch_view<T>& w = entries_[p.index].param;
+    return {matrix_view<const T>(data, w.first.rows, w.first.cols, w.first.row_stride, w.first.col_stride), w.count,
+            w.batch_stride};
+  }
+
+  /// Collective. Verifies that every rank registered the same groups and parameters (a fingerprint),
+  /// assigns owners, makes the owned parameters' states and the staging buffers. The first step(),
+  /// save or load calls it; call it yourself to set per-parameter options (set_ns_steps) before the
+  /// first step. All-or-nothing across ranks; later calls do nothing.
+  void finalize() {
+    if (finalized_) return;
+    const char* who = "orthopt::distributed_optimizer::finalize";
+    std::vector<double> costs(entries_.size());
+    for (std::size_t i = 0; i < entries_.size(); ++i) costs[i] = cost_of(entries_[i]);
+    const std::vector<int> owners = detail::assign_owners(costs, ranks_);
+
+    // 1. The same registration everywhere: one allreduce(max) of the fingerprint and its complement
+    //    gives every rank both the largest and the smallest fingerprint.
+    std::uint64_t print[2];
+    print[0] = fingerprint(owners);
+    print[1] = ~print[0];
+    comm_->allreduce(print, 2, element_kind::uint64, reduce_op::max);
+    if (print[0] != ~print[1]) {
+      throw value_error(std::string(who) + ": the ranks registered different groups or parameters (names, order, "
+                        "shapes, rules or options differ; fingerprint " + detail::hex64(fingerprint(owners)) +
+                        " on rank " + std::to_string(rank_) + "); every rank must register the same model");
+    }
+
+    // 2. The owned parameters' states, the buckets and the staging buffers. On failure the owned
+    //    parameters are dropped again, so the optimizer is as it was.
+    std::exception_ptr failure;
+    layout plan;
+    try {
+      for (std::size_t i = 0; i < entries_.size(); ++i) {
+        if (owners[i] != rank_) continue;
+        const entry& e = entries_[i];
+        local_.add_param_impl(e.name, e.group, e.param, e.reason, e.why);
+      }
+      plan = make_layout(owners);
+    } catch (...) {
+      failure = std::current_exception();
+    }
+    try {
+      agree(failure, who);
+    } catch (...) {
+      local_.params_.clear();
+      throw;
+    }
+    layout_ = std::move(plan);
+    for (std::size_t i = 0; i < entries_.size(); ++i) {
+      entries_[i].owner = owners[i];
+      entries_[i].cost = costs[i];
+    }
+    finalized_ = true;
+  }
+  [[nodiscard]] bool finalized() const noexcept { return finalized_; }
+
+  // ---- Stepping (collective; allocates nothing after the first) -----------------------------------
+
+  /// One step of every parameter, gradients[i] for the i-th registered parameter (this rank's own
+  /// gradients with averaging, else the averaged ones, the same on every rank).
+  void step(std::span<const gradient_view> gradients) {
+    finalize();
+    std::exception_ptr failure;
+    if (gradients.size() != entries_.size()) {
+      failure = std::make_exception_ptr(value_error("orthopt::distributed_optimizer::step: " +
+                                                    std::to_string(gradients.size()) + " gradients for " +
+                                                    std::to_string(entries_.size()) + " parameters; nothing was changed"));
+      step_impl(failure, [](std::size_t) { return gradient_view{}; });
+      return;
+    }
+    step_impl(failure, [gradients](std::size_t i) { return gradients[i]; });
+  }
+  /// One step with the gradients bound by bind_gradient.
+  void step() {
+    finalize();
+    std::exception_ptr failure;
+    for (const entry& e : entries_) {
+      if (e.bound.count == 0) {
+        failure = std::make_exception_ptr(value_error("orthopt::distributed_optimizer::step: parameter '" + e.name +
+                                                      "' has no bound gradient; nothing was changed"));
+        break;
+      }
+    }
+    step_impl(failure, [this](std::size_t i) { return entries_[i].bound; });
+  }
+
+  // ---- Inspection ------------------------------------------------------------------------------
+
+  [[nodiscard]] int rank() const noexcept { return rank_; }
+  [[nodiscard]] int ranks() const noexcept { return ranks_; }
+  [[nodiscard]] const distributed_options& options() const noexcept { return options_; }
+  [[nodiscard]] std::size_t param_count() const noexcept { return entries_.size(); }
+  [[nodiscard]] std::size_t group_count() const noexcept { return local_.group_count(); }
+  /// A group's rule, lr and schedule. Changes must be made identically on every rank (the next step
+  /// checks the groups' lrs on the owners only).
+  [[nodiscard]] group_type& group(group_id g) { return local_.group(g); }
+  [[nodiscard]] const group_type& group(group_id g) const { return local_.group(g); }
+  [[nodiscard]] std::optional<param_id> find_param(std::string_view name) const {
+    for (std::size_t i = 0; i < entries_.size(); ++i)
+      if (entries_[i].name == name) return param_id{i};
+    return std::nullopt;
+  }
+  [[nodiscard]] const std::string& param_name(param_id p) const {
+    check_param(p, "param_name");
+    return entries_[p.index].name;
+  }
+  [[nodiscard]] batch_view<T> param_view(param_id p) const {
+    check_param(p, "param_view");
+    return entries_[p.index].param;
+  }
+  [[nodiscard]] group_id group_of(param_id p) const {
+    check_param(p, "group_of");
+    return entries_[p.index].group;
+  }
+  [[nodiscard]] std::int64_t steps_taken() const noexcept { return local_.steps_taken(); }
+  /// Set the completed step count (local: on every rank alike).
+  void set_steps_taken(std::int64_t n) { local_.set_steps_taken(n); }
+  [[nodiscard]] double next_lr(group_id g) const { return local_.next_lr(g); }
+
+  /// The rank that owns p (finalize() first).
+  [[nodiscard]] int owner(param_id p) const {
+    check_param(p, "owner");
+    require_finalized("owner");
+    return entries_[p.index].owner;
+  }
+  [[nodiscard]] bool owns(param_id p) const { return owner(p) == rank_; }
+  /// Every parameter's owner and cost, in registration order (finalize() first).
+  [[nodiscard]] std::vector<ownership_record> ownership() const {
+    require_finalized("ownership");
+    std::vector<ownership_record> out;
+    out.reserve(entries_.size());
+    for (const entry& e : entries_) out.push_back({e.name, e.owner, e.cost, e.param.rows(), e.param.cols(), e.param.count});
+    return out;
+  }
+  /// The owned parameters' optimizer: their states (state(local id)), Newton–Schulz plans and
+  /// residuals. Its parameter k is the k-th owned parameter in registration order (local_index()).
+  [[nodiscard]] const local_optimizer& local() const noexcept { return local_; }
+  /// p's index in local(), or -1 when another rank owns it.
+  [[nodiscard]] std::ptrdiff_t local_index(param_id p) const {
+    check_param(p, "local_index");
+    require_finalized("local_index");
+    return entries_[p.index].owner == rank_ ? static_cast<std::ptrdiff_t>(entries_[p.index].local) : -1;
+  }
+  /// For every parameter, in registration order: its group, rule and why (see optimizer::routing).
+  [[nodiscard]] std::vector<route_record> routing() const {
+    std::vector<route_record> out;
+    out.reserve(entries_.size());
+    for (const entry& e : entries_) {
+      const group_type& g = local_.group(e.group);
+      out.push_back({e.name, g.name, g.kind(), e.reason, e.why, e.param.rows(), e.param.cols(), e.param.count});
+    }
+    return out;
+  }
+  /// This rank's memory and work (finalize() first).
+  [[nodiscard]] distributed_memory memory() const {
+    require_finalized("memory");
+    distributed_memory m;
+    for (std::size_t k = 0; k < local_.param_count(); ++k) {
+      for (const auto& s : local_.state(param_id{k}).slots()) m.state_bytes += s.element_bytes * s.elements;
+      m.matrices_owned += local_.state(param_id{k}).count();
+    }
+    m.params_owned = local_.param_count();
+    m.staging_bytes = (averaged_.size() + send_.size() + recv_.size()) * sizeof(T);
+    for (const entry& e : entries_) {
+      m.cost_total += e.cost;
+      if (e.owner == rank_) m.cost_owned += e.cost;
+    }
+    return m;
+  }
+  /// The collectives a step runs and the bytes this rank exchanges (the same every step; finalize() first).
+  [[nodiscard]] distributed_traffic step_traffic() const {
+    require_finalized("step_traffic");
+    return layout_.traffic;
+  }
+
+  /// Newton–Schulz iterations per step for every parameter of group g (collective in effect: call it on
+  /// every rank alike, after finalize()). value_error when the group's rule does not run Newton–Schulz.
+  void set_ns_steps(group_id g, int steps) {
+    require_finalized("set_ns_steps");
+    check_group(g, "set_ns_steps");
+    const bool runs_ns = std::visit(
+        [](auto& r) {
+          using R = std::decay_t<decltype(r)>;
+          if constexpr (R::kind == rule_kind::adamw) return false;
+          else return !r.options().ortho.exact;
+        },
+        local_.group(g).rule);
+    if (!runs_ns) {
+      throw value_error("orthopt::distributed_optimizer::set_ns_steps: group '" + local_.group(g).name + "' runs " +
+                        rule_name(local_.group(g).kind()) + " without Newton–Schulz");
+    }
+    if (steps < 1) {
+      throw value_error("orthopt::distributed_optimizer::set_ns_steps: steps = " + std::to_string(steps) +
+                        "; at least 1 is needed");
+    }
+    for (const entry& e : entries_) {
+      if (e.group == g && e.owner == rank_) local_.state(param_id{e.local}).ns_plan()->set_steps(steps);
+    }
+  }
+
+  // ---- Checkpoints (collective) ------------------------------------------------------------------
+
+  /// Writes one checkpoint of the whole optimizer to `out`, which only rank `root` uses (the others may
+  /// pass nullptr). The file is exactly what optimizer's save_checkpoint writes for the same parameters
+  /// (orthopt/checkpoint.hpp), so it loads into a distributed_optimizer on any number of ranks or into a
+  /// single-process optimizer. Each rank serializes its own parameters; the root receives them rank by
+  /// rank and writes them in registration order. Memory on the root: the whole checkpoint for the
+  /// duration of the call; elsewhere, the rank's own records. A failure anywhere (a failing stream on
+  /// the root) throws the same exception on every rank.
+  void save_checkpoint(std::ostream* out, int root = 0) {
+    finalize();
+    const char* who = "orthopt::distributed_optimizer::save_checkpoint";
+    check_root(root, who);
+    std::exception_ptr failure;
+    std::vector<unsigned char> mine;
+    std::vector<std::uint64_t> record_sizes(local_.param_count());
+    try {
+      if (rank_ == root && out == nullptr) throw value_error(std::string(who) + ": the root rank has no stream (nullptr)");
+      detail::byte_vector_streambuf sink(mine);
+      std::ostream records(&sink);
+      detail::checkpoint_writer w(records);
+      std::vector<unsigned char> staging;
+      for (std::size_t k = 0; k < local_.param_count(); ++k) {
+        const std::size_t before = mine.size();
+        detail::write_param_record(w, local_.param_name(param_id{k}), local_.state(param_id{k}), staging);
+        record_sizes[k] = mine.size() - before;
+      }
+    } catch (...) {
+      failure = std::current_exception();
+    }
+    agree(failure, who);
+
+    // The root receives every other rank's record sizes and bytes, rank by rank.
+    std::vector<std::vector<unsigned char>> records(rank_ == root ? static_cast<std::size_t>(ranks_) : 0);
+    std::vector<std::vector<std::uint64_t>> sizes(records.size());
+    for (int r = 0; r < ranks_; ++r) {
+      if (r == root) continue;
+      const std::size_t owned = layout_.owned[static_cast<std::size_t>(r)].size();
+      if (rank_ == r) {
+        std::uint64_t total = mine.size();
+        comm_->send(&total, 1, element_kind::uint64, root);
+        if (owned > 0) comm_->send(record_sizes.data(), owned, element_kind::uint64, root);
+        send_bytes(mine.data(), mine.size(), root);
+      } else if (rank_ == root) {
+        std::uint64_t total = 0;
+        comm_->recv(&total, 1, element_kind::uint64, r);
+        sizes[static_cast<std::size_t>(r)].resize(owned);
+        if (owned > 0) comm_->recv(sizes[static_cast<std::size_t>(r)].data(), owned, element_kind::uint64, r);
+        records[static_cast<std::size_t>(r)].resize(static_cast<std::size_t>(total));
+        recv_bytes(records[static_cast<std::size_t>(r)].data(), static_cast<std::size_t>(total), r);
+      }
+    }
+    failure = nullptr;
+    if (rank_ == root) {
+      records[static_cast<std::size_t>(root)] = std::move(mine);
+      sizes[static_cast<std::size_t>(root)] = std::move(record_sizes);
+      try {
+        write_gathered(*out, records, sizes);
+      } catch (const std::ios_base::failure& e) {
+        failure = std::make_exception_ptr(value_error(std::string(who) + ": writing to the stream failed (" + e.what() + ")"));
+      } catch (...) {
+        failure = std::current_exception();
+      }
+    }
+    agree(failure, who);
+  }
+
+  /// Replaces the state with a checkpoint read from `in` by rank `root` (the others may pass nullptr):
+  /// one written by save_checkpoint on any number of ranks, or by a single-process optimizer with the
+  /// same parameters. The root reads and verifies it (orthopt/checkpoint.hpp), broadcasts the bytes,
+  /// and every rank checks the whole checkpoint against the registration and takes the states of the
+  /// parameters it owns: loading on another rank count reshards. All-or-nothing across ranks. Memory:
+  /// every rank holds the checkpoint's bytes for the duration of the call.
+  void load_checkpoint(std::istream* in, int root = 0) {
+    finalize();
+    const char* who = "orthopt::distributed_optimizer::load_checkpoint";
+    check_root(root, who);
+    // The length this registration's checkpoint has: the sum of the owners' record lengths.
+    std::uint64_t expected = 0;
+    for (std::size_t k = 0; k < local_.param_count(); ++k) {
+      expected += detail::record_bytes_of(local_.param_name(param_id{k}), local_.state(param_id{k}));
+    }
+    comm_->allreduce(&expected, 1, element_kind::uint64, reduce_op::sum);
+    expected += detail::payload_fixed_bytes;
+
+    std::exception_ptr failure;
+    detail::checkpoint_image image;
+    if (rank_ == root) {
+      try {
+        if (in == nullptr) throw value_error(std::string(who) + ": the root rank has no stream (nullptr)");
+        image = detail::read_checkpoint_image<T>(*in, expected);
+      } catch (...) {
+        failure = std::current_exception();
+      }
+    }
+    agree(failure, who);
+    std::uint64_t header[2] = {image.version, image.payload.size()};
+    comm_->broadcast(header, 2, element_kind::uint64, root);
+    if (rank_ != root) {
+      image.version = static_cast<std::uint32_t>(header[0]);
+      image.payload.resize(static_cast<std::size_t>(header[1]));
+    }
+    for (std::size_t done = 0; done < image.payload.size(); done += detail::collective_chunk) {
+      comm_->broadcast(image.payload.data() + done, std::min(detail::collective_chunk, image.payload.size() - done),
+                       element_kind::byte, root);
+    }
+
+    failure = nullptr;
+    detail::parsed_checkpoint parsed;
+    detail::checkpoint_load_plan<T, Backend> plan;
+    try {
+      parsed = detail::parse_checkpoint(image);
+      check_against_registration(parsed);
+      plan = detail::plan_checkpoint_load(local_, parsed, image.version, true);
+    } catch (...) {
+      failure = std::current_exception();
+    }
+    agree(failure, who);
+    detail::commit_checkpoint_load(local_, image, parsed, plan);
+  }
+
+ private:
+  struct entry {
+    std::string name;
+    group_id group;
+    batch_view<T> param;
+    route_reason reason;
+    std::string why;
+    gradient_view bound{};
+    int owner = 0;
+    double cost = 0.0;
+    std::size_t local = 0;       // index in local_ on the owner
+    std::size_t bucket = 0;      // of the owner's buckets
+    std::size_t offset = 0;      // elements into that bucket
+    std::size_t elements = 0;    // rows·cols·count
+    std::size_t stream_offset = 0;  // elements into the owner's stream (all its buckets in order)
+  };
+  /// Buckets and collective counts, identical on every rank (made at finalize()).
+  struct layout {
+    std::vector<std::vector<std::size_t>> owned;          // per rank: its parameters, registration order
+    std::vector<std::vector<std::size_t>> round_counts;   // per round: each rank's bucket size (elements)
+    std::vector<std::vector<std::size_t>> round_mine;     // per round: P copies of this rank's bucket size
+    std::vector<std::size_t> bucket_start;                // per round: this rank's bucket offset in its stream
+    std::size_t owned_elements = 0;
+    std::size_t send_elements = 0, recv_elements = 0;
+    distributed_traffic traffic;
+  };
+
+  param_id add_param_impl(std::string name, group_id g, batch_view<T> param, route_reason reason, std::string why) {
+    const char* who = "orthopt::distributed_optimizer::add_param";
+    refuse_after_finalize("add_param");
+    check_group(g, "add_param");
+    if (name.empty()) throw value_error(std::string(who) + ": the parameter name is empty");
+    if (find_param(name)) throw value_error(std::string(who) + ": a parameter named '" + name + "' exists already");
+    detail::check_new_param(who, name, param, [this](auto&& visit) {
+      for (const entry& other : entries_) visit(other.name, other.param);
+    });
+    detail::checked_extent_product(who, "parameter '" + name + "'", param.rows(), param.cols(), param.count, sizeof(T));
+    entry e;
+    e.name = std::move(name);
+    e.group = g;
+    e.param = param;
+    e.reason = reason;
+    e.why = std::move(why);
+    e.elements = static_cast<std::size_t>(param.rows() * param.cols() * param.count);
+    entries_.push_back(std::move(e));
+    return {entries_.size() - 1};
+  }
+
+  double cost_of(const entry& e) const {
+    return std::visit(
+        [&](auto& r) {
+          using R = std::decay_t<decltype(r)>;
+          if constexpr (R::kind == rule_kind::adamw) {
+            return detail::ownership_cost(R::kind, false, 0, e.param.rows(), e.param.cols(), e.param.count);
+          } else {
+            const auto& o = r.options().ortho;
+            return detail::ownership_cost(R::kind, o.exact, o.ns.steps, e.param.rows(), e.param.cols(), e.param.count);
+          }
+        },
+        local_.group(e.group).rule);
+  }
+
+  /// FNV-1a over what every rank must agree on: the options, the groups' names and rules, every
+  /// parameter's name, group, shape and owner.
+  std::uint64_t fingerprint(const std::vector<int>& owners) const {
+    fnv1a64 h;
+    const auto add_u64 = [&](std::uint64_t v) { h.update(&v, sizeof v); };
+    const auto add_text = [&](const std::string& s) {
+      add_u64(s.size());
+      h.update(s.data(), s.size());
+    };
+    add_u64(static_cast<std::uint64_t>(ranks_));
+    add_u64(static_cast<std::uint64_t>(options_.averaging));
+    add_u64(options_.bucket_bytes);
+    add_u64(local_.group_count());
+    for (std::size_t g = 0; g < local_.group_count(); ++g) {
+      add_text(local_.group(group_id{g}).name);
+      add_u64(static_cast<std::uint64_t>(local_.group(group_id{g}).kind()));
+    }
+    add_u64(entries_.size());
+    for (std::size_t i = 0; i < entries_.size(); ++i) {
+      const entry& e = entries_[i];
+      add_text(e.name);
+      add_u64(e.group.index);
+      add_u64(static_cast<std::uint64_t>(e.param.rows()));
+      add_u64(static_cast<std::uint64_t>(e.param.cols()));
+      add_u64(static_cast<std::uint64_t>(e.param.count));
+      add_u64(static_cast<std::uint64_t>(owners[i]));
+    }
+    return h.value();
+  }
+
+  /// Buckets, rounds, staging sizes and the traffic of a step, from the owners. Allocates the staging.
+  layout make_layout(const std::vector<int>& owners) {
+    layout L;
+    const auto P = static_cast<std::size_t>(ranks_);
+    const auto me = static_cast<std::size_t>(rank_);
+    const std::size_t bucket_elements = std::max<std::size_t>(1, options_.bucket_bytes / sizeof(T));
+    L.owned.assign(P, {});
+    std::vector<std::vector<std::size_t>> bucket_sizes(P);
+    for (std::size_t i = 0; i < entries_.size(); ++i) {
+      const auto r = static_cast<std::size_t>(owners[i]);
+      entry& e = entries_[i];
+      e.local = L.owned[r].size();
+      L.owned[r].push_back(i);
+      auto& buckets = bucket_sizes[r];
+      if (buckets.empty() || (buckets.back() > 0 && buckets.back() + e.elements > bucket_elements)) buckets.push_back(0);
+      e.bucket = buckets.size() - 1;
+      e.offset = buckets.back();
+      buckets.back() += e.elements;
+    }
+    std::size_t rounds = 0;
+    for (const auto& b : bucket_sizes) rounds = std::max(rounds, b.size());
+    L.round_counts.assign(rounds, std::vector<std::size_t>(P, 0));
+    L.round_mine.assign(rounds, std::vector<std::size_t>(P, 0));
+    L.bucket_start.assign(rounds, 0);
+    for (std::size_t r = 0; r < P; ++r) {
+      std::size_t start = 0;
+      for (std::size_t k = 0; k < bucket_sizes[r].size(); ++k) {
+        L.round_counts[k][r] = bucket_sizes[r][k];
+        if (r == me) L.bucket_start[k] = start;
+        start += bucket_sizes[r][k];
+      }
+      if (r == me) L.owned_elements = start;
+    }
+    for (std::size_t i = 0; i < entries_.size(); ++i) {
+      entry& e = entries_[i];
+      e.stream_offset = e.offset;
+      if (static_cast<std::size_t>(owners[i]) == me) e.stream_offset += L.bucket_start[e.bucket];
+    }
+    const bool averaging = options_.averaging == gradient_averaging::average;
+    const bool gathering = P > 1;
+    distributed_traffic& t = L.traffic;
+    t.collectives = averaging ? 2 : 1;
+    t.bytes_sent = t.bytes_received = static_cast<std::uint64_t>(t.collectives) * 8;
+    for (std::size_t k = 0; k < rounds; ++k) {
+      const auto& c = L.round_counts[k];
+      const std::size_t all = std::accumulate(c.begin(), c.end(), std::size_t{0});
+      std::fill(L.round_mine[k].begin(), L.round_mine[k].end(), c[me]);
+      if (averaging) {
+        L.send_elements = std::max(L.send_elements, all);
+        L.recv_elements = std::max(L.recv_elements, P * c[me]);
+        t.collectives += 1;
+        t.bytes_sent += (all - c[me]) * sizeof(T);
+        t.bytes_received += (P - 1) * c[me] * sizeof(T);
+      }
+      if (gathering) {
+        L.send_elements = std::max(L.send_elements, c[me]);
+        L.recv_elements = std::max(L.recv_elements, all);
+        t.collectives += 1;
+        t.bytes_sent += (P - 1) * c[me] * sizeof(T);
+        t.bytes_received += (all - c[me]) * sizeof(T);
+      }
+    }
+    averaged_ = be_.template allocate<T>(static_cast<index_t>(averaging ? std::max<std::size_t>(1, L.owned_elements) : 0));
+    send_ = be_.template allocate<T>(static_cast<index_t>(L.send_elements));
+    recv_ = be_.template allocate<T>(static_cast<index_t>(L.recv_elements));
+    return L;
+  }
+
+  /// Checks, agreement, averaging, updates, gathering: see the file comment.
+  template <class GradientAt>
+  void step_impl(std::exception_ptr failure, GradientAt gradient_at) {
+    const char* who = "orthopt::distributed_optimizer::step";
+    if (!failure) {
+      try {
+        for (std::size_t i = 0; i < entries_.size(); ++i) check_host_gradient(entries_[i], gradient_at(i));
+      } catch (...) {
+        failure = std::current_exception();
+      }
+    }
+    const auto owned_gradient = [&](std::size_t k) { return gradient_at(layout_.owned[static_cast<std::size_t>(rank_)][k]); };
+    const auto averaged_gradient = [&](std::size_t k) {
+      const entry& e = entries_[layout_.owned[static_cast<std::size_t>(rank_)][k]];
+      return packed(e, averaged_.data() + e.stream_offset).as_const_batch();
+    };
+    if (options_.averaging == gradient_averaging::average) {
+      agree(failure, who);
+      average_gradients(gradient_at);
+      run_owned_step(averaged_gradient, who);
+    } else {
+      run_owned_step(owned_gradient, who, failure);
+    }
+    if (ranks_ > 1) gather_parameters();
+  }
+
+  /// The owner's checks, an agreement, and the owner's updates.
+  template <class OwnedGradient>
+  void run_owned_step(OwnedGradient owned_gradient, const char* who, std::exception_ptr failure = nullptr) {
+    bool checked = false;
+    if (!failure) {
+      try {
+        local_.check_step(owned_gradient);
+        checked = true;
+      } catch (...) {
+        failure = std::current_exception();
+      }
+    }
+    try {
+      agree(failure, who);
+    } catch (...) {
+      if (checked) local_.abandon_checked_step();
+      throw;
+    }
+    local_.apply_step(owned_gradient);
+  }
+
+  /// What every rank can check of every gradient without reading its values.
+  void check_host_gradient(const entry& e, const gradient_view& grad) const {
+    const char* who = "orthopt::distributed_optimizer::step";
+    if (grad.count != e.param.count || grad.rows() != e.param.rows() || grad.cols() != e.param.cols()) {
+      throw shape_error(std::string(who) + ": the gradient of '" + e.name + "' is " + batch_shape(grad) +
+                        " but the parameter is " + batch_shape(e.param) + "; nothing was changed");
+    }
+    const std::string what = "gradient of '" + e.name + "'";
+    for (index_t k = 0; k < grad.count; ++k) {
+      if (!view_is_usable(grad[k])) check_view(grad[k], who, what.c_str());
+    }
+    for (const entry& q : entries_) {
+      if (const auto [j, k] = overlapping_items(grad, q.param); j >= 0) {
+        throw shape_error(std::string(who) + ": the gradient of '" + e.name + "' [" + describe_view(grad[j]) +
+                          "] shares memory with parameter '" + q.name + "' [" + describe_view(q.param[k]) +
+                          "]; nothing was changed");
+      }
+    }
+  }
+
+  /// Round by round: every rank packs, for each owner, its gradients of the owner's bucket; one
+  /// alltoallv; the owner sums the P contributions as a pairwise tree in rank order and divides by P.
+  template <class GradientAt>
+  void average_gradients(GradientAt gradient_at) {
+    const auto P = static_cast<std::size_t>(ranks_);
+    const auto me = static_cast<std::size_t>(rank_);
+    T* send = send_.data();
+    T* recv = recv_.data();
+    for (std::size_t k = 0; k < layout_.round_counts.size(); ++k) {
+      const auto& counts = layout_.round_counts[k];
+      const std::size_t mine = counts[me];
+      std::size_t base = 0;
+      for (std::size_t q = 0; q < P; ++q) {
+        for (std::size_t i : layout_.owned[q]) {
+          const entry& e = entries_[i];
+          if (e.bucket == k) copy_batch(gradient_at(i), packed(e, send + base + e.offset));
+        }
+        base += counts[q];
+      }
+      comm_->alltoallv(send, counts, recv, layout_.round_mine[k], element_kind_of<T>());
+      if (mine == 0) continue;
+      const auto slice = [&](std::size_t q) { return row_major_view(recv + q * mine, 1, static_cast<index_t>(mine)); };
+      for (std::size_t stride = 1; stride < P; stride *= 2) {
+        for (std::size_t q = 0; q + stride < P; q += 2 * stride) {
+          transform(be_, slice(q).as_const(), slice(q + stride).as_const(), slice(q), detail::add_elements{});
+        }
+      }
+      const matrix_view<T> out = row_major_view(averaged_.data() + layout_.bucket_start[k], 1, static_cast<index_t>(mine));
+      transform(be_, slice(0).as_const(), out, detail::divide_elements{static_cast<double>(P)});
+    }
+  }
+
+  /// Round by round: every rank packs its bucket of updated parameters; one allgatherv; every rank
+  /// copies the other ranks' parameters out.
+  void gather_parameters() {
+    const auto P = static_cast<std::size_t>(ranks_);
+    const auto me = static_cast<std::size_t>(rank_);
+    T* send = send_.data();
+    T* recv = recv_.data();
+    for (std::size_t k = 0; k < layout_.round_counts.size(); ++k) {
+      const auto& counts = layout_.round_counts[k];
+      for (std::size_t i : layout_.owned[me]) {
+        const entry& e = entries_[i];
+        if (e.bucket == k) copy_batch(e.param.as_const_batch(), packed(e, send + e.offset));
+      }
+      comm_->allgatherv(send, recv, counts, element_kind_of<T>());
+      std::size_t base = 0;
+      for (std::size_t q = 0; q < P; ++q) {
+        if (q != me) {
+          for (std::size_t i : layout_.owned[q]) {
+            const entry& e = entries_[i];
+            if (e.bucket != k) continue;
+            const batch_view<T> src = packed(e, recv + base + e.offset);
+            for (index_t b = 0; b < e.param.count; ++b) transform(be_, src[b].as_const(), e.param[b], functors::identity{});
+          }
+        }
+        base += counts[q];
+      }
+    }
+  }
+
+  /// A parameter's matrices packed densely from `at`, in the parameter's own storage order (column-major
+  /// when its row stride is the smaller, else row-major), one after another. The averaged gradients
+  /// are handed to the rules in this layout: reductions over a matrix (NAMO's norms, the Frobenius
+  /// normalization) then visit the elements in the order the host's dense gradients would, so the
+  /// results are the bits one process gets.
+  static batch_view<T> packed(const entry& e, T* at) {
+    const index_t rows = e.param.rows(), cols = e.param.cols();
+    const bool column_major = rows > 1 && cols > 1 && e.param.first.col_stride > e.param.first.row_stride;
+    const matrix_view<T> first = column_major ? matrix_view<T>(at, rows, cols, 1, rows) : row_major_view(at, rows, cols);
+    return {first, e.param.count, rows * cols};
+  }
+  void copy_batch(const gradient_view& src, const batch_view<T>& dst) {
+    for (index_t b = 0; b < src.count; ++b) transform(be_, src[b], dst[b], functors::identity{});
+  }
+
+  /// The agreement: one allreduce(min) of (failed ? rank : P). When some rank failed, the lowest such
+  /// rank broadcasts its exception's kind and message, and every rank throws it.
+  void agree(std::exception_ptr failure, const char* who) {
+    std::int64_t first = failure ? rank_ : ranks_;
+    comm_->allreduce(&first, 1, element_kind::int64, reduce_op::min);
+    if (first == ranks_) return;
+    enum : std::uint64_t { kind_shape = 1, kind_value = 2, kind_communication = 3, kind_other = 4 };
+    std::uint64_t header[2] = {kind_other, 0};
+    std::string message;
+    if (first == rank_) {
+      try {
+        std::rethrow_exception(failure);
+      } catch (const shape_error& e) {
+        header[0] = kind_shape;
+        message = e.what();
+      } catch (const value_error& e) {
+        header[0] = kind_value;
+        message = e.what();
+      } catch (const communication_error& e) {
+        header[0] = kind_communication;
+        message = e.what();
+      } catch (const std::exception& e) {
+        message = std::string(who) + ": " + e.what();
+      } catch (...) {
+        message = std::string(who) + ": an exception of unknown type";
+      }
+      header[1] = message.size();
+    }
+    const int from = static_cast<int>(first);
+    comm_->broadcast(header, 2, element_kind::uint64, from);
+    message.resize(static_cast<std::size_t>(header[1]));
+    if (!message.empty()) comm_->broadcast(message.data(), message.size(), element_kind::byte, from);
+    message += " [refused on rank " + std::to_string(first) + " of " + std::to_string(ranks_) +
+               "; every rank threw this and changed nothing]";
+    switch (header[0]) {
+      case kind_shape: throw shape_error(message);
+      case kind_value: throw value_error(message);
+      case kind_communication: throw communication_error(message);
+      default: throw std::runtime_error(message);
+    }
+  }
+
+  /// Every parameter of the checkpoint is registered and every registered parameter is in it, with the
+  /// same rule kind and shape (the owners check the slots).
+  void check_against_registration(const detail::parsed_checkpoint& parsed) const {
+    std::unordered_map<std::string_view, std::size_t> by_name;
+    for (std::size_t i = 0; i < parsed.params.size(); ++i) {
+      if (!by_name.emplace(parsed.params[i].name, i).second) {
+        detail::load_fail_value("the checkpoint holds parameter '" + parsed.params[i].name + "' twice");
+      }
+    }
+    for (const entry& e : entries_) {
+      const auto it = by_name.find(e.name);
+      if (it == by_name.end()) {
+        detail::load_fail_value("parameter '" + e.name + "' of the optimizer is not in the checkpoint (" +
+                                std::to_string(parsed.params.size()) + " parameters there, " +
+                                std::to_string(entries_.size()) + " in the optimizer)");
+      }
+      const detail::parsed_param& p = parsed.params[it->second];
+      const rule_kind kind = local_.group(e.group).kind();
+      if (p.kind != static_cast<std::uint32_t>(kind)) {
+        detail::load_fail_value("parameter '" + e.name + "': rule in the checkpoint = " + detail::rule_code_name(p.kind) +
+                                ", in the optimizer = " + rule_name(kind));
+      }
+      if (p.rows != static_cast<std::uint64_t>(e.param.rows()) || p.cols != static_cast<std::uint64_t>(e.param.cols()) ||
+          p.count != static_cast<std::uint64_t>(e.param.count)) {
+        detail::load_fail_shape("parameter '" + e.name + "': shape in the checkpoint = " + std::to_string(p.count) + " x " +
+                                std::to_string(p.rows) + " x " + std::to_string(p.cols) + ", in the optimizer = " +
+                                batch_shape(e.param));
+      }
+    }
+    if (parsed.params.size() != entries_.size()) {
+      for (const auto& p : parsed.params) {
+        if (!find_param(p.name)) {
+          detail::load_fail_value("the checkpoint holds parameter '" + p.name + "', which the optimizer does not have");
+        }
+      }
+    }
+  }
+
+  /// The root writes the checkpoint from every rank's records, in registration order.
+  void write_gathered(std::ostream& out, const std::vector<std::vector<unsigned char>>& records,
+                      const std::vector<std::vector<std::uint64_t>>& sizes) const {
+    namespace fmt = checkpoint_format;
+    if (entries_.size() > std::numeric_limits<std::uint32_t>::max()) {
+      throw value_error("orthopt::distributed_optimizer::save_checkpoint: " + std::to_string(entries_.size()) +
+                        " parameters exceed the format's limit");
+    }
+    std::vector<std::vector<std::uint64_t>> offsets(sizes.size());
+    std::uint64_t payload = detail::payload_fixed_bytes;
+    for (std::size_t r = 0; r < sizes.size(); ++r) {
+      std::uint64_t at = 0;
+      for (std::uint64_t s : sizes[r]) {
+        offsets[r].push_back(at);
+        at += s;
+      }
+      payload += at;
+    }
+    detail::checkpoint_writer w(out);
+    w.bytes(fmt::magic, sizeof(fmt::magic));
+    w.u32(fmt::version);
+    w.u32(fmt::element_code<T>());
+    w.u64(payload);
+    w.u64(static_cast<std::uint64_t>(local_.steps_taken()));
+    w.u32(static_cast<std::uint32_t>(entries_.size()));
+    for (const entry& e : entries_) {
+      const auto r = static_cast<std::size_t>(e.owner);
+      w.bytes(records[r].data() + offsets[r][e.local], static_cast<std::size_t>(sizes[r][e.local]));
+    }
+    w.u32(static_cast<std::uint32_t>(ns_budget_phase::none));
+    w.u64(0);
+    w.write_checksum();
+    if (!out) throw value_error("orthopt::distributed_optimizer::save_checkpoint: writing to the stream failed");
+  }
+
+  void send_bytes(const unsigned char* data, std::size_t n, int dest) {
+    for (std::size_t done = 0; done < n; done += detail::collective_chunk) {
+      comm_->send(data + done, std::min(detail::collective_chunk, n - done), element_kind::byte, dest);
+    }
+  }
+  void recv_bytes(unsigned char* data, std::size_t n, int source) {
+    for (std::size_t done = 0; done < n; done += detail::collective_chunk) {
+      comm_->recv(data + done, std::min(detail::collective_chunk, n - done), element_kind::byte, source);
+    }
+  }
+
+  void check_root(int root, const char* who) const {
+    if (root < 0 || root >= ranks_) {
+      throw value_error(std::string(who) + ": root rank " + std::to_string(root) + " in a group of " + std::to_string(ranks_));
+    }
+  }
+  void refuse_after_finalize(const char* what) const {
+    if (finalized_) {
+      throw value_error(std::string("orthopt::distributed_optimizer::") + what +
+                        ": the optimizer is finalized (by finalize(), a step, save or load); register every group and "
+                        "parameter before");
+    }
+  }
+  void require_finalized(const char* what) const {
+    if (!finalized_) {
+      throw value_error(std::string("orthopt::distributed_optimizer::") + what +
+                        ": owners are assigned by finalize() (collective), or by the first step, save or load");
+    }
+  }
+  void check_group(group_id g, const char* who) const {
+    if (g.index >= local_.group_count()) {
+      throw value_error(std::string("orthopt::distributed_optimizer::") + who + ": group index " + std::to_string(g.index) +
+                        " but the optimizer has " + std::to_string(local_.group_count()) + " groups");
+    }
+  }
+  void check_param(param_id p, const char* who) const {
+    if (p.index >= entries_.size()) {
+      throw value_error(std::string("orthopt::distributed_optimizer::") + who + ": parameter index " +
+                        std::to_string(p.index) + " but the optimizer has " + std::to_string(entries_.size()) + " parameters");
+    }
+  }
+  template <class U>
+  static std::string batch_shape(const batch_view<U>& b) {
+    return (b.count == 1 ? std::string() : std::to_string(b.count) + " x ") + shape_string(b.rows(), b.cols());
+  }
+
+  communicator* comm_;
+  distributed_options options_;
+  Backend be_;
+  int rank_;
+  int ranks_;
+  local_optimizer local_;
+  std::vector<entry> entries_;
+  layout layout_;
+  bool finalized_ = false;
+  typename Backend::template buffer<T> averaged_, send_, recv_;
+};
+
+/// Collective: see distributed_optimizer::save_checkpoint (only rank 0 writes `out`).
+template <class T, class Backend>
+void save_checkpoint(distributed_optimizer<T, Backend>& opt, std::ostream* out) {
+  opt.save_checkpoint(out);
+}
+/// Collective: see distributed_optimizer::load_checkpoint (only rank 0 reads `in`).
+template <class T, class Backend>
+void load_checkpoint(distributed_optimizer<T, Backend>& opt, std::istream* in) {
+  opt.load_checkpoint(in);
+}
+
+}  // namespace orthopt

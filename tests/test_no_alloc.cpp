@@ -3,6 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include "counting_malloc.hpp"
+#include <orthopt/distributed.hpp>
 #include "optimizer_test_util.hpp"
 #include "test_util.hpp"
 
@@ -145,6 +146,38 @@ TEMPLATE_TEST_CASE("an optimizer step allocates nothing after the first step", "
   CHECK(opt.steps_taken() == 4);
   CHECK(n == 0);
 }
+
+#if !defined(ORTHOPT_TEST_CUDA_HOST)
+TEMPLATE_TEST_CASE("a distributed optimizer step allocates nothing after the first step", "[alloc][distributed]", float,
+                   double) {
+  // Over the single-process communicator (MPI's own calls may allocate; orthopt's code around them must
+  // not): the agreement, the averaging's packing, tree and division, and the owner's step.
+  using T = TestType;
+  for (const auto averaging : {orthopt::gradient_averaging::none, orthopt::gradient_averaging::average}) {
+    toy_model<T> model;
+    orthopt::self_communicator comm;
+    orthopt::distributed_optimizer<T, backend_under_test> opt(comm, {averaging, std::size_t{1} << 12});
+    model.register_into(opt);
+    for (std::size_t i = 0; i < model.tensors.size(); ++i) {
+      const orthopt::param_id p{i};
+      opt.bind_gradient(p, opt.gradient_like(p, model.tensors[i].grad.data()));
+    }
+    model.fill_gradients(0);
+    const auto grads = model.gradient_views();
+    opt.step(grads);
+    model.fill_gradients(1);
+    long n = -1;
+    {
+      allocation_scope scope;
+      opt.step(grads);
+      opt.step();
+      n = scope.allocations();
+    }
+    CHECK(opt.steps_taken() == 3);
+    CHECK(n == 0);
+  }
+}
+#endif
 
 TEMPLATE_TEST_CASE("steps that observe, commit and reobserve an adaptive budget allocate nothing", "[alloc][ns_budget]",
                    float, double) {

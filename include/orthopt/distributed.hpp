@@ -7,6 +7,4 @@
 
 #include "orthopt/distributed/communicator.hpp"
 #include "orthopt/distributed/distributed_optimizer.hpp"
-#if __has_include("orthopt/distributed/tensor_parallel_newton_schulz.hpp")
 #include "orthopt/distributed/tensor_parallel_newton_schulz.hpp"
-#endif

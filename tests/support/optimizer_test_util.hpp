@@ -124,8 +124,15 @@ struct toy_model {
 
   /// An optimizer with one group per rule; hidden matrices routed to Muon, the rest as `group` says.
   orthopt::optimizer<T, backend_under_test> make_optimizer() {
+    orthopt::optimizer<T, backend_under_test> opt;
+    register_into(opt);
+    return opt;
+  }
+  /// The groups and parameters of make_optimizer, registered with `opt` (an optimizer or a
+  /// distributed_optimizer).
+  template <class Opt>
+  void register_into(Opt& opt) {
     using B = backend_under_test;
-    orthopt::optimizer<T, B> opt;
     const auto sched = orthopt::warmup_stable_decay(2, 12, 0.5, 0.1);
     const auto muon_g = opt.add_group("muon", orthopt::muon<T, B>(orthopt::muon_presets::moonlight()), sched);
     opt.add_group("adamuon", orthopt::adamuon<T, B>(orthopt::adamuon_presets::code()), sched);
@@ -139,7 +146,6 @@ struct toy_model {
       if (t.group.empty()) opt.add_param(t.name, view, router);
       else opt.add_param(t.name, *opt.find_group(t.group), view);
     }
-    return opt;
   }
 
   /// The gradients in registration order (the order make_optimizer registers the tensors).

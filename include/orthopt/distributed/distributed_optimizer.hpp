@@ -356,6 +356,7 @@ class distributed_optimizer {
   /// checks the groups' lrs on the owners only).
   [[nodiscard]] group_type& group(group_id g) { return local_.group(g); }
   [[nodiscard]] const group_type& group(group_id g) const { return local_.group(g); }
+  [[nodiscard]] std::optional<group_id> find_group(std::string_view name) const { return local_.find_group(name); }
   [[nodiscard]] std::optional<param_id> find_param(std::string_view name) const {
     for (std::size_t i = 0; i < entries_.size(); ++i)
       if (entries_[i].name == name) return param_id{i};
@@ -794,9 +795,11 @@ class distributed_optimizer {
       throw shape_error(std::string(who) + ": the gradient of '" + e.name + "' is " + batch_shape(grad) +
                         " but the parameter is " + batch_shape(e.param) + "; nothing was changed");
     }
-    const std::string what = "gradient of '" + e.name + "'";
     for (index_t k = 0; k < grad.count; ++k) {
-      if (!view_is_usable(grad[k])) check_view(grad[k], who, what.c_str());
+      if (!view_is_usable(grad[k])) {  // the message is built only then: a step must not allocate
+        const std::string what = "gradient of '" + e.name + "'";
+        check_view(grad[k], who, what.c_str());
+      }
     }
     for (const entry& q : entries_) {
       if (const auto [j, k] = overlapping_items(grad, q.param); j >= 0) {

@@ -5,6 +5,9 @@
 #   bash tests/run.sh              Release build in ./build, warnings as errors, all tests
 #   bash tests/run.sh --sanitize   RelWithDebInfo build in ./build-sanitize with AddressSanitizer and
 #                                  UndefinedBehaviorSanitizer (no benchmarks, no examples), all tests
+#   bash tests/run.sh --tsan       RelWithDebInfo build in ./build-tsan with ThreadSanitizer and without
+#                                  OpenMP (libgomp is not instrumented); builds and runs test_concurrency
+#                                  (independent optimizers and plans on several threads)
 #   bash tests/run.sh --cuda       with nvcc (the CUDA toolkit): Release build in ./build-cuda with
 #                                  ORTHOPT_ENABLE_CUDA=ON; builds the CUDA targets (GPU suite, bench_cuda,
 #                                  the package's CUDA consumer) and runs the `gpu` tests, which report
@@ -18,11 +21,13 @@ cd "$repo_root"
 
 sanitize=0
 cuda=0
+tsan=0
 for arg in "$@"; do
   case "$arg" in
     --sanitize) sanitize=1 ;;
     --cuda) cuda=1 ;;
-    -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --tsan) tsan=1 ;;
+    -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "tests/run.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -51,6 +56,13 @@ if ((cuda)); then
   # Only the CUDA targets: the rest is what the plain run builds and tests.
   cmake --build build-cuda -j "$jobs" --target test_gpu bench_cuda
   ctest --test-dir build-cuda --output-on-failure -L gpu
+  exit 0
+fi
+if ((tsan)); then
+  cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DORTHOPT_SANITIZE=thread -DORTHOPT_OPENMP=OFF \
+        -DORTHOPT_BUILD_BENCHMARKS=OFF -DORTHOPT_BUILD_EXAMPLES=OFF -DORTHOPT_INSTALL=OFF
+  cmake --build build-tsan -j "$jobs" --target test_concurrency
+  ctest --test-dir build-tsan --output-on-failure -R '^test_concurrency:'
   exit 0
 fi
 if ((sanitize)); then

@@ -151,7 +151,8 @@ TEMPLATE_TEST_CASE("an optimizer step allocates nothing after the first step", "
 TEMPLATE_TEST_CASE("a distributed optimizer step allocates nothing after the first step", "[alloc][distributed]", float,
                    double) {
   // Over the single-process communicator (MPI's own calls may allocate; orthopt's code around them must
-  // not): the agreement, the averaging's packing, tree and division, and the owner's step.
+  // not): the checks, the agreement and the owner's step. (On one rank averaging hands the host's
+  // gradients on unchanged; the averaging path itself runs on two or more ranks, in tests/mpi.)
   using T = TestType;
   for (const auto averaging : {orthopt::gradient_averaging::none, orthopt::gradient_averaging::average}) {
     toy_model<T> model;

@@ -629,6 +629,10 @@ class distributed_optimizer {
     return {entries_.size() - 1};
   }
 
+  /// Whether steps average: on one rank the average of one gradient is that gradient (x / 1 is exact),
+  /// so the host's views go to the rule directly, without staging or collectives.
+  [[nodiscard]] bool averages() const noexcept { return options_.averaging == gradient_averaging::average && ranks_ > 1; }
+
   double cost_of(const entry& e) const {
     return std::visit(
         [&](auto& r) {
@@ -711,7 +715,7 @@ class distributed_optimizer {
       e.stream_offset = e.offset;
       if (static_cast<std::size_t>(owners[i]) == me) e.stream_offset += L.bucket_start[e.bucket];
     }
-    const bool averaging = options_.averaging == gradient_averaging::average;
+    const bool averaging = averages();
     const bool gathering = P > 1;
     distributed_traffic& t = L.traffic;
     t.collectives = averaging ? 2 : 1;
@@ -757,7 +761,7 @@ class distributed_optimizer {
       const entry& e = entries_[layout_.owned[static_cast<std::size_t>(rank_)][k]];
       return packed(e, averaged_.data() + e.stream_offset).as_const_batch();
     };
-    if (options_.averaging == gradient_averaging::average) {
+    if (averages()) {
       agree(failure, who);
       average_gradients(gradient_at);
       run_owned_step(averaged_gradient, who);

@@ -33,7 +33,7 @@
 //   - 4. per bucket, one allgatherv of the updated parameters (skipped on one rank).
 // A bucket is a run of one rank's owned parameters of at most options.bucket_bytes (a parameter larger
 // than that is a bucket alone); round k carries every rank's k-th bucket, so the number of collectives
-// is set by the most loaded rank, never by the number of matrices. last_step_traffic() reports them.
+// is set by the most loaded rank, never by the number of matrices. step_traffic() reports them.
 //
 // Promises:
 // - Determinism: the parameters after a step are bit-identical to optimizer::step's on the same
@@ -41,9 +41,10 @@
 //   as in one process); with averaging, to a single process given the tree-averaged gradient above.
 // - All-or-nothing across ranks: a refused step (bad shape, NaN/Inf, a bad learning rate, on any rank)
 //   throws the same exception on every rank, with every rank's parameters and state unchanged.
-// - Memory: a rank holds the state of the parameters it owns (about 1/P of optimizer's, see memory()),
-//   plus staging buffers of a few buckets and, with averaging, the averaged gradients of its parameters.
-// - A step allocates nothing once the first step (or finalize()) has run, on success.
+// - Memory: a rank holds the state of the parameters it owns (the assignment balances work, so the state
+//   is near 1/P of optimizer's where state follows work; memory() reports the bytes), plus staging
+//   buffers of a few buckets and, with averaging on two or more ranks, its parameters' averaged gradients.
+// - A step allocates nothing in orthopt once the first step has run (the communicator may: MPI does).
 //
 // Limits: the backend's memory must be what the communicator accepts (host memory for MPI; a GPU
 // backend needs a device communicator such as NCCL behind the same interface, not provided yet); the

@@ -188,6 +188,57 @@ void check_new_param(const char* who, const std::string& name, batch_view<T> par
     }
   });
 }
+
+/// "count x rows x cols" (or "rows x cols" for one matrix), for messages.
+template <class U>
+std::string batch_shape(const batch_view<U>& b) {
+  return (b.count == 1 ? std::string() : std::to_string(b.count) + " x ") + shape_string(b.rows(), b.cols());
+}
+
+/// A view at `data` with the parameter's shape, batch layout and strides (gradient_like).
+template <class T>
+batch_view<const T> view_like(const batch_view<T>& param, const T* data) {
+  return {matrix_view<const T>(data, param.first.rows, param.first.cols, param.first.row_stride, param.first.col_stride),
+          param.count, param.batch_stride};
+}
+
+/// The checks of a step's gradient that read no values (optimizer and distributed_optimizer): the
+/// parameter's shape, usable views, and no memory shared with any parameter (the step would read it after
+/// an update wrote it; two comparisons per parameter when the memory is separate, an exact check where
+/// ranges meet). `for_each_registered(visit)` calls visit(name, batch_view) for every parameter.
+template <class T, class ForEachRegistered>
+void check_gradient_view(const char* who, const std::string& name, const batch_view<const T>& grad,
+                         const batch_view<T>& param, ForEachRegistered for_each_registered) {
+  if (grad.count != param.count || grad.rows() != param.rows() || grad.cols() != param.cols()) {
+    throw shape_error(std::string(who) + ": the gradient of '" + name + "' is " + batch_shape(grad) +
+                      " but the parameter is " + batch_shape(param) + "; nothing was changed");
+  }
+  for (index_t k = 0; k < grad.count; ++k) {
+    if (!view_is_usable(grad[k])) {  // the message is built only then: a step must not allocate
+      const std::string what = "gradient of '" + name + "'";
+      check_view(grad[k], who, what.c_str());
+    }
+  }
+  for_each_registered([&](const std::string& other_name, const batch_view<T>& other) {
+    if (const auto [j, k] = overlapping_items(grad, other); j >= 0) {
+      throw shape_error(std::string(who) + ": the gradient of '" + name + "' [" + describe_view(grad[j]) +
+                        "] shares memory with parameter '" + other_name + "' [" + describe_view(other[k]) +
+                        "]; nothing was changed");
+    }
+  });
+}
+
+/// Whether a rule orthogonalizes by Newton–Schulz (not AdamW, not the exact polar factor).
+template <class Rule>
+bool rule_runs_newton_schulz(const Rule& rule) {
+  return std::visit(
+      [](const auto& r) {
+        using R = std::decay_t<decltype(r)>;
+        if constexpr (R::kind == rule_kind::adamw) return false;
+        else return !r.options().ortho.exact;
+      },
+      rule);
+}
 }  // namespace detail
 
 // ---------------------------------------------------------------------------------------------------
@@ -425,9 +476,7 @@ class optimizer {
   /// A gradient view with the parameter's shape, batch layout and strides, at `data`.
   [[nodiscard]] gradient_view gradient_like(param_id p, const T* data) const {
     check_param(p, "gradient_like");
-    const batch_view<T>& w = params_[p.index].param;
-    return {matrix_view<const T>(data, w.first.rows, w.first.cols, w.first.row_stride, w.first.col_stride), w.count,
-            w.batch_stride};
+    return detail::view_like(params_[p.index].param, data);
   }
 
   // ---- Stepping (allocates nothing) ------------------------------------------------------------
@@ -686,14 +735,7 @@ class optimizer {
   /// The parameters of group g; value_error if its rule has no Newton–Schulz plan.
   std::vector<std::size_t> ns_members(group_id g, const char* who) {
     check_group(g, who);
-    const bool runs_ns = std::visit(
-        [](auto& r) {
-          using R = std::decay_t<decltype(r)>;
-          if constexpr (R::kind == rule_kind::adamw) return false;
-          else return !r.options().ortho.exact;
-        },
-        groups_[g.index].rule);
-    if (!runs_ns) {
+    if (!detail::rule_runs_newton_schulz(groups_[g.index].rule)) {
       throw value_error(std::string("orthopt::optimizer::") + who + ": group '" + groups_[g.index].name + "' runs " +
                         rule_name(groups_[g.index].kind()) + " without Newton–Schulz");
     }
@@ -971,28 +1013,11 @@ class optimizer {
                         " state but its group '" + g.name + "' now runs " + rule_name(kind) +
                         " (a group's rule kind cannot change after registration); nothing was changed");
     }
-    if (grad.count != p.param.count || grad.rows() != p.param.rows() || grad.cols() != p.param.cols()) {
-      throw shape_error(std::string(who) + ": the gradient of '" + p.name + "' is " + batch_shape(grad) +
-                        " but the parameter is " + batch_shape(p.param) + "; nothing was changed");
-    }
+    detail::check_gradient_view(who, p.name, grad, p.param, [this](auto&& visit) {
+      for (const param_entry& q : params_) visit(q.name, q.param);
+    });
     const bool check_finite = std::visit([](auto& r) { return r.options().check_finite; }, g.rule);
     Backend& be = std::visit([](auto& r) -> Backend& { return r.backend(); }, g.rule);
-    for (index_t k = 0; k < grad.count; ++k) {
-      const const_matrix_view<T> gk = grad[k];
-      if (!view_is_usable(gk)) {
-        const std::string what = "gradient of '" + p.name + "'";
-        check_view(gk, who, what.c_str());
-      }
-    }
-    // A gradient must not share memory with any parameter: the step would read it after an update wrote
-    // it. Two comparisons per parameter when the memory is separate (an exact check where ranges meet).
-    for (const param_entry& q : params_) {
-      if (const auto [j, k] = overlapping_items(grad, q.param); j >= 0) {
-        throw shape_error(std::string(who) + ": the gradient of '" + p.name + "' [" + describe_view(grad[j]) +
-                          "] shares memory with parameter '" + q.name + "' [" + describe_view(q.param[k]) +
-                          "]; nothing was changed");
-      }
-    }
     for (index_t k = 0; k < grad.count; ++k) {
       const const_matrix_view<T> gk = grad[k];
       if (check_finite) {
@@ -1004,11 +1029,6 @@ class optimizer {
         }
       }
     }
-  }
-
-  template <class U>
-  static std::string batch_shape(const batch_view<U>& b) {
-    return (b.count == 1 ? std::string() : std::to_string(b.count) + " x ") + shape_string(b.rows(), b.cols());
   }
 
   std::vector<group_type> groups_;

@@ -259,9 +259,7 @@ class distributed_optimizer {
   /// A gradient view with the parameter's shape and strides at `data`.
   [[nodiscard]] gradient_view gradient_like(param_id p, const T* data) const {
     check_param(p, "gradient_like");
-    const batch_view<T>& w = entries_[p.index].param;
-    return {matrix_view<const T>(data, w.first.rows, w.first.cols, w.first.row_stride, w.first.col_stride), w.count,
-            w.batch_stride};
+    return detail::view_like(entries_[p.index].param, data);
   }
 
   /// Collective. Verifies that every rank registered the same groups and parameters (a fingerprint),
@@ -441,14 +439,7 @@ class distributed_optimizer {
   void set_ns_steps(group_id g, int steps) {
     require_finalized("set_ns_steps");
     check_group(g, "set_ns_steps");
-    const bool runs_ns = std::visit(
-        [](auto& r) {
-          using R = std::decay_t<decltype(r)>;
-          if constexpr (R::kind == rule_kind::adamw) return false;
-          else return !r.options().ortho.exact;
-        },
-        local_.group(g).rule);
-    if (!runs_ns) {
+    if (!detail::rule_runs_newton_schulz(local_.group(g).rule)) {
       throw value_error("orthopt::distributed_optimizer::set_ns_steps: group '" + local_.group(g).name + "' runs " +
                         rule_name(local_.group(g).kind()) + " without Newton–Schulz");
     }
@@ -795,24 +786,9 @@ class distributed_optimizer {
 
   /// What every rank can check of every gradient without reading its values.
   void check_host_gradient(const entry& e, const gradient_view& grad) const {
-    const char* who = "orthopt::distributed_optimizer::step";
-    if (grad.count != e.param.count || grad.rows() != e.param.rows() || grad.cols() != e.param.cols()) {
-      throw shape_error(std::string(who) + ": the gradient of '" + e.name + "' is " + batch_shape(grad) +
-                        " but the parameter is " + batch_shape(e.param) + "; nothing was changed");
-    }
-    for (index_t k = 0; k < grad.count; ++k) {
-      if (!view_is_usable(grad[k])) {  // the message is built only then: a step must not allocate
-        const std::string what = "gradient of '" + e.name + "'";
-        check_view(grad[k], who, what.c_str());
-      }
-    }
-    for (const entry& q : entries_) {
-      if (const auto [j, k] = overlapping_items(grad, q.param); j >= 0) {
-        throw shape_error(std::string(who) + ": the gradient of '" + e.name + "' [" + describe_view(grad[j]) +
-                          "] shares memory with parameter '" + q.name + "' [" + describe_view(q.param[k]) +
-                          "]; nothing was changed");
-      }
-    }
+    detail::check_gradient_view("orthopt::distributed_optimizer::step", e.name, grad, e.param, [this](auto&& visit) {
+      for (const entry& q : entries_) visit(q.name, q.param);
+    });
   }
 
   /// Round by round: every rank packs, for each owner, its gradients of the owner's bucket; one
@@ -959,7 +935,7 @@ class distributed_optimizer {
           p.count != static_cast<std::uint64_t>(e.param.count)) {
         detail::load_fail_shape("parameter '" + e.name + "': shape in the checkpoint = " + std::to_string(p.count) + " x " +
                                 std::to_string(p.rows) + " x " + std::to_string(p.cols) + ", in the optimizer = " +
-                                batch_shape(e.param));
+                                detail::batch_shape(e.param));
       }
     }
     if (parsed.params.size() != entries_.size()) {
@@ -1046,10 +1022,6 @@ class distributed_optimizer {
       throw value_error(std::string("orthopt::distributed_optimizer::") + who + ": parameter index " +
                         std::to_string(p.index) + " but the optimizer has " + std::to_string(entries_.size()) + " parameters");
     }
-  }
-  template <class U>
-  static std::string batch_shape(const batch_view<U>& b) {
-    return (b.count == 1 ? std::string() : std::to_string(b.count) + " x ") + shape_string(b.rows(), b.cols());
   }
 
   communicator* comm_;

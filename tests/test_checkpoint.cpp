@@ -5,8 +5,10 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "optimizer_test_util.hpp"
@@ -440,4 +442,50 @@ TEMPLATE_TEST_CASE("streams with exceptions set and absurd payload lengths give 
                     Catch::Contains("far more than this optimizer's checkpoint holds") &&
                         Catch::Contains("the optimizer is unchanged"));
   CHECK(snapshot(target) == loaded_before);
+}
+
+// Issue 13, finding 2: a NaN momentum loaded from a checkpoint poisoned every later step. A checkpoint
+// whose state is not finite, or whose second moments are negative (a step takes their root), is refused
+// at load, naming the parameter, the slot and the element; the optimizer is unchanged.
+TEMPLATE_TEST_CASE("a checkpoint whose state is not finite or has a negative moment is refused", "[checkpoint]", float,
+                   double) {
+  using T = TestType;
+  toy_model<T> model;
+  auto target = model.make_optimizer();
+  model.run(target, 0, 2);
+  struct corruption {
+    std::string param;
+    const char* slot;
+    double value;
+    std::string expected;
+  };
+  const std::string head = model.tensors.back().name;  // AdamW (m, v)
+  const std::string first = model.tensors.front().name;
+  const std::vector<corruption> cases = {
+      {first, "momentum", std::numeric_limits<double>::quiet_NaN(), "slot 'momentum' element 5 (matrix 0, row "},
+      {first, "momentum", std::numeric_limits<double>::infinity(), "is inf; a state must be finite"},
+      {head, "second_moment", -1.0, "cannot be negative"},
+      {head, "second_moment", std::numeric_limits<double>::quiet_NaN(), "slot 'second_moment' element 5"},
+  };
+  for (const corruption& c : cases) {
+    INFO(c.param << " " << c.slot << " = " << c.value);
+    fixture<T> f;
+    const auto id = *f.source.find_param(c.param);
+    auto& st = f.source.state(id);
+    if (std::string_view(c.slot) == "momentum") st.momentum(0).data[5] = static_cast<T>(c.value);
+    else st.second_moment(0).data[5] = static_cast<T>(c.value);
+    const std::string bytes = save_bytes(f.source);
+    check_load_fails_unchanged(target, bytes, "parameter '" + c.param + "': ");
+    check_load_fails_unchanged(target, bytes, c.expected);
+  }
+  // Column moments (NAMO's v) too.
+  fixture<T> f;
+  for (std::size_t i = 0; i < f.source.param_count(); ++i) {
+    auto& st = f.source.state(param_id{i});
+    if (!st.column_moment(0).empty()) {
+      st.column_moment(0)(0, 0) = -2.0;
+      break;
+    }
+  }
+  check_load_fails_unchanged(target, save_bytes(f.source), "slot 'column_moment' element 0 is -2.000000");
 }

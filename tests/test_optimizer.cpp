@@ -483,6 +483,20 @@ TEMPLATE_TEST_CASE("a step that fails a check changes no parameter, no state and
       opt.step(g);
     }, "the gradient of 'lm_head.weight' has ");
   }
+  SECTION("a finite gradient entry in the last parameter that would overflow its step (issue 13, finding 2)") {
+    fails_cleanly([&] {
+      model.tensors[head].grad[17] = std::numeric_limits<T>::max() / T(2);
+      opt.step(model.gradient_views());
+    }, "parameter 'lm_head.weight': gradient(");
+  }
+  SECTION("a non-finite momentum in the last parameter's state (issue 13, finding 2)") {
+    T& entry = opt.state(orthopt::param_id{head}).momentum(0)(0, 1);
+    const T kept = entry;
+    entry = nan;
+    fails_cleanly([&] { opt.step(model.gradient_views()); },
+                  "parameter 'lm_head.weight': the state's momentum(0, 1) is nan");
+    entry = kept;
+  }
   SECTION("Inf in one matrix of a batch") {
     fails_cleanly([&] {
       model.tensors[experts].grad[2 * 40 + 3] = -inf;
@@ -598,4 +612,22 @@ TEMPLATE_TEST_CASE("registration errors name the problem", "[optimizer]", float,
   CHECK(opt.find_param("w").has_value());
   CHECK_FALSE(opt.find_param("v").has_value());
   CHECK_THROWS_AS(opt.state(orthopt::param_id{1}), orthopt::value_error);
+}
+
+// record_ns_residuals switched a group's plans one by one, so a plan that cannot record (more than 64
+// iterations) left the members before it switched on. It now checks them all first.
+TEMPLATE_TEST_CASE("record_ns_residuals on a group is all or nothing", "[optimizer][errors]", float, double) {
+  using T = TestType;
+  orthopt::optimizer<T, B> opt;
+  const group_id g = opt.add_group("muon", orthopt::muon<T, B>());
+  std::vector<T> a(64), b(64), c(64);
+  const auto pa = opt.add_param("a", g, orthopt::row_major_view(a.data(), 8, 8));
+  const auto pb = opt.add_param("b", g, orthopt::row_major_view(b.data(), 8, 8));
+  const auto pc = opt.add_param("c", g, orthopt::row_major_view(c.data(), 8, 8));
+  opt.set_ns_steps(pb, 70);
+  CHECK_THROWS_WITH(opt.record_ns_residuals(g, true), Catch::Contains("residuals are recorded for at most 64"));
+  for (const auto p : {pa, pb, pc}) CHECK_FALSE(opt.state(p).ns_plan()->records_residuals());
+  opt.set_ns_steps(pb, 5);
+  opt.record_ns_residuals(g, true);
+  for (const auto p : {pa, pb, pc}) CHECK(opt.state(p).ns_plan()->records_residuals());
 }

@@ -376,6 +376,10 @@ TEMPLATE_TEST_CASE("invalid hyper-parameters raise value_error at construction a
       {"momentum = 1.5", [](auto& o) { o.momentum = 1.5; }},
       {"momentum = -", [](auto& o) { o.momentum = -0.5; }},
       {"steps = 0", [](auto& o) { o.ortho.ns.steps = 0; }},
+      // Enum fields holding no enumerator (found by reviewing the options; they ran as a default).
+      {"momentum_type = 2 is not one of its enumerators", [](auto& o) { o.momentum_type = static_cast<orthopt::momentum_kind>(2); }},
+      {"scale = 7 is not one of its enumerators", [](auto& o) { o.scale = static_cast<orthopt::shape_scale>(7); }},
+      {"normalization = 9 is not an ns_normalization", [](auto& o) { o.ortho.ns.normalization = static_cast<orthopt::ns_normalization>(9); }},
   };
   check_invalid<T, Muon<T>>(orthopt::muon_presets::keller(), muon_breaks);
   check_invalid<T, Muon<T>>(orthopt::muon_presets::moonlight(), muon_breaks);
@@ -386,6 +390,7 @@ TEMPLATE_TEST_CASE("invalid hyper-parameters raise value_error at construction a
       {"eps = 0.0", [](auto& o) { o.eps = 0.0; }},
       {"eps = -", [](auto& o) { o.eps = -1e-8; }},
       {"beta2 = 1.0", [](auto& o) { o.beta2 = 1.0; }},
+      {"form = 5 is not one of its enumerators", [](auto& o) { o.form = static_cast<orthopt::adamuon_form>(5); }},
       {"weight_decay = inf", [](auto& o) { o.weight_decay = std::numeric_limits<double>::infinity(); }},
   };
   check_invalid<T, AdaMuon<T>>(orthopt::adamuon_presets::paper(), adamuon_breaks);
@@ -397,6 +402,7 @@ TEMPLATE_TEST_CASE("invalid hyper-parameters raise value_error at construction a
       {"eps = 0.0", [](auto& o) { o.eps = 0.0; }},
       {"rms_scale = 0.0", [](auto& o) { o.rms_scale = 0.0; }},
       {"column_clamp = -", [](auto& o) { o.column_clamp = -0.5; }},
+      {"form = 3 is not one of its enumerators", [](auto& o) { o.form = static_cast<orthopt::namo_form>(3); }},
   };
   check_invalid<T, Namo<T>>(orthopt::namo_presets::code(), namo_breaks);
   check_invalid<T, Namo<T>>(orthopt::namo_presets::paper(), namo_breaks);
@@ -405,6 +411,7 @@ TEMPLATE_TEST_CASE("invalid hyper-parameters raise value_error at construction a
       {"lr = -", [](auto& o) { o.lr = -1e-3; }},       {"beta1 = 1.0", [](auto& o) { o.beta1 = 1.0; }},
       {"beta2 = 1.0", [](auto& o) { o.beta2 = 1.0; }}, {"eps = 0.0", [](auto& o) { o.eps = 0.0; }},
       {"eps = -", [](auto& o) { o.eps = -1.0; }},
+      {"form = 2 is not one of its enumerators", [](auto& o) { o.form = static_cast<orthopt::adamw_form>(2); }},
   };
   check_invalid<T, AdamW<T>>(orthopt::adamw_presets::torch(), adamw_breaks);
   check_invalid<T, AdamW<T>>(orthopt::adamw_presets::moonlight(), adamw_breaks);
@@ -509,4 +516,181 @@ TEMPLATE_TEST_CASE("sizes that overflow are refused with a shape_error", "[rules
                                      {"the product of the dimensions overflows at dimension 1"});
   expect_throw<orthopt::shape_error>([&] { (void)orthopt::tensor_as_batch(&x, {big, big, 2}); },
                                      {"the product of the dimensions overflows"});
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Issue 13, finding 2: finite values that overflow. A gradient entry of 3e38 (finite in float) made
+// Muon's classical momentum Inf and W all NaN, kept AdaMuon's paper momentum at ±Inf and froze AdamW's
+// second moment, silently. Every step now refuses gradient and state entries beyond the limits its
+// arithmetic can take (step_limits), before anything is written.
+// ---------------------------------------------------------------------------------------------------
+namespace {
+/// Every entry of a view is finite.
+template <class V>
+bool all_finite(const V& v) {
+  for (index_t i = 0; i < v.rows; ++i)
+    for (index_t j = 0; j < v.cols; ++j)
+      if (!std::isfinite(static_cast<double>(v(i, j)))) return false;
+  return true;
+}
+/// Every persistent tensor of a state is finite.
+template <class State>
+bool state_is_finite(State& st) {
+  for (index_t k = 0; k < st.count(); ++k) {
+    if (!all_finite(st.momentum(k)) || !all_finite(st.second_moment(k)) || !all_finite(st.column_moment(k))) return false;
+  }
+  return true;
+}
+/// Steps twice on ordinary gradients, so that the state is not zero.
+template <class T, class Rule, class State>
+void warm_up(Rule& rule, Mat<T>& w, State& st, shape s) {
+  for (std::uint64_t k = 0; k < 2; ++k) {
+    const Mat<T> g = gaussian(s.rows, s.cols, seed_of(s, 40 + k)).cast<T>();
+    rule.step(orthopt::make_view(w), orthopt::make_view(g), st);
+  }
+}
+}  // namespace
+
+TEMPLATE_TEST_CASE("finite gradients beyond a rule's overflow limit are refused with nothing changed",
+                   "[rules][errors][overflow]", float, double) {
+  using T = TestType;
+  const shape s{7, 5};
+  for_each_rule<T>([&](auto rule, const char* label) {
+    const orthopt::step_limits lim = rule.limits(s.rows, s.cols);
+    REQUIRE(std::isfinite(lim.gradient));
+    REQUIRE(std::isfinite(lim.momentum));
+    auto st = rule.make_state(s.rows, s.cols);
+    Mat<T> w = gaussian(s.rows, s.cols, seed_of(s, 2)).cast<T>();
+    warm_up<T>(rule, w, st, s);
+    // Just past the limit, the issue's 3e38 (90% of the largest float; 1.6e308 in double), and the largest
+    // finite value itself, with either sign.
+    const double largest = static_cast<double>(std::numeric_limits<T>::max());
+    for (const double value : {1.5 * lim.gradient, -1.5 * lim.gradient, 0.9 * largest, -largest}) {
+      INFO(label << ": gradient(4, 3) = " << value << ", limit " << lim.gradient);
+      Mat<T> g = gaussian(s.rows, s.cols, seed_of(s, 9)).cast<T>();
+      g(4, 3) = static_cast<T>(value);
+      REQUIRE(std::isfinite(g(4, 3)));
+      const Mat<T> w_before = w;
+      const snapshot state_before = take(st);
+      expect_throw<orthopt::value_error>([&] { rule.step(orthopt::make_view(w), orthopt::make_view(g), st); },
+                                         {"gradient(4, 3)", "beyond", "without overflowing", "unchanged"});
+      CHECK(bit_identical<T>(w, w_before));
+      CHECK(take(st) == state_before);
+    }
+    // At the limit itself the step goes through, and everything stays finite.
+    Mat<T> g = gaussian(s.rows, s.cols, seed_of(s, 10)).cast<T>();
+    g(4, 3) = static_cast<T>(std::nextafter(lim.gradient, 0.0));
+    INFO(label << ": gradient(4, 3) just below the limit " << lim.gradient);
+    rule.step(orthopt::make_view(w), orthopt::make_view(g), st);
+    CHECK(w.allFinite());
+    CHECK(state_is_finite(st));
+  });
+}
+
+TEMPLATE_TEST_CASE("a state that is not finite or beyond its limit is refused with nothing changed",
+                   "[rules][errors][overflow]", float, double) {
+  using T = TestType;
+  const shape s{6, 4};
+  for_each_rule<T>([&](auto rule, const char* label) {
+    const orthopt::step_limits lim = rule.limits(s.rows, s.cols);
+    auto st = rule.make_state(s.rows, s.cols, 2);  // a batch of two: the problem is in item 1
+    std::vector<T> wb(static_cast<std::size_t>(2 * s.rows * s.cols)), gb(wb.size());
+    for (std::size_t i = 0; i < wb.size(); ++i) {
+      wb[i] = static_cast<T>(std::sin(0.3 * double(i)));
+      gb[i] = static_cast<T>(std::cos(0.7 * double(i)));
+    }
+    const auto W = orthopt::row_major_batch(wb.data(), 2, s.rows, s.cols);
+    const auto G = orthopt::row_major_batch<const T>(gb.data(), 2, s.rows, s.cols);
+    rule.step(W, G, st);
+    struct corruption {
+      std::string tensor;
+      double value;
+      const char* says;
+    };
+    std::vector<corruption> cases = {{"momentum", std::numeric_limits<double>::quiet_NaN(), "is nan"},
+                                     {"momentum", -std::numeric_limits<double>::infinity(), "is -inf"},
+                                     {"momentum", -1.5 * lim.momentum, "beyond"}};
+    if (!st.second_moment(1).empty()) {
+      cases.push_back({"second moment", std::numeric_limits<double>::infinity(), "is inf"});
+      cases.push_back({"second moment", 1.5 * lim.second, "beyond"});
+    }
+    if (!st.column_moment(1).empty()) {
+      cases.push_back({"column moment", std::numeric_limits<double>::quiet_NaN(), "is nan"});
+      cases.push_back({"column moment", 1.5 * lim.column, "beyond"});
+    }
+    for (const corruption& c : cases) {
+      INFO(label << ": " << c.tensor << " = " << c.value);
+      const bool column = c.tensor == "column moment";
+      const index_t r = column ? 0 : 3, col = column ? st.column_moment(1).cols - 1 : 1;  // NAMO's v is 1×1
+      auto slot = [&]() -> double {
+        if (c.tensor == "momentum") return static_cast<double>(st.momentum(1)(r, col));
+        if (c.tensor == "second moment") return static_cast<double>(st.second_moment(1)(r, col));
+        return st.column_moment(1)(r, col);
+      };
+      auto set = [&](double v) {
+        if (c.tensor == "momentum") st.momentum(1)(r, col) = static_cast<T>(v);
+        else if (c.tensor == "second moment") st.second_moment(1)(r, col) = static_cast<T>(v);
+        else st.column_moment(1)(r, col) = v;
+      };
+      const double kept = slot();
+      set(c.value);
+      const std::vector<T> w_before = wb;
+      const snapshot state_before = take(st);
+      const std::string where = "the state's " + c.tensor + "(" + std::to_string(r) + ", " + std::to_string(col) + ")";
+      expect_throw<orthopt::value_error>([&] { rule.step(W, G, st); }, {where, c.says, "batch item 1", "unchanged"});
+      CHECK(wb == w_before);
+      CHECK(take(st) == state_before);
+      set(kept);  // repaired, the state steps again
+      rule.step(W, G, st);
+      CHECK(state_is_finite(st));
+    }
+  });
+}
+
+// The limits are right: from a fresh state, any sequence of gradients within them — of any magnitude
+// from 1e-30 to the limit, jumping between them — gives finite parameters and states at every step. A
+// classical momentum (Muon moonlight, AdaMuon paper) may grow past its own limit under gradients at the
+// limit: that step is then refused (nothing changed), never computed into Inf or NaN.
+TEMPLATE_TEST_CASE("gradients within the limits never give a non-finite step", "[rules][overflow][property]", float,
+                   double) {
+  using T = TestType;
+  for (const shape s : {shape{1, 1}, shape{5, 3}, shape{8, 12}, shape{16, 16}}) {
+    for (std::uint64_t seed = 1; seed <= 5; ++seed) {
+      for_each_rule<T>([&](auto rule, const char* label) {
+        const orthopt::step_limits lim = rule.limits(s.rows, s.cols);
+        auto st = rule.make_state(s.rows, s.cols);
+        Mat<T> w = gaussian(s.rows, s.cols, seed_of(s, 100 + seed)).cast<T>();
+        std::mt19937_64 rng(seed * 7919 + static_cast<std::uint64_t>(s.rows * 31 + s.cols));
+        std::uniform_real_distribution<double> unit(-1.0, 1.0);
+        const double scales[] = {1e-30, 1e-3, 1.0, 1e6, lim.gradient};
+        for (int t = 0; t < 10; ++t) {
+          const double scale = scales[rng() % 5];
+          Mat<T> g(s.rows, s.cols);
+          for (index_t i = 0; i < s.rows; ++i)
+            for (index_t j = 0; j < s.cols; ++j) {
+              // A third of the entries at ±scale exactly (capped just below the limit), the rest inside.
+              const double u = (rng() % 3 == 0) ? (unit(rng) < 0 ? -1.0 : 1.0) : unit(rng);
+              g(i, j) = static_cast<T>(std::min(u * scale, std::nextafter(lim.gradient, 0.0)));
+              if (std::abs(static_cast<double>(g(i, j))) > lim.gradient) g(i, j) = static_cast<T>(0);
+            }
+          INFO(label << " shape " << to_string(s) << " seed " << seed << " step " << t << " scale " << scale);
+          const Mat<T> w_before = w;
+          const snapshot before = take(st);
+          try {
+            rule.step(orthopt::make_view(w), orthopt::make_view(g), st);
+          } catch (const orthopt::value_error& e) {
+            INFO(e.what());
+            const std::string label_s = label;
+            CHECK((label_s == "muon moonlight" || label_s == "muon exact polar" || label_s == "adamuon paper"));
+            CHECK_THAT(std::string(e.what()), Contains("the state's momentum"));
+            CHECK(bit_identical<T>(w, w_before));
+            CHECK(take(st) == before);
+            break;
+          }
+          REQUIRE(w.allFinite());
+          REQUIRE(state_is_finite(st));
+        }
+      });
+    }
+  }
 }

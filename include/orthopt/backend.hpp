@@ -15,6 +15,9 @@
 //   scale_columns(be, d, X)                            X(:,j) ← d[j]·X(:,j)          (d: doubles)
 //   run_scalar(be, f)                                  f() once, where backend memory lives
 //   find_nonfinite(be, X)                              the first NaN/Inf entry, read back to the host
+//   find_nonfinite(be, X, limit)                       (optional) the first entry that is NaN or of
+//                                                      magnitude above limit: the rules' overflow guard;
+//                                                      a backend without it gets the NaN/Inf check only
 //   be.allocate<T>(n) → buffer<T>                      owning backend memory; only at setup
 //   prepare_gemm(be, m, n, k), prepare_syrk(be, n, k)  size scratch so later calls never allocate
 //   copy_to_host(be, host_dst, src, bytes)             backend memory → host memory (checkpoints)
@@ -85,6 +88,13 @@ using compute_t = typename compute_type<std::remove_cv_t<T>>::type;
 template <class T>
 struct storage_epsilon {
   static constexpr double value = static_cast<double>(std::numeric_limits<T>::epsilon());
+};
+
+/// The largest finite value of a storage type (the rules' overflow limits); specialized like
+/// storage_epsilon.
+template <class T>
+struct storage_max {
+  static constexpr double value = static_cast<double>(std::numeric_limits<T>::max());
 };
 
 namespace detail {
@@ -192,6 +202,18 @@ concept backend_for = std::copy_constructible<Backend> &&
     copy_from_host(be, bytes, const_bytes, std::size_t{1});
   };
 // clang-format on
+
+namespace detail {
+/// find_nonfinite with an overflow limit where the backend has that form; else the NaN/Inf check alone.
+template <class Backend, class T>
+std::optional<nonfinite_entry> find_beyond(Backend& be, matrix_view<T> X, double limit) {
+  if constexpr (requires { find_nonfinite(be, X, limit); }) {
+    return find_nonfinite(be, X, limit);
+  } else {
+    return find_nonfinite(be, X);
+  }
+}
+}  // namespace detail
 
 // ---------------------------------------------------------------------------------------------------
 // Batched primitives: defaults that loop over the matrices. A backend overloads them for its own handle

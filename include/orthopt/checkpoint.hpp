@@ -63,6 +63,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <bit>
 #include <cstddef>
 #include <cstdint>
@@ -529,9 +530,46 @@ struct checkpoint_load_plan {
 /// Step 4: matches the checkpoint against the optimizer by name and checks every field, allocating
 /// what the copy needs. With `other_params_allowed` the checkpoint may hold parameters the optimizer
 /// lacks (a distributed optimizer's shard: the caller checks those against the other ranks').
+/// One little-endian element of the payload as a double (U: the stored type).
+template <class U>
+double payload_element(const unsigned char* src) {
+  unsigned char bytes[sizeof(U)];
+  std::memcpy(bytes, src, sizeof(U));
+  if constexpr (std::endian::native != std::endian::little) std::reverse(bytes, bytes + sizeof(U));
+  U value;
+  std::memcpy(&value, bytes, sizeof(U));
+  return static_cast<double>(widen(value));
+}
+
+/// The values of a state slot: finite, and the moments (means of squares, whose roots a step takes)
+/// not negative. A step's value check would refuse a non-finite state later; refusing it here names the
+/// file as its source and keeps the optimizer as it was.
+template <class T>
+void check_slot_values(const std::string& who, const parsed_slot& slot, const unsigned char* src, std::uint64_t rows,
+                       std::uint64_t cols) {
+  const std::string_view name = slot.name;
+  const bool element_typed = name == "momentum" || name == "second_moment";
+  const bool non_negative = name == "second_moment" || name == "column_moment";
+  const std::uint64_t width = name == "column_moment" ? (slot.elements == 0 ? 1 : slot.elements) : rows * cols;
+  for (std::uint64_t e = 0; e < slot.elements; ++e) {
+    const double v = element_typed ? payload_element<T>(src + e * sizeof(T)) : payload_element<double>(src + e * 8);
+    const bool bad = !std::isfinite(v) || (non_negative && v < 0.0);
+    if (!bad) continue;
+    std::string where = "element " + std::to_string(e);
+    if (element_typed) {
+      const std::uint64_t k = e / width, r = (e % width) / cols, c = e % cols;
+      where += " (matrix " + std::to_string(k) + ", row " + std::to_string(r) + ", column " + std::to_string(c) + ")";
+    }
+    load_fail_value(who + "slot '" + slot.name + "' " + where + " is " + std::to_string(v) +
+                    (std::isfinite(v) ? "; a second moment is a mean of squares and cannot be negative"
+                                      : "; a state must be finite"));
+  }
+}
+
 template <class T, class Backend>
-checkpoint_load_plan<T, Backend> plan_checkpoint_load(optimizer<T, Backend>& opt, const parsed_checkpoint& parsed,
-                                                      std::uint32_t version, bool other_params_allowed) {
+checkpoint_load_plan<T, Backend> plan_checkpoint_load(optimizer<T, Backend>& opt, const checkpoint_image& image,
+                                                      const parsed_checkpoint& parsed, bool other_params_allowed) {
+  const std::uint32_t version = image.version;
   const std::vector<parsed_param>& params = parsed.params;
   // ---- 4. Match against the optimizer, by name.
   std::unordered_map<std::string_view, std::size_t> by_name;
@@ -605,6 +643,9 @@ checkpoint_load_plan<T, Backend> plan_checkpoint_load(optimizer<T, Backend>& opt
         load_fail_shape(who + "slot '" + s.name + "' element count in the checkpoint = " + std::to_string(s.elements) +
                         ", in the optimizer = " + std::to_string(have[k].elements));
       }
+      if (s.element_bytes == sizeof(T) || s.element_bytes == sizeof(double)) {
+        check_slot_values<T>(who, s, image.payload.data() + s.offset, p.rows, p.cols);
+      }
     }
     if (version >= 2) {
       const auto* ns = state.ns_plan();
@@ -670,7 +711,7 @@ template <class T, class Backend>
 void load_checkpoint(optimizer<T, Backend>& opt, std::istream& in) {
   const detail::checkpoint_image image = detail::read_checkpoint_image<T>(in, detail::payload_bytes_of(opt));
   const detail::parsed_checkpoint parsed = detail::parse_checkpoint(image);
-  const auto plan = detail::plan_checkpoint_load(opt, parsed, image.version, false);
+  const auto plan = detail::plan_checkpoint_load(opt, image, parsed, false);
   detail::commit_checkpoint_load(opt, image, parsed, plan);
 }
 

@@ -619,6 +619,12 @@ class optimizer {
   /// Record the residuals r_0 … r_T of every Newton–Schulz call of group g (ns_residuals reads them).
   void record_ns_residuals(group_id g, bool on) {
     const auto members = ns_members(g, "record_ns_residuals");
+    // All or nothing: a plan that cannot record refuses before any member is switched.
+    if (on) {
+      for (std::size_t i : members) {
+        if (!params_[i].state.ns_plan()->can_record_residuals()) params_[i].state.ns_plan()->record_residuals(true);
+      }
+    }
     for (std::size_t i : members) params_[i].state.ns_plan()->record_residuals(on);
   }
   /// The residuals r_0 … r_T of parameter p's last Newton–Schulz call (matrix k of its last chunk),
@@ -1016,19 +1022,24 @@ class optimizer {
     detail::check_gradient_view(who, p.name, grad, p.param, [this](auto&& visit) {
       for (const param_entry& q : params_) visit(q.name, q.param);
     });
-    const bool check_finite = std::visit([](auto& r) { return r.options().check_finite; }, g.rule);
-    Backend& be = std::visit([](auto& r) -> Backend& { return r.backend(); }, g.rule);
-    for (index_t k = 0; k < grad.count; ++k) {
-      const const_matrix_view<T> gk = grad[k];
-      if (check_finite) {
-        if (const auto bad = find_nonfinite(be, gk)) {
-          throw value_error(std::string(who) + ": the gradient of '" + p.name + "' has " + std::to_string(bad->value) +
-                            " at (" + std::to_string(bad->row) + ", " + std::to_string(bad->col) + ")" +
-                            (grad.count > 1 ? " of batch item " + std::to_string(k) : std::string()) +
-                            "; nothing was changed");
-        }
-      }
+    // The rule's value check (NaN, Inf and its overflow limits on the gradient and the state), run here
+    // for every parameter before any is stepped.
+    const auto problem = std::visit(
+        [&](auto& r) -> std::optional<value_problem> {
+          if (!r.options().check_finite) return std::nullopt;
+          return r.find_value_problem(grad, p.state);
+        },
+        g.rule);
+    if (!problem) return;
+    const bool nonfinite = !std::isfinite(problem->entry.value);
+    if (!problem->in_state && nonfinite) {
+      throw value_error(std::string(who) + ": the gradient of '" + p.name + "' has " + std::to_string(problem->entry.value) +
+                        " at (" + std::to_string(problem->entry.row) + ", " + std::to_string(problem->entry.col) + ")" +
+                        (grad.count > 1 ? " of batch item " + std::to_string(problem->item) : std::string()) +
+                        "; nothing was changed");
     }
+    throw value_error(std::string(who) + ": parameter '" + p.name + "': " +
+                      detail::describe_value_problem<T>(*problem, grad.count) + "; nothing was changed");
   }
 
   std::vector<group_type> groups_;

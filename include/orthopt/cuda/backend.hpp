@@ -61,6 +61,7 @@
 #include <climits>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -96,6 +97,12 @@ struct compute_type<__nv_bfloat16> {
 template <>
 struct storage_epsilon<__nv_bfloat16> {
   static constexpr double value = 0.0078125;
+};
+
+/// The largest finite bf16: (2 − 2⁻⁷)·2¹²⁷.
+template <>
+struct storage_max<__nv_bfloat16> {
+  static constexpr double value = 3.3895313892515355e38;
 };
 
 namespace checkpoint_format {
@@ -550,7 +557,8 @@ struct frobenius_op {
   ORTHOPT_HD void finish(reduce_partial p) const { out[0] = norm_sum::value(p); }
 };
 
-/// The first NaN/Inf in row-major order: partial = (row-major position, value, found).
+/// The first NaN/Inf (or entry of magnitude above `limit`) in row-major order: partial = (row-major
+/// position, value, found).
 template <class T>
 struct nonfinite_op {
   matrix_view<T> X;
@@ -558,9 +566,10 @@ struct nonfinite_op {
   device_status* record;
   bool flag;       // flag_on_device: merge into the flag record; else overwrite the throw_on_host record
   bool row_major;  // X.is_row_major(), taken on the host
+  double limit;    // +Inf: NaN and ±Inf only
   ORTHOPT_HD reduce_partial load(index_t p) const {
     const double x = element_at(X, w, p);
-    if (finite(x)) return {};
+    if (finite(x) && (x <= limit && -x <= limit)) return {};
     index_t i = 0, j = 0;
     if (!w.linear) {
       w.locate(p, i, j);
@@ -913,14 +922,17 @@ void run_scalar(cuda_backend& be, F&& f) {
   detail::cuda_launch(be, 1, detail::scalar_kernel<std::decay_t<F>>{f});
 }
 
-/// The first NaN or Inf in row-major order. throw_on_host: the result is read back (a synchronization)
-/// and returned. flag_on_device: recorded in the device status record (read_status()); returns nothing.
+/// The first NaN or Inf in row-major order (or entry of magnitude above `limit`: the steps' overflow
+/// limits). throw_on_host: the result is read back (a synchronization) and returned. flag_on_device:
+/// recorded in the device status record (read_status()); returns nothing.
 template <class T>
-std::optional<nonfinite_entry> find_nonfinite(cuda_backend& be, matrix_view<T> X) {
+std::optional<nonfinite_entry> find_nonfinite(cuda_backend& be, matrix_view<T> X,
+                                              double limit = std::numeric_limits<double>::infinity()) {
   if (X.empty()) return std::nullopt;
   const bool flag = be.nonfinite_mode() == nonfinite_check::flag_on_device;
   device_status* record = be.status_record() + (flag ? 0 : 1);
-  detail::cuda_reduce(be, X.size(), detail::nonfinite_op<T>{X, detail::walk_of(X), record, flag, X.is_row_major()});
+  detail::cuda_reduce(be, X.size(),
+                      detail::nonfinite_op<T>{X, detail::walk_of(X), record, flag, X.is_row_major(), limit});
   if (flag) return std::nullopt;
   device_status found;
   ORTHOPT_CUDA_CHECK(cudaMemcpyAsync(&found, record, sizeof(found), cudaMemcpyDeviceToHost, be.stream()));

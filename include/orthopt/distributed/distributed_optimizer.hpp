@@ -565,7 +565,7 @@ class distributed_optimizer {
     try {
       parsed = detail::parse_checkpoint(image);
       check_against_registration(parsed);
-      plan = detail::plan_checkpoint_load(local_, parsed, image.version, true);
+      plan = detail::plan_checkpoint_load(local_, image, parsed, true);
     } catch (...) {
       failure = std::current_exception();
     }

@@ -456,10 +456,11 @@ void gemm(eigen_backend& be, std::type_identity_t<T> alpha, matrix_view<TA> A, o
   const index_t cs = C.cols <= 1 ? std::max<index_t>(m, 1) : C.col_stride;
   const int parts = detail::eigen_threads_for(be, double(m) * double(n) * double(k), n);
   prepare_gemm<T>(be, m, n, k);
+  T* const c_data = C.data;  // lambdas cannot capture structured bindings before C++20 compilers (clang 16)
   detail::parallel_for_threads(parts, [&](int t) {
     const index_t j0 = detail::split_point(n, parts, t), j1 = detail::split_point(n, parts, t + 1);
     if (j1 <= j0) return;
-    detail::gemm_single<T>(be, t, m, j1 - j0, k, *lo, detail::operand_columns_from(*ro, j0), C.data + j0 * cs, cs,
+    detail::gemm_single<T>(be, t, m, j1 - j0, k, *lo, detail::operand_columns_from(*ro, j0), c_data + j0 * cs, cs,
                            alpha);
   });
 }
@@ -746,14 +747,17 @@ void run_scalar(eigen_backend&, F&& f) {
   f();
 }
 
-/// The first NaN or Inf in row-major order, if any.
+/// The first entry in row-major order that is NaN or of magnitude above `limit` (Inf when limit is the
+/// type's largest value, the default), if any.
 template <class T>
-std::optional<nonfinite_entry> find_nonfinite(eigen_backend&, matrix_view<T> X) {
+std::optional<nonfinite_entry> find_nonfinite(eigen_backend&, matrix_view<T> X,
+                                              double limit = std::numeric_limits<double>::infinity()) {
   // Every step scans every gradient, so the clean case is the one to make fast: one branch-free pass in
   // storage order (it vectorizes); only when it finds something is the first entry located in
   // row-major order, so the reported position does not depend on the storage order.
   using value_t = std::remove_const_t<T>;
-  const value_t largest = std::numeric_limits<value_t>::max();
+  const double type_max = static_cast<double>(std::numeric_limits<value_t>::max());
+  const value_t largest = limit >= type_max ? std::numeric_limits<value_t>::max() : static_cast<value_t>(limit);
   bool any = false;
   if (X.is_contiguous()) {
     const T* p = X.data;
@@ -771,7 +775,7 @@ std::optional<nonfinite_entry> find_nonfinite(eigen_backend&, matrix_view<T> X) 
   if (!any) return std::nullopt;
   for (index_t i = 0; i < X.rows; ++i)
     for (index_t j = 0; j < X.cols; ++j)
-      if (!std::isfinite(X(i, j))) return nonfinite_entry{i, j, double(X(i, j))};
+      if (!(std::abs(X(i, j)) <= largest)) return nonfinite_entry{i, j, double(X(i, j))};
   return std::nullopt;
 }
 

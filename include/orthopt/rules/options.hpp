@@ -50,6 +50,13 @@ inline void check_beta(const char* rule, const std::string& preset, const char* 
   require(std::isfinite(b) && b >= 0.0 && b < 1.0, rule, preset,
           [&] { return std::string(name) + " = " + num(b) + " must lie in [0, 1)"; });
 }
+/// An enum field holds one of its enumerators (not an integer cast from a config file that names none).
+template <class E, class... Values>
+inline void check_enum(const char* rule, const std::string& preset, const char* name, E value, Values... allowed) {
+  require(((value == allowed) || ...), rule, preset, [&] {
+    return std::string(name) + " = " + std::to_string(static_cast<long long>(value)) + " is not one of its enumerators";
+  });
+}
 inline void check_eps(const char* rule, const std::string& preset, double eps) {
   require(std::isfinite(eps) && eps > 0.0, rule, preset, [&] { return "eps = " + num(eps) + " must be finite and > 0"; });
 }
@@ -69,11 +76,14 @@ struct muon_options {
   bool nesterov = true;
   shape_scale scale = shape_scale::original;
   orthogonalizer ortho{};
-  bool check_finite = true;  ///< reject NaN/Inf gradients (a device→host read per step on a GPU)
+  bool check_finite = true;  ///< refuse NaN, Inf and overflowing gradient or state entries (step_limits; device→host reads on a GPU)
 
   void validate() const {
     const char* who = "muon_options";
     detail::check_lr_wd(who, preset, lr, weight_decay);
+    detail::check_enum(who, preset, "momentum_type", momentum_type, momentum_kind::ema, momentum_kind::classical);
+    detail::check_enum(who, preset, "scale", scale, shape_scale::original, shape_scale::match_rms_adamw,
+                       shape_scale::spectral, shape_scale::none);
     detail::check_beta(who, preset, "momentum", momentum);
     ortho.ns.validate();
   }
@@ -124,6 +134,7 @@ struct adamuon_options {
   void validate() const {
     const char* who = "adamuon_options";
     detail::check_lr_wd(who, preset, lr, weight_decay);
+    detail::check_enum(who, preset, "form", form, adamuon_form::paper, adamuon_form::code);
     detail::check_beta(who, preset, "beta", beta);
     detail::check_eps(who, preset, eps);
     detail::require(std::isfinite(beta2) && beta2 >= 0.0 && beta2 < 1.0, who, preset, [&] {
@@ -169,6 +180,7 @@ struct namo_options {
   void validate() const {
     const char* who = "namo_options";
     detail::check_lr_wd(who, preset, lr, weight_decay);
+    detail::check_enum(who, preset, "form", form, namo_form::paper, namo_form::code);
     detail::check_beta(who, preset, "mu1", mu1);
     detail::check_beta(who, preset, "mu2", mu2);
     detail::check_eps(who, preset, eps);
@@ -217,6 +229,7 @@ struct adamw_options {
   void validate() const {
     const char* who = "adamw_options";
     detail::check_lr_wd(who, preset, lr, weight_decay);
+    detail::check_enum(who, preset, "form", form, adamw_form::torch, adamw_form::moonlight);
     detail::check_beta(who, preset, "beta1", beta1);
     detail::check_beta(who, preset, "beta2", beta2);
     detail::check_eps(who, preset, eps);

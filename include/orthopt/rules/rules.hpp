@@ -8,9 +8,12 @@
 // `step(W, G, state)` updates W in place and allocates nothing.
 //
 // Every step first checks its inputs and throws, leaving W and the state untouched, on: a parameter,
-// gradient and state of different shapes (shape_error naming them), a state made by another rule
-// (value_error), NaN or Inf in the gradient (value_error naming its position; set check_finite = false
-// to skip the check, one device→host read per step on a GPU), or invalid hyper-parameters (value_error).
+// gradient and state of different shapes (shape_error naming them), overlapping memory (shape_error), a
+// state made by another rule (value_error), invalid hyper-parameters (value_error), and — with
+// check_finite on, the default — a gradient or state entry that is NaN, Inf or beyond the rule's
+// overflow limits (step_limits; value_error naming the tensor, the position, the value and the limit).
+// check_finite = false skips that scan: one pass over the gradient and the state tensors the step reads,
+// each a device→host read on a GPU (the CUDA backend's flag_on_device mode records instead of reading).
 #pragma once
 
 #include <algorithm>
@@ -20,6 +23,8 @@
 #include <optional>
 #include <limits>
 #include <string>
+#include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -48,8 +53,58 @@ inline const char* rule_name(rule_kind k) {
 namespace detail {
 template <class Derived, class T, class Backend, class Options>
 class rule_base;
+}  // namespace detail
 
+/// The largest magnitudes a step of a rule takes without overflowing (its overflow guard, issue 13
+/// finding 2): with every gradient and state entry within these, every value the step computes — the
+/// momentum, the Nesterov direction, the second moments, the norms NAMO and Newton–Schulz take in
+/// double — is finite. A step with check_finite on refuses anything beyond them, finite or not, before
+/// it writes. Each rule's `limits_of(options, rows, cols)` derives them (see there); +Inf: not checked.
+struct step_limits {
+  double gradient = std::numeric_limits<double>::infinity();  ///< every |G(i,j)|
+  double momentum = std::numeric_limits<double>::infinity();  ///< every |M(i,j)|
+  double second = std::numeric_limits<double>::infinity();    ///< AdamW's v and AdaMuon's V, element type
+  double column = std::numeric_limits<double>::infinity();    ///< NAMO's v and NAMO-D's V_j, double
+};
 
+/// What a step's value check found: the tensor ("gradient" or a state slot), the batch item, the entry
+/// and the limit it broke (+Inf: the entry is NaN or Inf).
+struct value_problem {
+  const char* tensor = "gradient";
+  bool in_state = false;
+  index_t item = 0;
+  nonfinite_entry entry{};
+  double limit = std::numeric_limits<double>::infinity();
+};
+
+namespace detail {
+/// The gradient limit L every orthogonalizing rule shares: a quarter of the element type's range (with
+/// momentum entries up to 1.25·L, μM + G and the Nesterov mix G + μM' stay below 0.82 of it) and, for
+/// double data, what keeps ‖U‖_F of a rows×cols direction of such entries finite in double (the
+/// Newton–Schulz normalization).
+template <class T>
+double orthogonalizer_entry_limit(index_t rows, index_t cols) {
+  const double quarter = storage_max<std::remove_cv_t<T>>::value / 4.0;
+  const double n = static_cast<double>(rows) * static_cast<double>(cols);
+  const double norm_cap = std::numeric_limits<double>::max() / (4.0 * std::sqrt(n));
+  return std::min(quarter, norm_cap);
+}
+
+/// v with 9 significant digits ("1e-50", "0.99999999"): enough to show why it rounds as it does.
+inline std::string num_g(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.9g", v);
+  return buf;
+}
+
+/// The name of a storage type in messages.
+template <class T>
+const char* element_type_name() {
+  if constexpr (std::is_same_v<std::remove_cv_t<T>, float>) return "float";
+  else if constexpr (std::is_same_v<std::remove_cv_t<T>, double>) return "double";
+  else if constexpr (sizeof(T) == 2) return "bfloat16";
+  else return "the element type";
+}
 }  // namespace detail
 
 /// The state of one parameter (or of a batch of `count` same-shape matrices) under one rule.
@@ -217,10 +272,50 @@ class param_state {
 
 namespace detail {
 
-/// The checks every step runs before it writes anything.
+/// The first gradient or state entry that is NaN, Inf or beyond its limit (gradients first, then the
+/// momentum, the second moment and the column moment, batch item by batch item); nothing when all pass.
+/// One pass over each tensor, no allocation.
+template <class T, class Backend>
+std::optional<value_problem> find_value_problem(Backend& be, batch_view<const T> G, param_state<T, Backend>& s,
+                                                const step_limits& limits) {
+  for (index_t k = 0; k < G.count; ++k) {
+    if (const auto bad = find_beyond(be, G[k], limits.gradient)) return value_problem{"gradient", false, k, *bad, limits.gradient};
+  }
+  for (index_t k = 0; k < s.count(); ++k) {
+    if (const auto bad = find_beyond(be, s.momentum(k).as_const(), limits.momentum)) {
+      return value_problem{"momentum", true, k, *bad, limits.momentum};
+    }
+    if (const auto v = s.second_moment(k); !v.empty()) {
+      if (const auto bad = find_beyond(be, v.as_const(), limits.second)) return value_problem{"second moment", true, k, *bad, limits.second};
+    }
+    if (const auto c = s.column_moment(k); !c.empty()) {
+      if (const auto bad = find_beyond(be, c.as_const(), limits.column)) return value_problem{"column moment", true, k, *bad, limits.column};
+    }
+  }
+  return std::nullopt;
+}
+
+/// "gradient(3, 4) is nan" or "the state's momentum(0, 2) is 3.1e+38, beyond 8.5e+37, the largest
+/// magnitude a step of this rule takes in float without overflowing", with the batch item when there
+/// is more than one.
+template <class T>
+std::string describe_value_problem(const value_problem& p, index_t count) {
+  const bool nonfinite = !std::isfinite(p.entry.value);
+  std::string m = std::string(p.in_state ? "the state's " : "") + p.tensor + "(" + std::to_string(p.entry.row) + ", " +
+                  std::to_string(p.entry.col) + ") is " + (nonfinite ? std::to_string(p.entry.value) : num_g(p.entry.value));
+  if (!nonfinite) {
+    m += ", beyond " + num_g(p.limit) + ", the largest magnitude a step of this rule takes in " +
+         (p.tensor == std::string_view("column moment") ? "double" : element_type_name<T>()) + " without overflowing";
+  }
+  if (count > 1) m += " in batch item " + std::to_string(p.item);
+  if (p.in_state) m += " (a state gets there by being loaded or written so, or by growing under classical momentum)";
+  return m;
+}
+
+/// The checks every step runs before it writes anything; `limits` null: no value check (check_finite off).
 template <class T, class Backend>
 void check_step(const char* rule, rule_kind kind, Backend& be, batch_view<T> W, batch_view<const T> G,
-                param_state<T, Backend>& s, bool check_finite) {
+                param_state<T, Backend>& s, const step_limits* limits) {
   const auto who = [rule] { return std::string("orthopt::") + rule + "::step"; };
   if (s.kind() != kind) {
     throw value_error(who() + ": the state was made by " + rule_name(s.kind()) + ", not by " + rule);
@@ -265,13 +360,9 @@ void check_step(const char* rule, rule_kind kind, Backend& be, batch_view<T> W, 
     throw shape_error(who() + ": the gradient" + item(j) + " [" + describe_view(G[j]) + "] and the parameter" + item(k) + " [" +
                       describe_view(W[k]) + "] share memory; the step would read a gradient it is overwriting");
   }
-  if (check_finite) {
-    for (index_t k = 0; k < G.count; ++k) {
-      if (const auto bad = find_nonfinite(be, G[k])) {
-        throw value_error(who() + ": gradient(" + std::to_string(bad->row) + ", " + std::to_string(bad->col) + ") is " +
-                          std::to_string(bad->value) + (G.count > 1 ? " in batch item " + std::to_string(k) : "") +
-                          "; parameters and state are unchanged");
-      }
+  if (limits != nullptr) {
+    if (const auto problem = find_value_problem(be, G, s, *limits)) {
+      throw value_error(who() + ": " + describe_value_problem<T>(*problem, G.count) + "; parameters and state are unchanged");
     }
   }
 }
@@ -290,13 +381,6 @@ inline double shape_factor(shape_scale s, index_t rows, index_t cols) {
     case shape_scale::none: return 1.0;
   }
   return 1.0;
-}
-
-/// v with 9 significant digits ("1e-50", "0.99999999"): enough to show why it rounds as it does.
-inline std::string num_g(double v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.9g", v);
-  return buf;
 }
 
 /// Hyper-parameters that are valid as doubles but that a step uses in the element type's arithmetic
@@ -383,6 +467,16 @@ class rule_base {
   [[nodiscard]] const Options& options() const noexcept { return options_; }
   [[nodiscard]] Backend& backend() noexcept { return backend_; }
 
+  /// The overflow limits of a step on a rows×cols parameter under the current options (step_limits).
+  [[nodiscard]] step_limits limits(index_t rows, index_t cols) const { return Derived::limits_of(options_, rows, cols); }
+
+  /// The value check a step runs when check_finite is on, alone: the first gradient or state entry that
+  /// is NaN, Inf or beyond limits(); nothing when the step would take them all. The optimizer runs it
+  /// on every parameter before it steps any.
+  [[nodiscard]] std::optional<value_problem> find_value_problem(batch_view<const T> G, param_state<T, Backend>& s) {
+    return detail::find_value_problem(backend_, G, s, limits(s.rows(), s.cols()));
+  }
+
   /// The state of a rows×cols parameter, or of `count` stacked ones; allocates all a step needs.
   [[nodiscard]] param_state<T, Backend> make_state(index_t rows, index_t cols, index_t count = 1) const {
     return param_state<T, Backend>(Derived::kind, rows, cols, count, Derived::ortho_of(options_), backend_);
@@ -399,7 +493,8 @@ class rule_base {
   /// (batched) orthogonalization, then each matrix's update.
   void step(batch_view<T> W, batch_view<const T> G, param_state<T, Backend>& s) {
     validate_options();
-    check_step(Derived::name, Derived::kind, backend_, W, G, s, options_.check_finite);
+    const step_limits limits = Derived::limits_of(options_, s.rows(), s.cols());
+    check_step(Derived::name, Derived::kind, backend_, W, G, s, options_.check_finite ? &limits : nullptr);
     if (s.step() == std::numeric_limits<std::int64_t>::max()) {
       // step + 1 would overflow (a count loaded from a checkpoint or set by set_step); refuse first.
       throw value_error(std::string("orthopt::") + Derived::name + "::step: the state's step count is " +
@@ -447,6 +542,15 @@ class muon : public detail::rule_base<muon<T, Backend>, T, Backend, muon_options
   static constexpr rule_kind kind = rule_kind::muon;
   static constexpr const char* name = "muon";
   explicit muon(muon_options o = muon_presets::keller(), Backend be = Backend{}) : base(std::move(o), std::move(be)) {}
+
+  /// Gradient entries within L, a quarter of the element type's range (and, for double data, what
+  /// keeps the direction's norm finite), momentum entries within 1.25·L: μM + G ≤ 2.25·L and the
+  /// Nesterov mix ≤ 3.25·L stay finite. An ema momentum stays within 1.25·L; a classical one
+  /// (M ← μM + G) can grow to L/(1−μ) and is then refused at the next step.
+  static step_limits limits_of(const muon_options&, index_t rows, index_t cols) {
+    const double l = detail::orthogonalizer_entry_limit<T>(rows, cols);
+    return {l, 1.25 * l};
+  }
 
  private:
   static constexpr bool orthogonalizes = true;
@@ -496,6 +600,14 @@ class adamuon : public detail::rule_base<adamuon<T, Backend>, T, Backend, adamuo
   static constexpr const char* name = "adamuon";
   explicit adamuon(adamuon_options o = adamuon_presets::code(), Backend be = Backend{})
       : base(std::move(o), std::move(be)) {}
+
+  /// As Muon for the gradient and the momentum; V within a quarter of the range, so that βV + (1−β)O²
+  /// (O, an orthogonalized matrix, has entries of order 1) stays finite. V ≥ (1−β)O² then keeps O/√V
+  /// bounded by 1/√(1−β).
+  static step_limits limits_of(const adamuon_options&, index_t rows, index_t cols) {
+    const double l = detail::orthogonalizer_entry_limit<T>(rows, cols);
+    return {l, 1.25 * l, storage_max<std::remove_cv_t<T>>::value / 4.0};
+  }
 
  private:
   static constexpr bool orthogonalizes = true;
@@ -619,6 +731,19 @@ class namo : public detail::rule_base<namo<T, Backend>, T, Backend, namo_options
   static constexpr const char* name = "namo";
   explicit namo(namo_options o = namo_presets::code(), Backend be = Backend{}) : base(std::move(o), std::move(be)) {}
 
+  /// As Muon, and a gradient small enough that ‖G‖² (the running mean v, in double) stays within a
+  /// quarter of the double range: |G(i,j)| ≤ √(max double)/(2√(rows·cols)); v within half of it, so
+  /// that μ2·v + (1−μ2)·‖G‖² stays there.
+  static step_limits limits_of(const namo_options& o, index_t rows, index_t cols) { return namo_limits(o, rows, cols); }
+  /// NAMO's limits (NAMO-D uses them too).
+  static step_limits namo_limits(const namo_options&, index_t rows, index_t cols) {
+    const double l = detail::orthogonalizer_entry_limit<T>(rows, cols);
+    const double n = static_cast<double>(rows) * static_cast<double>(cols);
+    const double square_cap = std::sqrt(std::numeric_limits<double>::max()) / (2.0 * std::sqrt(n));
+    return {std::min(l, square_cap), 1.25 * l, std::numeric_limits<double>::infinity(),
+            std::numeric_limits<double>::max() / 2.0};
+  }
+
  private:
   static constexpr bool orthogonalizes = true;
   static const orthogonalizer* ortho_of(const namo_options& o) { return &o.ortho; }
@@ -661,6 +786,11 @@ class namo_d : public detail::rule_base<namo_d<T, Backend>, T, Backend, namo_opt
   static constexpr rule_kind kind = rule_kind::namo_d;
   static constexpr const char* name = "namo_d";
   explicit namo_d(namo_options o = namo_d_presets::code(), Backend be = Backend{}) : base(std::move(o), std::move(be)) {}
+
+  /// NAMO's limits (a column's ‖G[:,j]‖² is at most ‖G‖²).
+  static step_limits limits_of(const namo_options& o, index_t rows, index_t cols) {
+    return namo<T, Backend>::namo_limits(o, rows, cols);
+  }
 
   /// Only the code form exists for NAMO-D: a paper form, set at construction or later through
   /// options(), is refused (value_error) rather than ignored.
@@ -711,6 +841,15 @@ class adamw : public detail::rule_base<adamw<T, Backend>, T, Backend, adamw_opti
   static constexpr rule_kind kind = rule_kind::adamw;
   static constexpr const char* name = "adamw";
   explicit adamw(adamw_options o = adamw_presets::torch(), Backend be = Backend{}) : base(std::move(o), std::move(be)) {}
+
+  /// With R a quarter of the element type's range: |m| ≤ (1−β1)·R, so that m/(1−β1ᵗ) ≤ R; |G| ≤ 0.8 of
+  /// that and G² ≤ R/2, so that β2·v + (1−β2)·G² stays below R when v ≤ R. m and v are averages of what
+  /// entered them, so a step keeps them within their limits.
+  static step_limits limits_of(const adamw_options& o, index_t, index_t) {
+    const double r = storage_max<std::remove_cv_t<T>>::value / 4.0;
+    const double m = (1.0 - o.beta1) * r;
+    return {std::min(0.8 * m, std::sqrt(r / 2.0)), m, r};
+  }
 
  private:
   static constexpr bool orthogonalizes = false;

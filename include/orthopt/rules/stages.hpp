@@ -170,7 +170,10 @@ class orthogonalizer_plan {
       polar_.emplace(rows, cols, be, /*check_finite=*/false);
     } else {
       ns_config cfg = o.ns;
-      cfg.check_finite = false;  // the rule checked its gradient; momentum of finite data stays finite
+      // The step's value check (step_limits, orthopt/rules/rules.hpp) has bounded the gradient and the
+      // state so that the direction is finite; with the rule's check_finite off nothing is checked and a
+      // NaN or Inf propagates to the parameter.
+      cfg.check_finite = false;
       ns_.emplace(rows, cols, std::move(cfg), be, batch_capacity);
     }
   }

@@ -74,6 +74,36 @@ TEMPLATE_TEST_CASE("NS is invariant to scaling the input from 1e-30 to 1e30", "[
   }
 }
 
+// Found by fuzzing (tests/fuzz/fuzz_newton_schulz.cpp): double entries near 1.8e308 have a Frobenius norm
+// beyond the double range; the normalization then divided by Inf and the output was NaN for a finite
+// input. It now divides by the bound 2^1024·√(rows·cols) ≥ ‖X‖_F.
+TEST_CASE("NS of a finite double matrix whose norm overflows is finite", "[ns][scale][overflow]") {
+  const double largest = std::numeric_limits<double>::max();
+  for (ns_config cfg : all_presets()) {
+    for (const shape s : {shape{1, 2}, shape{2, 2}, shape{5, 3}, shape{8, 12}}) {
+      for (const bool absolute : {false, true}) {
+        cfg.absolute_eps = absolute;
+        MatD x = gaussian(s.rows, s.cols, seed_of(s, 31));
+        x = x / x.cwiseAbs().maxCoeff() * (0.9 * largest);  // the largest entry at 0.9·max
+        x(0, 0) = largest;
+        x(0, 1) = -largest;
+        INFO("schedule " << cfg.name << " shape " << to_string(s) << " absolute_eps " << absolute);
+        const MatD q = run_ns<double>(x, cfg);
+        REQUIRE(q.allFinite());
+        CHECK(q.norm() > 0.0);
+        CHECK(q.cwiseAbs().maxCoeff() <= 1.5);  // an NS output's entries stay near [-1, 1]
+      }
+    }
+  }
+  // With check_finite off, an Inf entry still gives a non-finite output (it is not mistaken for an
+  // overflowing norm of finite entries).
+  ns_config cfg = presets::keller();
+  cfg.check_finite = false;
+  MatD x = gaussian(4, 6, 32);
+  x(2, 3) = std::numeric_limits<double>::infinity();
+  CHECK_FALSE(run_ns<double>(x, cfg).allFinite());
+}
+
 TEMPLATE_TEST_CASE("polar_express with 8 steps lands a well-conditioned input on the polar factor", "[ns][polar_express]",
                    float, double) {
   for (const shape s : property_shapes()) {

@@ -50,12 +50,23 @@ struct ns_normalization_factor {
   double eps;
   double safety;
   bool absolute = false;
+  /// rows·cols of one matrix. An infinite norm of a finite matrix means its norm overflowed double
+  /// (double entries near 1.8e308): the divisor is then the bound 2^1024·√elements ≥ ‖X‖_F, so the
+  /// normalized matrix is finite, of norm below 1 (Newton–Schulz orthogonalizes it as it would a smaller
+  /// input; scale invariance does not reach there). An Inf entry (check_finite off) stays Inf and makes
+  /// the output NaN.
+  double elements = 1.0;
   ORTHOPT_HD void operator()() const {
     for (index_t k = 0; k < count; ++k) one(norm[k], factor + 2 * k);
   }
   ORTHOPT_HD void one(double n, scalar_t* f) const {
-    if (!(n > 0.0) || !(n < INFINITY)) {
-      // Zero input → zero output. NaN or Inf (only reachable with check_finite off) propagates as NaN.
+    if (n == INFINITY) {
+      f[0] = ::ldexp(1.0, -512);
+      f[1] = ::ldexp(1.0 / ::sqrt(elements), -512);
+      return;
+    }
+    if (!(n > 0.0)) {
+      // Zero input → zero output. NaN (only reachable with check_finite off) propagates as NaN.
       f[0] = 1.0;
       f[1] = (n == 0.0) ? 0.0 : NAN;
       return;
@@ -68,6 +79,11 @@ struct ns_normalization_factor {
         case ns_normalization::frobenius_clamp: d = n > eps ? n : eps; break;
         case ns_normalization::safety: d = n * (1.0 + safety) + eps; break;
         case ns_normalization::aol: d = n; break;
+      }
+      if (!(d < INFINITY)) {  // n(1 + s) + ε beyond the double range (ε or s near 1.8e308): X/d is 0
+        f[0] = 1.0;
+        f[1] = 0.0;
+        return;
       }
       const int e = -::ilogb(d);
       const double unit = ::ldexp(::ldexp(d, e / 2), e - e / 2);  // d·2^e, exact, in [1, 2)
@@ -302,6 +318,8 @@ class newton_schulz {
     record_ = on;
   }
   [[nodiscard]] bool records_residuals() const noexcept { return record_ || observing(); }
+  /// Whether record_residuals(true) would be accepted (the plan runs at most max_recorded_steps).
+  [[nodiscard]] bool can_record_residuals() const noexcept { return config_.steps <= max_recorded_steps; }
 
   /// Start (or go on) accumulating, per call, the iterations needed for the residual to reach `target`
   /// (finite, > 0). Recording is implied while observing. The accumulators are not cleared: see
@@ -513,7 +531,9 @@ class newton_schulz {
 
     frobenius_norms(backend_, x_src, norms);
     run_scalar(backend_, detail::ns_normalization_factor{norms, factors, count, config_.normalization, config_.eps,
-                                                         config_.safety, config_.absolute_eps});
+                                                         config_.safety, config_.absolute_eps,
+                                                         static_cast<double>(x_src.first.rows) *
+                                                             static_cast<double>(x_src.first.cols)});
     transform_batched(backend_, x_src, X, detail::scale_by_factor_pair{factors});
 
     using C = compute_t<T>;  // α, β and the coefficients: never rounded to a 16-bit storage type

@@ -148,6 +148,10 @@ struct ns_config {
     };
     if (table.empty()) fail("the coefficient table is empty");
     if (steps < 1) fail("steps = " + std::to_string(steps) + "; at least 1 step is needed");
+    if (normalization != ns_normalization::frobenius && normalization != ns_normalization::frobenius_clamp &&
+        normalization != ns_normalization::safety && normalization != ns_normalization::aol) {
+      fail("normalization = " + std::to_string(static_cast<int>(normalization)) + " is not an ns_normalization");
+    }
     if (algorithm != ns_algorithm::standard && algorithm != ns_algorithm::gram) {
       fail("algorithm = " + std::to_string(static_cast<int>(algorithm)) + " is not an ns_algorithm");
     }

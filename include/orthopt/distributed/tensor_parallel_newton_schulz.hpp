@@ -227,7 +227,8 @@ class tensor_parallel_newton_schulz {
     comm_->allreduce(s + sum_slot, 1, element_kind::float64, reduce_op::sum);
     run_scalar(backend_, tp_ns_unscaled_norm{s + largest_norm_slot, s + sum_slot, s + norm_slot});
     run_scalar(backend_, detail::ns_normalization_factor{s + norm_slot, s + factor_slot, 1, config_.normalization,
-                                                         config_.eps, config_.safety, config_.absolute_eps});
+                                                         config_.eps, config_.safety, config_.absolute_eps,
+                                                         static_cast<double>(rows_) * static_cast<double>(global_cols_)});
 
     // 4. The iteration ping-pongs between out_local and the plan's m×n_r buffer, starting on whichever
     //    makes the T-th product land in out_local: no final copy, and in place is safe because x_local is

@@ -77,7 +77,7 @@ TEMPLATE_TEST_CASE("NS is invariant to scaling the input from 1e-30 to 1e30", "[
 // Found by fuzzing (tests/fuzz/fuzz_newton_schulz.cpp): double entries near 1.8e308 have a Frobenius norm
 // beyond the double range; the normalization then divided by Inf and the output was NaN for a finite
 // input. It now divides by the bound 2^1024·√(rows·cols) ≥ ‖X‖_F.
-TEST_CASE("NS of a finite double matrix whose norm overflows is finite", "[ns][scale][overflow]") {
+TEST_CASE("NS of a finite double matrix whose norm overflows or is subnormal is finite", "[ns][scale][overflow]") {
   const double largest = std::numeric_limits<double>::max();
   for (ns_config cfg : all_presets()) {
     for (const shape s : {shape{1, 2}, shape{2, 2}, shape{5, 3}, shape{8, 12}}) {
@@ -92,6 +92,21 @@ TEST_CASE("NS of a finite double matrix whose norm overflows is finite", "[ns][s
         REQUIRE(q.allFinite());
         CHECK(q.norm() > 0.0);
         CHECK(q.cwiseAbs().maxCoeff() <= 1.5);  // an NS output's entries stay near [-1, 1]
+      }
+    }
+  }
+  // Subnormal double entries: the norm of two entries of 4.9e-324 rounds to 4.9e-324 itself, and the
+  // normalized matrix had norm √2, which Newton–Schulz blew up to Inf (found by fuzzing).
+  for (const ns_config& preset : all_presets()) {
+    for (const shape s : {shape{1, 2}, shape{2, 2}, shape{3, 5}}) {
+      for (const double entry : {std::numeric_limits<double>::denorm_min(), 3 * std::numeric_limits<double>::denorm_min(),
+                                 1e-310}) {
+        INFO("schedule " << preset.name << " shape " << to_string(s) << " entries " << entry);
+        const MatD x = MatD::Constant(s.rows, s.cols, entry);
+        const MatD q = run_ns<double>(x, preset);
+        REQUIRE(q.allFinite());
+        CHECK(q.norm() > 0.0);
+        CHECK(q.cwiseAbs().maxCoeff() <= 1.5);
       }
     }
   }

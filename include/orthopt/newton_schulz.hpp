@@ -71,6 +71,13 @@ struct ns_normalization_factor {
       f[1] = (n == 0.0) ? 0.0 : NAN;
       return;
     }
+    if (n < 2.2250738585072014e-308) {
+      // A subnormal norm (double data of subnormal entries) is rounded to a multiple of 4.9e-324: two
+      // entries of 4.9e-324 have norm 7e-324, which rounds to 4.9e-324, and dividing by that gives a
+      // matrix of norm √2, outside Newton–Schulz's range (it diverged to Inf; found by fuzzing). One
+      // smallest subnormal more bounds the true norm from above.
+      n += 4.9406564584124654e-324;
+    }
     if (absolute) {
       // The sources' formulas, as written (the divisor is at least n, so finite and > 0).
       double d = n;

@@ -110,6 +110,22 @@ TEST_CASE("NS of a finite double matrix whose norm overflows or is subnormal is 
       }
     }
   }
+  // AOL with a tiny ε on float data: a row whose squares underflow in float has row sum 0, and the row
+  // scale 1/√ε = 2e153 carried its entries past the float range (found by fuzzing: NaN output).
+  for (const double eps : {1e-300, 2.2250738585072014e-308, 1e-45, 1e-7}) {
+    ns_config aol = presets::aol();
+    aol.eps = eps;
+    for (const bool absolute : {false, true}) {
+      aol.absolute_eps = absolute;
+      MatD x = MatD::Constant(9, 3, 1.1754943508222875e-38);
+      x(0, 2) = -0.57647061347961426;
+      x(6, 0) = 3.0e38;
+      INFO("aol eps " << eps << " absolute_eps " << absolute);
+      const MatD q = run_ns<float>(x, aol);
+      REQUIRE(q.allFinite());
+      CHECK(q.cwiseAbs().maxCoeff() <= 1.5);
+    }
+  }
   // With check_finite off, an Inf entry still gives a non-finite output (it is not mistaken for an
   // overflowing norm of finite entries).
   ns_config cfg = presets::keller();

@@ -13,6 +13,7 @@
 
 #include <cmath>
 #include <exception>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -122,11 +123,17 @@ struct scale_by_factor_pair {
   ORTHOPT_HD scale_by_factor_pair at(index_t k) const noexcept { return {f + 2 * k}; }
 };
 
-/// s_i ← 1/√max(s_i, ε): the AOL row scale from the absolute row sums of A = XXᵀ.
+/// s_i ← 1/√max(s_i, ε, tiny): the AOL row scale from the absolute row sums of A = XXᵀ. `tiny` is the
+/// smallest normal number of the arithmetic A was formed in: a row whose squares underflowed there has a
+/// row sum of 0 however small ε is, and 1/√ε (1e154 for ε = 1e-308) would then carry its entries past the
+/// element type's range (found by fuzzing: float data, ε = 2.2e-308, NaN output). Raising a row sum
+/// only shrinks the row, so AOL's bound σ ≤ 1 still holds.
 struct aol_row_scale {
   double eps;
+  double tiny = 0.0;
   ORTHOPT_HD double operator()(double row_sum) const {
-    const double v = row_sum > eps ? row_sum : eps;
+    const double floor = eps > tiny ? eps : tiny;
+    const double v = row_sum > floor ? row_sum : floor;
     return 1.0 / ::sqrt(v);
   }
 };
@@ -551,7 +558,8 @@ class newton_schulz {
       syrk_batched(backend_, C(1), X.as_const_batch(), C(0), G);
       for (index_t k = 0; k < count; ++k) column_norms(backend_, G[k].as_const(), column_norm::l1, row_scale + k * small_);
       const matrix_view<scalar_t> s = col_major_view(row_scale, count * small_, 1);
-      transform(backend_, s, s, detail::aol_row_scale{config_.eps});
+      transform(backend_, s, s,
+                detail::aol_row_scale{config_.eps, static_cast<double>(std::numeric_limits<compute_t<T>>::min())});
       for (index_t k = 0; k < count; ++k) {
         scale_columns(backend_, row_scale + k * small_, X[k].transposed());
         scale_columns(backend_, row_scale + k * small_, G[k]);

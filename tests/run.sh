@@ -8,6 +8,12 @@
 #   bash tests/run.sh --tsan       RelWithDebInfo build in ./build-tsan with ThreadSanitizer and without
 #                                  OpenMP (libgomp is not instrumented); builds and runs test_concurrency
 #                                  (independent optimizers and plans on several threads)
+#   bash tests/run.sh --fuzz SECONDS
+#                                  Clang build in ./build-fuzz of the libFuzzer targets (tests/fuzz:
+#                                  checkpoint loader, Newton–Schulz and exact polar, every rule's step;
+#                                  libFuzzer + ASan + UBSan) and a run of SECONDS per target on a corpus
+#                                  seeded with real checkpoints; fails on any crash, sanitizer report or
+#                                  broken property, leaving the input in build-fuzz/crashes/
 #   bash tests/run.sh --cuda       with nvcc (the CUDA toolkit): Release build in ./build-cuda with
 #                                  ORTHOPT_ENABLE_CUDA=ON; builds the CUDA targets (GPU suite, bench_cuda,
 #                                  the package's CUDA consumer) and runs the `gpu` tests, which report
@@ -22,15 +28,59 @@ cd "$repo_root"
 sanitize=0
 cuda=0
 tsan=0
-for arg in "$@"; do
-  case "$arg" in
+fuzz_seconds=""
+while (($#)); do
+  case "$1" in
     --sanitize) sanitize=1 ;;
     --cuda) cuda=1 ;;
     --tsan) tsan=1 ;;
-    -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "tests/run.sh: unknown argument '$arg' (try --help)" >&2; exit 2 ;;
+    --fuzz)
+      if [[ $# -lt 2 || ! "$2" =~ ^[1-9][0-9]*$ ]]; then
+        echo "tests/run.sh: --fuzz needs a number of seconds per target, e.g. --fuzz 60" >&2
+        exit 2
+      fi
+      fuzz_seconds="$2"
+      shift ;;
+    -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "tests/run.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
+  shift
 done
+
+# ---- Fuzzing (its own packages and build) ---------------------------------------------------------
+if [[ -n "$fuzz_seconds" ]]; then
+  # clang and libclang-rt-dev: libFuzzer and the sanitizer runtimes for Clang.
+  bash cmake/install-debian-packages.sh "tests/run.sh --fuzz" cmake make clang libclang-rt-dev libeigen3-dev
+  jobs="$(nproc 2>/dev/null || echo 2)"
+  CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DORTHOPT_FUZZ=ON \
+        -DORTHOPT_BUILD_TESTS=OFF -DORTHOPT_BUILD_BENCHMARKS=OFF -DORTHOPT_BUILD_EXAMPLES=OFF \
+        -DORTHOPT_INSTALL=OFF -DORTHOPT_OPENMP=OFF -DORTHOPT_BLAS=OFF -DORTHOPT_MPI=OFF
+  targets=(fuzz_checkpoint fuzz_newton_schulz fuzz_rules)
+  cmake --build build-fuzz -j "$jobs" --target orthopt_fuzz_targets
+  mkdir -p build-fuzz/crashes
+  summary=()
+  for t in "${targets[@]}"; do
+    corpus="build-fuzz/corpus/$t"
+    mkdir -p "$corpus"
+    log="build-fuzz/$t.log"
+    echo "tests/run.sh --fuzz: $t for ${fuzz_seconds} s (log: $log)"
+    # -malloc_limit_mb: no single allocation above 64 MiB (the checkpoint loader may allocate what the
+    # loading optimizer's own checkpoint size justifies: about a megabyte here); -timeout: an input
+    # taking 20 s (an endless stream read without end) is a failure.
+    if ! ORTHOPT_FUZZ_SEED_DIR="$corpus" "build-fuzz/tests/fuzz/$t" "$corpus" -max_total_time="$fuzz_seconds" \
+         -malloc_limit_mb=64 -rss_limit_mb=2048 -timeout=20 -print_final_stats=1 \
+         -artifact_prefix="build-fuzz/crashes/$t-" >"$log" 2>&1; then
+      tail -n 80 "$log" >&2
+      echo "tests/run.sh --fuzz: $t FAILED; the input is in build-fuzz/crashes/ (replay: build-fuzz/tests/fuzz/$t FILE," \
+           "ORTHOPT_FUZZ_VERBOSE=1 to see what it did)" >&2
+      exit 1
+    fi
+    runs="$(sed -n 's/^Done \([0-9]*\) runs in \([0-9]*\) second.*/\1 runs in \2 s/p' "$log" | tail -n 1)"
+    summary+=("$t: $runs, 0 crashes, corpus $(find "$corpus" -type f | wc -l) inputs")
+  done
+  printf 'tests/run.sh --fuzz: %s\n' "${summary[@]}"
+  exit 0
+fi
 
 # ---- Dependencies (Debian packages) -------------------------------------------------------------
 # libopenblas-openmp-dev: the BLAS backend (orthopt::blas: cblas.h and an optimized BLAS on the same

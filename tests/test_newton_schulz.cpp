@@ -527,6 +527,32 @@ TEMPLATE_TEST_CASE("Gram NS: batches, views, in place, AOL, restarts anywhere, r
   shorter.gram_restart_after = gram.gram_restart_iteration();  // the restart position of the stopped call
   CHECK(max_abs_diff(q2.template cast<double>(), run_ns<T>(x, shorter)) == 0.0);
 
+  // A run of iterations between restarts multiplies a rounding error of R by Π a_k² (gram_rounding_growth);
+  // past the element type's precision a slightly negative eigenvalue of R diverges (found by fuzzing:
+  // keller for 14 iterations, restart after 1, float, a nearly singular 2×2 input, NaN output). Such a
+  // configuration is refused in float and accepted in double; the default restart is chosen among the
+  // positions that keep the growth within the precision.
+  {
+    const ns_config long_run = as_gram(presets::keller(14), 1);
+    CHECK(long_run.gram_rounding_growth(1) == Approx(std::pow(3.4445 * 3.4445, 13)).epsilon(1e-12));
+    if (std::is_same_v<T, float>) {
+      CHECK_THROWS_WITH((orthopt::newton_schulz<T, backend_under_test>(2, 2, long_run)),
+                        Catch::Contains("diverges on nearly singular inputs"));
+      CHECK_THROWS_WITH((orthopt::newton_schulz<T, backend_under_test>(2, 2, as_gram(presets::keller(14)))),
+                        Catch::Contains("diverges on nearly singular inputs"));  // no restart position helps
+      orthopt::newton_schulz<T, backend_under_test> five(2, 2, as_gram(presets::keller()));
+      CHECK_THROWS_WITH(five.set_steps(14), Catch::Contains("diverges"));
+      CHECK(five.steps() == 5);
+    }
+    const ns_config ten = as_gram(presets::keller(10));
+    const int restart = ten.gram_restart_iteration(orthopt::storage_epsilon<T>::value);
+    CHECK(ten.gram_rounding_growth(restart) * orthopt::storage_epsilon<T>::value < 1.0);
+    MatD near_singular(2, 2);
+    near_singular << 8.808210986899212e-05, 8.8082095317076892e-05, 8.808210986899212e-05, 8.808210986899212e-05;
+    CHECK(run_ns<T>(near_singular, ten).allFinite());
+    if (std::is_same_v<T, double>) CHECK(run_ns<T>(near_singular, long_run).allFinite());
+  }
+
   // Bad restart values are refused by name.
   ns_config bad = as_gram(base, -2);
   CHECK_THROWS_WITH(bad.validate(), Catch::Contains("gram_restart_after = -2"));

@@ -266,6 +266,7 @@ class newton_schulz {
       throw shape_error("orthopt::newton_schulz: batch_capacity = " + std::to_string(batch_capacity) + " < 1");
     }
     config_.validate();
+    if (config_.algorithm == ns_algorithm::gram) check_gram_growth(config_, "orthopt::newton_schulz");
     small_ = rows < cols ? rows : cols;
     large_ = rows < cols ? cols : rows;
     detail::checked_extent_product("orthopt::newton_schulz", "a plan for " + std::to_string(batch_capacity) +
@@ -280,7 +281,7 @@ class newton_schulz {
       accumulated_ = backend_.template allocate<T>(capacity_ * small_ * small_);
       work_ = backend_.template allocate<T>(capacity_ * small_ * small_);
       prepare_gemm<T>(backend_, small_, small_, small_);
-      gram_restart_ = config_.gram_restart_iteration();
+      gram_restart_ = config_.gram_restart_iteration(storage_epsilon<T>::value);
     }
     scalars_ = backend_.template allocate<scalar_t>(capacity_ * (3 + small_));
     stats_ = backend_.template allocate<scalar_t>(capacity_ * (residual_stride + 3) + observation_size);
@@ -320,8 +321,9 @@ class newton_schulz {
                         " while residuals are recorded; the record holds at most " +
                         std::to_string(max_recorded_steps) + " iterations");
     }
+    if (config_.algorithm == ns_algorithm::gram) check_gram_growth(config_.with_steps(steps), "orthopt::newton_schulz::set_steps");
     config_.steps = steps;
-    if (config_.algorithm == ns_algorithm::gram) gram_restart_ = config_.gram_restart_iteration();
+    if (config_.algorithm == ns_algorithm::gram) gram_restart_ = config_.gram_restart_iteration(storage_epsilon<T>::value);
     for (auto& w : workers_) w.set_steps(steps);
   }
   [[nodiscard]] int steps() const noexcept { return config_.steps; }
@@ -435,6 +437,22 @@ class newton_schulz {
   static constexpr index_t residual_stride = max_recorded_steps + 1;
 
   [[nodiscard]] bool measures() const noexcept { return record_ || observing() || stop_tolerance_ > 0.0; }
+  /// The Gram algorithm diverges when a run of iterations between restarts grows a rounding error of its
+  /// Gram matrix (about the element type's unit roundoff) to order 1 (ns_config::gram_rounding_growth):
+  /// such a configuration is refused. Found by fuzzing: float data, keller for 14 iterations with a
+  /// restart after the first, a nearly singular input, NaN output.
+  static void check_gram_growth(const ns_config& c, const char* who) {
+    const int restart = c.gram_restart_iteration(storage_epsilon<T>::value);
+    const double growth = c.gram_rounding_growth(restart);
+    if (growth * storage_epsilon<T>::value >= 1.0) {
+      throw value_error(std::string(who) + ": the Gram algorithm with '" + c.name + "' for " + std::to_string(c.steps) +
+                        " iterations (restart after " + std::to_string(restart) + ") multiplies a rounding error of its " +
+                        "Gram matrix by " + std::to_string(growth) + ", beyond the element type's precision (" +
+                        std::to_string(storage_epsilon<T>::value) + "), and diverges on nearly singular inputs; " +
+                        "restart in the middle, run fewer iterations, or use the standard algorithm");
+    }
+  }
+
   void require_recordable(const char* who) const {
     if (config_.steps > max_recorded_steps) {
       throw value_error(std::string("orthopt::newton_schulz::") + who + ": the plan runs " +

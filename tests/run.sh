@@ -67,7 +67,9 @@ if [[ -n "$fuzz_seconds" ]]; then
     # -malloc_limit_mb: no single allocation above 64 MiB (the checkpoint loader may allocate what the
     # loading optimizer's own checkpoint size justifies: about a megabyte here); -timeout: an input
     # taking 20 s (an endless stream read without end) is a failure.
+    # A fixed seed (ORTHOPT_FUZZ_SEED overrides it) so that a CI run explores the same way each time.
     if ! ORTHOPT_FUZZ_SEED_DIR="$corpus" "build-fuzz/tests/fuzz/$t" "$corpus" -max_total_time="$fuzz_seconds" \
+         -seed="${ORTHOPT_FUZZ_SEED:-1}" \
          -malloc_limit_mb=64 -rss_limit_mb=2048 -timeout=20 -print_final_stats=1 \
          -artifact_prefix="build-fuzz/crashes/$t-" >"$log" 2>&1; then
       tail -n 80 "$log" >&2

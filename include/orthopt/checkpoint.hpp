@@ -527,9 +527,6 @@ struct checkpoint_load_plan {
   std::vector<std::size_t> source;
 };
 
-/// Step 4: matches the checkpoint against the optimizer by name and checks every field, allocating
-/// what the copy needs. With `other_params_allowed` the checkpoint may hold parameters the optimizer
-/// lacks (a distributed optimizer's shard: the caller checks those against the other ranks').
 /// One little-endian element of the payload as a double (U: the stored type).
 template <class U>
 double payload_element(const unsigned char* src) {
@@ -550,22 +547,24 @@ void check_slot_values(const std::string& who, const parsed_slot& slot, const un
   const std::string_view name = slot.name;
   const bool element_typed = name == "momentum" || name == "second_moment";
   const bool non_negative = name == "second_moment" || name == "column_moment";
-  const std::uint64_t width = name == "column_moment" ? (slot.elements == 0 ? 1 : slot.elements) : rows * cols;
   for (std::uint64_t e = 0; e < slot.elements; ++e) {
     const double v = element_typed ? payload_element<T>(src + e * sizeof(T)) : payload_element<double>(src + e * 8);
     const bool bad = !std::isfinite(v) || (non_negative && v < 0.0);
     if (!bad) continue;
     std::string where = "element " + std::to_string(e);
-    if (element_typed) {
-      const std::uint64_t k = e / width, r = (e % width) / cols, c = e % cols;
+    if (element_typed) {  // count matrices of rows×cols, each row-major
+      const std::uint64_t k = e / (rows * cols), r = (e % (rows * cols)) / cols, c = e % cols;
       where += " (matrix " + std::to_string(k) + ", row " + std::to_string(r) + ", column " + std::to_string(c) + ")";
     }
-    load_fail_value(who + "slot '" + slot.name + "' " + where + " is " + std::to_string(v) +
+    load_fail_value(who + "slot '" + slot.name + "' " + where + " is " + num_g(v) +
                     (std::isfinite(v) ? "; a second moment is a mean of squares and cannot be negative"
                                       : "; a state must be finite"));
   }
 }
 
+/// Step 4: matches the checkpoint against the optimizer by name and checks every field, allocating
+/// what the copy needs. With `other_params_allowed` the checkpoint may hold parameters the optimizer
+/// lacks (a distributed optimizer's shard: the caller checks those against the other ranks').
 template <class T, class Backend>
 checkpoint_load_plan<T, Backend> plan_checkpoint_load(optimizer<T, Backend>& opt, const checkpoint_image& image,
                                                       const parsed_checkpoint& parsed, bool other_params_allowed) {

@@ -129,34 +129,33 @@ struct ns_config {
 
   /// The iteration after which the Gram algorithm restarts, 0 for none: gram_restart_after, or for −1
   /// the position with the smallest gram_error_gain (computed here: a plan calls this once, when made or
-  /// when its step count changes). A plan passes its element type's unit roundoff: the default position
-  /// is then the best among those whose gram_rounding_growth stays below 1/unit_roundoff (the plan
-  /// refuses a configuration where none does); with 0, every position is a candidate.
+  /// when its step count changes). A float or double plan passes its element type's unit roundoff: the
+  /// default position is then the best among those whose gram_rounding_growth stays below
+  /// 1/unit_roundoff, when there is one; with 0, or when none does, every position is a candidate.
   [[nodiscard]] int gram_restart_iteration(double unit_roundoff = 0.0) const {
     if (gram_restart_after >= 0) return gram_restart_after;
     const auto feasible = [&](int r) { return unit_roundoff <= 0.0 || gram_rounding_growth(r) * unit_roundoff < 1.0; };
-    int best = -1;
-    double best_gain = 0.0;
-    int least_growth = 0;
+    int best = -1, best_any = 0;
+    double best_gain = 0.0, best_any_gain = 0.0;
     for (int r = 0; r < steps; ++r) {
-      if (gram_rounding_growth(r) < gram_rounding_growth(least_growth)) least_growth = r;
-      if (!feasible(r)) continue;
       const double g = gram_error_gain(r);
-      if (best < 0 || g < best_gain) best = r, best_gain = g;
+      if (r == 0 || g < best_any_gain) best_any = r, best_any_gain = g;
+      if (feasible(r) && (best < 0 || g < best_gain)) best = r, best_gain = g;
     }
-    return best >= 0 ? best : least_growth;
+    return best >= 0 ? best : best_any;
   }
 
   /// The Gram algorithm's worst growth of a rounding error in its Gram matrix R: near λ = 0 each
-  /// iteration maps λ to λ·(a_k + b_k·λ + c_k·λ²)² ≈ a_k²·λ, so a run of iterations between restarts
-  /// multiplies an error of R — which can make a zero eigenvalue slightly negative, a direction standard
-  /// Newton–Schulz never sees — by the product of its a_k². Once that error reaches order 1 on the negative
-  /// side, the polynomials grow without bound (Inf, then NaN). Returns the largest such product over the
-  /// runs the restart position `restart` (0: none) makes.
+  /// iteration maps λ to λ·(a_k + b_k·λ + c_k·λ²)² ≈ a_k²·λ, so the iterations of a run between restarts
+  /// multiply an error of R — which can make a zero eigenvalue slightly negative, a direction standard
+  /// Newton–Schulz never sees — by the product of their a_k² (the R a run's last iteration produces is
+  /// never used). Once that error reaches order 1 on the negative side, the polynomials grow without
+  /// bound (Inf, then NaN). Returns the largest such product over the runs the restart position
+  /// `restart` (0: none) makes.
   [[nodiscard]] double gram_rounding_growth(int restart) const {
     const auto run = [this](int first, int last) {
       double g = 1.0;
-      for (int k = first; k <= last; ++k) g *= step(k).a * step(k).a;
+      for (int k = first; k < last; ++k) g *= step(k).a * step(k).a;
       return g;
     };
     if (restart > 0 && restart < steps) {

@@ -61,7 +61,10 @@ T value(FuzzedDataProvider& in) {
     default: {
       const double m = in.ConsumeFloatingPointInRange<double>(-1.0, 1.0);
       const int e = in.ConsumeIntegralInRange<int>(lim::min_exponent - lim::digits, lim::max_exponent);
-      return static_cast<T>(std::ldexp(m, e));
+      const double v = std::ldexp(m, e);
+      // A double beyond T's range converts to T with undefined behaviour: say ±Inf explicitly.
+      if (std::abs(v) > static_cast<double>(lim::max())) return v > 0 ? lim::infinity() : -lim::infinity();
+      return static_cast<T>(v);
     }
   }
 }

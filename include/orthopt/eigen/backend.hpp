@@ -757,7 +757,10 @@ std::optional<nonfinite_entry> find_nonfinite(eigen_backend&, matrix_view<T> X,
   // row-major order, so the reported position does not depend on the storage order.
   using value_t = std::remove_const_t<T>;
   const double type_max = static_cast<double>(std::numeric_limits<value_t>::max());
-  const value_t largest = limit >= type_max ? std::numeric_limits<value_t>::max() : static_cast<value_t>(limit);
+  // The limit in the element type, rounded down, so that |x| <= largest holds exactly when |x| <= limit
+  // (as the CUDA backend's comparison in double does).
+  value_t largest = limit >= type_max ? std::numeric_limits<value_t>::max() : static_cast<value_t>(limit);
+  if (static_cast<double>(largest) > limit) largest = std::nextafter(largest, value_t(0));
   bool any = false;
   if (X.is_contiguous()) {
     const T* p = X.data;

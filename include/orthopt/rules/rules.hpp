@@ -56,10 +56,12 @@ class rule_base;
 }  // namespace detail
 
 /// The largest magnitudes a step of a rule takes without overflowing (its overflow guard, issue 13
-/// finding 2): with every gradient and state entry within these, every value the step computes — the
-/// momentum, the Nesterov direction, the second moments, the norms NAMO and Newton–Schulz take in
-/// double — is finite. A step with check_finite on refuses anything beyond them, finite or not, before
-/// it writes. Each rule's `limits_of(options, rows, cols)` derives them (see there); +Inf: not checked.
+/// finding 2): with every gradient and state entry within these, the momentum, the Nesterov direction,
+/// the second moments and the norms NAMO and Newton–Schulz take in double are finite; the final division
+/// and update are finite for states the steps produced (a second moment grows with what the momentum
+/// grows with), not for any hand-written combination (a large momentum beside a zero or negative second
+/// moment). A step with check_finite on refuses anything beyond them, finite or not, before it writes.
+/// Each rule's `limits_of(options, rows, cols)` derives them (see there); +Inf: not checked.
 struct step_limits {
   double gradient = std::numeric_limits<double>::infinity();  ///< every |G(i,j)|
   double momentum = std::numeric_limits<double>::infinity();  ///< every |M(i,j)|

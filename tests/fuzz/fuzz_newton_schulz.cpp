@@ -101,12 +101,8 @@ void run(FuzzedDataProvider& in) {
     return;
   }
   ORTHOPT_FUZZ_CHECK(input_finite || !check_finite);  // a NaN or Inf input with the check on is refused
-  // Finite output is promised for preset tables; for the Gram algorithm, where the rounding growth of its
-  // run between restarts is small against the element type's precision (plans refuse growth·u ≥ 1;
-  // between 0.01 and 1 a nearly singular input can still diverge: docs/errors-and-guarantees.md).
-  const double u = orthopt::storage_epsilon<T>::value / 2;
-  const bool gram_safe = exact || config.algorithm != orthopt::ns_algorithm::gram ||
-                         config.gram_rounding_growth(config.gram_restart_iteration(u)) * u < 0.01;
+  // Finite output is promised for preset tables (and the Gram algorithm only within its precision).
+  const bool gram_safe = exact || finite_result_promised<T>(config);
   if (input_finite && preset_table && gram_safe) {
     if (verbose())
       for (index_t i = 0; i < rows; ++i)

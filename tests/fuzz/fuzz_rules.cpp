@@ -48,18 +48,11 @@ void fuzz_ortho(FuzzedDataProvider& in, orthopt::orthogonalizer& o) {
   if (in.ConsumeIntegralInRange<int>(0, 7) == 0) o.ns.normalization = static_cast<orthopt::ns_normalization>(in.ConsumeIntegralInRange<int>(0, 4));
 }
 
-/// Whether the rule's Newton–Schulz (if any) is promised finite output: not Gram with a rounding growth
-/// of 0.01 of the precision or more (docs/errors-and-guarantees.md).
+/// Whether the rule's Newton–Schulz (if any) is promised finite output (fuzz_support.hpp).
 template <class T, class Options>
 bool gram_safe(const Options& o) {
-  if constexpr (requires { o.ortho; }) {
-    const orthopt::ns_config& c = o.ortho.ns;
-    if (o.ortho.exact || c.algorithm != orthopt::ns_algorithm::gram) return true;
-    const double u = orthopt::storage_epsilon<T>::value / 2;
-    return c.gram_rounding_growth(c.gram_restart_iteration(u)) * u < 0.01;
-  } else {
-    return true;
-  }
+  if constexpr (requires { o.ortho; }) return o.ortho.exact || finite_result_promised<T>(o.ortho.ns);
+  else return true;
 }
 
 template <class T>

@@ -17,6 +17,8 @@
 #include <limits>
 #include <vector>
 
+#include "orthopt/backend.hpp"
+#include "orthopt/ns_schedule.hpp"
 #include "orthopt/view.hpp"
 
 /// A property the target checks; on failure it prints where and aborts (libFuzzer saves the input).
@@ -125,6 +127,17 @@ struct strided {
 template <class T>
 bool same_bytes(const std::vector<T>& a, const std::vector<T>& b) {
   return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(T)) == 0);
+}
+
+/// Whether a Newton–Schulz configuration is promised a finite result on finite input of type T: the
+/// standard algorithm always; the Gram algorithm where the rounding growth of its run between restarts
+/// stays below 0.01 of the precision (plans refuse growth·u ≥ 1; between 0.01 and 1 a nearly singular
+/// input can still diverge: docs/errors-and-guarantees.md).
+template <class T>
+bool finite_result_promised(const orthopt::ns_config& c) {
+  if (c.algorithm != orthopt::ns_algorithm::gram) return true;
+  const double u = orthopt::storage_epsilon<T>::value / 2;
+  return c.gram_rounding_growth(c.gram_restart_iteration(u)) * u < 0.01;
 }
 
 template <class T>

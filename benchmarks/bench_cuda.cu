@@ -7,7 +7,9 @@
 //   bench_cuda [google-benchmark flags]          (exits 0 with a message when there is no GPU)
 //
 // Names: NS/<schedule>/<type>/<shape>, step/<rule>/<type>/<shape>, ceiling/gemm/<type>/8192.
-// <shape> is RxC or BxRxC (a batch of B stacked matrices, one plan with batch capacity B).
+// <shape> is RxC or BxRxC (a batch of B stacked matrices, one plan with batch capacity B, one launch
+// per product for the whole stack); loopBxRxC is the same stack as B calls of a one-matrix plan, the
+// way a framework without batched NS runs it. step/muon is the torch preset (torch.optim.Muon's rule).
 // Counters:
 //   FLOP/s       the naive count of one call, T·(4·m²·n + 2·m³) per matrix (m = min, n = max of the
 //                shape, T = 5), as bench_cpu counts it; a rule step counts its NS only.
@@ -163,6 +165,30 @@ void ns_bench(benchmark::State& state, orthopt::ns_config cfg, shape s) {
       benchmark::Counter(100.0 * ns_flops(s) / ceiling_of(type_name<T>()), benchmark::Counter::kIsIterationInvariantRate);
 }
 
+/// The stack s as s.batch separate calls of a one-matrix plan (what a batched call is measured against).
+template <class T>
+void ns_loop_bench(benchmark::State& state, orthopt::ns_config cfg, shape s) {
+  cudaStream_t stream;
+  ORTHOPT_CUDA_CHECK(cudaStreamCreate(&stream));
+  {
+    cuda_backend be(stream);
+    const std::size_t n = static_cast<std::size_t>(s.batch * s.rows * s.cols);
+    device_matrix<T> x(n), q(n);
+    cfg.check_finite = false;
+    orthopt::newton_schulz<T, cuda_backend> ns(s.rows, s.cols, cfg, be);
+    time_on_stream(state, stream, [&] {
+      for (index_t b = 0; b < s.batch; ++b) {
+        const std::size_t offset = static_cast<std::size_t>(b * s.rows * s.cols);
+        ns(orthopt::row_major_view<const T>(x.data + offset, s.rows, s.cols), orthopt::row_major_view(q.data + offset, s.rows, s.cols));
+      }
+    });
+  }
+  (void)cudaStreamDestroy(stream);
+  state.counters["FLOP/s"] = benchmark::Counter(ns_flops(s), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["pct_ceiling"] =
+      benchmark::Counter(100.0 * ns_flops(s) / ceiling_of(type_name<T>()), benchmark::Counter::kIsIterationInvariantRate);
+}
+
 template <class T, class Rule>
 void step_bench(benchmark::State& state, typename Rule::options_type options, shape s) {
   cudaStream_t stream;
@@ -202,6 +228,19 @@ void register_type() {
           ->UseManualTime()
           ->Unit(benchmark::kMillisecond);
     }
+    if (s.batch > 1) {
+      const auto cfg = orthopt::ns_presets::keller();
+      benchmark::RegisterBenchmark(("NS/keller/" + t + "/loop" + s.name()).c_str(),
+                                   [cfg, s](benchmark::State& st) { ns_loop_bench<T>(st, cfg, s); })
+          ->UseManualTime()
+          ->Unit(benchmark::kMillisecond);
+    }
+    benchmark::RegisterBenchmark(("step/muon/" + t + "/" + s.name()).c_str(),
+                                 [s](benchmark::State& st) {
+                                   step_bench<T, orthopt::muon<T, cuda_backend>>(st, orthopt::muon_presets::torch(), s);
+                                 })
+        ->UseManualTime()
+        ->Unit(benchmark::kMillisecond);
     benchmark::RegisterBenchmark(("step/adamuon/" + t + "/" + s.name()).c_str(),
                                  [s](benchmark::State& st) {
                                    step_bench<T, orthopt::adamuon<T, cuda_backend>>(st, orthopt::adamuon_presets::code(), s);

@@ -1,54 +1,155 @@
 #!/usr/bin/env bash
-# The GPU checks of the CUDA backend, as one script for a machine with an NVIDIA GPU and nvcc:
-#   1. configure with ORTHOPT_ENABLE_CUDA=ON (Hopper: CMAKE_CUDA_ARCHITECTURES=90), build the GPU suite
-#      and bench_cuda;
-#   2. run the GPU suite (ctest label gpu: the CUDA backend against the Eigen backend, CUDA-graph
-#      replay, no allocation in steps);
-#   3. run bench_cuda (CUDA-event timing) and, in the same session, the PyTorch peer
-#      (benchmarks/bench_torch_ns.py), then print the paired table (benchmarks/summarize_gpu.py).
-# Dependencies the GPU machine lacks come from ./.gpu-carry (benchmarks/prepare_gpu_carry.sh).
-# Results go to $OUT (or ./gpu-results): the suite's log, both JSON files and the table.
+# The GPU checks of the CUDA backend, as one script for a machine with an NVIDIA GPU, nvcc and PyTorch:
+#   1. the GPU suite (test_gpu: the CUDA backend against the Eigen backend in float, double and bf16,
+#      NaN input to cuSOLVER, CUDA-graph capture and replay of a rule step and of an optimizer step,
+#      no allocation in steps), built for Hopper (CMAKE_CUDA_ARCHITECTURES=90, or
+#      ORTHOPT_CUDA_ARCHITECTURES), or taken from .gpu-carry/bin when prepared there and runnable here;
+#   2. bench_cuda (CUDA-event timing) and, in the same session, the PyTorch peer
+#      (benchmarks/bench_torch_ns.py: eager NS5, torch.optim.Muon, torch's bf16 GEMM), then the paired
+#      table with the speed targets (benchmarks/summarize_gpu.py);
+#   3. the GPT demo on the GPU (orthopt_gpt_demo_cuda --device cuda, built against this machine's
+#      libtorch, which must have CUDA), every optimizer for a short run, stepping the CUDA tensors in
+#      place; skipped with --no-demo.
+# Dependencies the GPU machine lacks come from ./.gpu-carry (benchmarks/prepare_gpu_carry.sh): Eigen,
+# Catch2, Google Benchmark, the demo's corpus, and prebuilt test_gpu and bench_cuda.
+# Results go to $OUT (or ./gpu-results): table.md, gpu-suite.log, summary.txt and everything else in
+# gpu-results.tar.gz. Each phase's time is printed.
 #
-#   bash benchmarks/run_gpu.sh [--quick]    --quick: fewer shapes and repetitions
+#   bash benchmarks/run_gpu.sh [--quick] [--no-demo]
+#     --quick: fewer shapes and repetitions
 set -uo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo_root"
 out="${OUT:-$repo_root/gpu-results}"
-mkdir -p "$out"
+work="$repo_root/gpu-results-work"
+rm -rf "$work"
+mkdir -p "$out" "$work"
 quick=0
-[[ "${1:-}" == "--quick" ]] && quick=1
+demo=1
+for a in "$@"; do
+  case "$a" in
+    --quick) quick=1 ;;
+    --no-demo) demo=0 ;;
+    *) echo "run_gpu.sh: unknown argument '$a'" >&2; exit 2 ;;
+  esac
+done
+start=$SECONDS
+# What is under $OUT after each phase (so that a run stopped by its time limit still returns its logs):
+# the table, the suite's log and a summary beside a tarball of everything.
+save() {
+  echo "seconds=$((SECONDS - start)) suite_rc=${suite_rc:-} demo_rc=${demo_rc:-}" > "$work/summary.txt"
+  cat "$work/device.txt" >> "$work/summary.txt" 2>/dev/null
+  for f in table.md gpu-suite.log summary.txt; do [[ -f "$work/$f" ]] && cp "$work/$f" "$out/"; done
+  tar -czf "$out/gpu-results.tar.gz" -C "$work" --exclude='*.png' . 2>/dev/null
+}
+phase() { save; echo "== [$((SECONDS - start)) s] $*"; }
 nvcc_path="$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)"
 jobs="$(nproc 2>/dev/null || echo 4)"
+arch="${ORTHOPT_CUDA_ARCHITECTURES:-90}"
+carry="$repo_root/.gpu-carry"
 prefix_args=()
-[[ -d .gpu-carry/prefix ]] && prefix_args=(-DCMAKE_PREFIX_PATH="$repo_root/.gpu-carry/prefix")
-export LD_LIBRARY_PATH="$repo_root/.gpu-carry/prefix/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+[[ -d "$carry/prefix" ]] && prefix_args=(-DCMAKE_PREFIX_PATH="$carry/prefix")
+export LD_LIBRARY_PATH="$carry/prefix/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+python="$(command -v python3)"
 
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$out/device.txt" 2>&1 || true
-cat "$out/device.txt"
+phase "device"
+{
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
+  "$nvcc_path" --version | tail -2
+  "$python" -c 'import torch; print("torch", torch.__version__, "CUDA", torch.version.cuda)'
+  uname -r
+} > "$work/device.txt" 2>&1
+cat "$work/device.txt"
 
-cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DORTHOPT_ENABLE_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc_path" \
-      -DCMAKE_CUDA_ARCHITECTURES="${ORTHOPT_CUDA_ARCHITECTURES:-90}" -DORTHOPT_BUILD_EXAMPLES=OFF \
-      -DORTHOPT_CUDA_HOST_TESTS=OFF "${prefix_args[@]}" > "$out/configure.log" 2>&1 || { tail -30 "$out/configure.log"; exit 1; }
-cmake --build build-gpu -j "$jobs" --target test_gpu bench_cuda > "$out/build.log" 2>&1 || { tail -40 "$out/build.log"; exit 1; }
+# ---- The demo's build, in the background while the suite runs (CPU work beside GPU work) ------------
+demo_pid=""
+if ((demo)); then
+  torch_prefix="$("$python" -c 'import torch.utils; print(torch.utils.cmake_prefix_path)' 2>/dev/null)"
+  (
+    export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
+    cmake -S . -B build-gpu-demo -DCMAKE_BUILD_TYPE=Release -DORTHOPT_ENABLE_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc_path" \
+          -DCMAKE_CUDA_ARCHITECTURES="$arch" -DORTHOPT_BUILD_TESTS=OFF -DORTHOPT_BUILD_BENCHMARKS=OFF \
+          -DORTHOPT_BUILD_EXAMPLES=ON -DORTHOPT_OPENMP=OFF -DORTHOPT_BLAS=OFF -DORTHOPT_MPI=OFF -DORTHOPT_INSTALL=OFF \
+          -DCMAKE_PREFIX_PATH="$torch_prefix;$carry/prefix" > "$work/demo-configure.log" 2>&1 &&
+      cmake --build build-gpu-demo -j "$jobs" --target orthopt_gpt_demo_cuda > "$work/demo-build.log" 2>&1
+  ) &
+  demo_pid=$!
+fi
 
-echo "== GPU suite"
-(cd build-gpu && ./tests/gpu/test_gpu 2>&1) | tee "$out/gpu-suite.log" | tail -25
-suite_rc=${PIPESTATUS[0]}
+# ---- The suite and the benchmark binary: prebuilt if they run here, else built now --------------------
+bin="$carry/bin"
+# Runnable: every shared library resolves (ldd names a missing one, or a missing GLIBC/GLIBCXX version,
+# with "not found") and the benchmark binary starts.
+if [[ -x "$bin/test_gpu" && -x "$bin/bench_cuda" ]] && ! ldd "$bin/test_gpu" "$bin/bench_cuda" 2>&1 | grep -q "not found" &&
+   "$bin/bench_cuda" --benchmark_list_tests=true > /dev/null 2>&1; then
+  phase "using the prebuilt test_gpu and bench_cuda of .gpu-carry/bin (sm_$arch)"
+  test_gpu="$bin/test_gpu"
+  bench_cuda="$bin/bench_cuda"
+else
+  phase "building test_gpu and bench_cuda here (no runnable prebuilt binaries)"
+  cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DORTHOPT_ENABLE_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc_path" \
+        -DCMAKE_CUDA_ARCHITECTURES="$arch" -DORTHOPT_BUILD_EXAMPLES=OFF \
+        -DORTHOPT_CUDA_HOST_TESTS=OFF "${prefix_args[@]}" > "$work/configure.log" 2>&1 || { tail -30 "$work/configure.log"; }
+  cmake --build build-gpu -j "$jobs" --target test_gpu bench_cuda > "$work/build.log" 2>&1 || tail -40 "$work/build.log"
+  test_gpu=build-gpu/tests/gpu/test_gpu
+  bench_cuda=build-gpu/benchmarks/bench_cuda
+fi
 
-echo "== bench_cuda"
+phase "GPU suite"
+timeout 180 "$test_gpu" --durations yes > "$work/gpu-suite.log" 2>&1
+suite_rc=$?
+grep -v "^[0-9.]* s: " "$work/gpu-suite.log" | tail -30
+echo "GPU suite exit code: $suite_rc"
+
+if [[ -n "$demo_pid" ]]; then
+  phase "waiting for the demo's build"
+  wait "$demo_pid"
+  demo_build_rc=$?
+  ((demo_build_rc == 0)) || { tail -5 "$work/demo-configure.log"; tail -40 "$work/demo-build.log"; }
+fi
+
+phase "bench_cuda"
 filter='.'
 reps=3
-if ((quick)); then filter='(NS/keller|step/adamuon|ceiling)/.*/(1024x1024|4096x4096|64x128x128|8192)$'; reps=1; fi
-./build-gpu/benchmarks/bench_cuda --benchmark_filter="$filter" --benchmark_repetitions="$reps" \
-    --benchmark_report_aggregates_only=true --benchmark_out="$out/bench_cuda.json" --benchmark_out_format=json \
-    > "$out/bench_cuda.txt" 2>&1
-tail -5 "$out/bench_cuda.txt"
+if ((quick)); then filter='(NS/keller|step/(adamuon|muon)|ceiling)/.*/(1024x1024|4096x4096|1024x4096|64x128x128|loop64x128x128|8192)$'; reps=1; fi
+timeout 240 "$bench_cuda" --benchmark_filter="$filter" --benchmark_repetitions="$reps" --benchmark_min_time=0.1 \
+    --benchmark_report_aggregates_only=true --benchmark_out="$work/bench_cuda.json" --benchmark_out_format=json \
+    > "$work/bench_cuda.txt" 2>&1
+echo "bench_cuda exit code: $?"
+tail -3 "$work/bench_cuda.txt"
 
-echo "== PyTorch peer"
-torch_args=(--out "$out/bench_torch.json")
+phase "PyTorch peer"
+torch_args=(--out "$work/bench_torch.json")
 ((quick)) && torch_args+=(--quick)
-python3 benchmarks/bench_torch_ns.py "${torch_args[@]}" 2>&1 | tail -8
+timeout 150 "$python" benchmarks/bench_torch_ns.py "${torch_args[@]}" > "$work/bench_torch.txt" 2>&1
+echo "bench_torch_ns exit code: $?"
+tail -4 "$work/bench_torch.txt"
 
-echo "== paired table"
-python3 benchmarks/summarize_gpu.py "$out/bench_cuda.json" "$out/bench_torch.json" | tee "$out/table.md"
+phase "paired table"
+"$python" benchmarks/summarize_gpu.py "$work/bench_cuda.json" "$work/bench_torch.json" > "$work/table.md" 2>&1
+cat "$work/table.md"
+
+demo_rc=-1
+if ((demo)) && [[ -x build-gpu-demo/examples/orthopt_gpt_demo_cuda ]]; then
+  phase "GPT demo on CUDA"
+  data="$carry/fortunes"
+  [[ -d "$data" ]] || data=/usr/share/games/fortunes
+  timeout 150 build-gpu-demo/examples/orthopt_gpt_demo_cuda --device cuda --steps "${ORTHOPT_GPU_DEMO_STEPS:-200}" \
+      --seeds 1 --data "$data" --out "$work/gpt-cuda" > "$work/gpt-cuda.log" 2>&1
+  demo_rc=$?
+  grep -v "^  .* step .*/" "$work/gpt-cuda.log" | head -60
+  echo "GPT demo exit code: $demo_rc"
+fi
+
+# Memory checking of a few suite cases, where the machine's compute-sanitizer works and time is left.
+if command -v compute-sanitizer > /dev/null && ((SECONDS - start < ${ORTHOPT_GPU_SANITIZER_AFTER:-330})); then
+  phase "compute-sanitizer memcheck on the batch, polar and allocation cases"
+  timeout 90 compute-sanitizer --tool memcheck --error-exitcode 3 "$test_gpu" "[batch]" "[nan]" "[alloc]" \
+      > "$work/memcheck.log" 2>&1
+  echo "memcheck exit code: $?"
+  tail -5 "$work/memcheck.log"
+fi
+
+phase "done"
+save
 exit "$suite_rc"

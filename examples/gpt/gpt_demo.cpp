@@ -4,11 +4,10 @@
 // libtorch, with AdamW, Muon, AdaMuon, NAMO and NAMO-D, compared as the AdaMuon paper's Table 1 does.
 //
 // torch computes the loss and the gradients; orthopt's optimizer steps the model's own tensors, reading
-// .grad(), through the tensor adapter of examples/libtorch/torch_matrix.hpp (no copies). Routing, as in
-// the papers and their codebases: every hidden matrix goes to the Muon-family rule (the fused QKV
-// projection as three d×d blocks, split_rows; the attention output; both MLP matrices); the token and
-// position embeddings and the head go to AdamW with weight decay, the norms' gains and biases to AdamW
-// without. In the AdamW baseline AdamW takes everything, with the same groups.
+// .grad(), through the tensor adapter of examples/libtorch/torch_matrix.hpp (no copies). The optimizer
+// side (routing, groups, schedule, budget) is examples/gpt/trainer.hpp, written once over the backend:
+// the Eigen or BLAS backend for a model on the CPU, and, in orthopt_gpt_demo_cuda (a CUDA libtorch and
+// nvcc), the CUDA backend for `--device cuda`, stepping the model's CUDA tensors in place.
 //
 // A fair comparison: one warmup-stable-decay schedule, one initialization and one batch order per seed
 // for every optimizer; each optimizer at the learning rate the same sweep chose for it (`--sweep` reruns
@@ -43,8 +42,17 @@
 #include "orthopt/blas.hpp"
 #endif
 #include "torch_matrix.hpp"
+#include "trainer.hpp"
 
 namespace {
+
+using gpt_demo::make_cuda_trainer;
+using gpt_demo::parameter;
+using gpt_demo::rule_choice;
+using gpt_demo::trainer;
+using gpt_demo::trainer_interface;
+using gpt_demo::trainer_settings;
+using gpt_demo::budget_options;
 
 using clock_type = std::chrono::steady_clock;
 double seconds_since(clock_type::time_point t0) { return std::chrono::duration<double>(clock_type::now() - t0).count(); }
@@ -56,7 +64,6 @@ constexpr const char* backend_name = "blas_backend";
 using backend = orthopt::eigen_backend;
 constexpr const char* backend_name = "eigen_backend";
 #endif
-using optimizer = orthopt::optimizer<float, backend>;
 
 // ---------------------------------------------------------------------------------------------------
 // Settings
@@ -124,6 +131,8 @@ struct settings {
   std::map<method, double> lr_override;
   std::vector<double> sweep_lrs = sweep_grid;  // --sweep-lrs: a part of the grid (to extend or resume a sweep)
   int threads = 0;  // 0: the backend's default (OpenMP's thread count)
+  torch::Device device = torch::kCPU;  // --device cuda: the model on the GPU, orthopt on its CUDA backend
+  std::vector<method> methods{all_methods.begin(), all_methods.end()};  // --methods: a subset
 };
 
 // ---------------------------------------------------------------------------------------------------
@@ -185,7 +194,7 @@ corpus load_corpus(const std::string& dir) {
 
 /// Batches of `rows` windows of context+1 bytes starting at the given offsets: inputs and targets.
 std::pair<torch::Tensor, torch::Tensor> windows(const torch::Tensor& text, const torch::Tensor& starts, std::int64_t context) {
-  const auto idx = starts.unsqueeze(1) + torch::arange(context + 1, torch::kLong).unsqueeze(0);
+  const auto idx = starts.unsqueeze(1) + torch::arange(context + 1, starts.options()).unsqueeze(0);
   const auto w = text.index({idx});
   return {w.slice(1, 0, context), w.slice(1, 1, context + 1)};
 }
@@ -258,7 +267,7 @@ struct GPTImpl : torch::nn::Module {
 
   torch::Tensor forward(const torch::Tensor& tokens) {
     const auto T = tokens.size(1);
-    auto x = wte(tokens) + wpe(torch::arange(T, torch::kLong));
+    auto x = wte(tokens) + wpe(torch::arange(T, tokens.options()));
     for (const auto& b : *blocks) x = b->as<BlockImpl>()->forward(x);
     return head(ln_f(x));
   }
@@ -296,7 +305,7 @@ std::string sample(GPT& model, const settings& s, const std::string& prompt, int
   for (int i = 0; i < length; ++i) {
     const auto from = ids.size() > static_cast<std::size_t>(s.context) ? ids.size() - static_cast<std::size_t>(s.context) : 0;
     const auto window = torch::tensor(std::vector<std::int64_t>(ids.begin() + static_cast<std::ptrdiff_t>(from), ids.end()),
-                                      torch::kLong).unsqueeze(0);
+                                      torch::kLong).unsqueeze(0).to(s.device);
     const auto logits = model->forward(window).select(1, window.size(1) - 1).squeeze(0) / 0.8;
     const auto next = torch::multinomial(torch::softmax(logits, -1), 1).item<std::int64_t>();
     ids.push_back(next);
@@ -308,95 +317,51 @@ std::string sample(GPT& model, const settings& s, const std::string& prompt, int
 // ---------------------------------------------------------------------------------------------------
 // orthopt over the model's own tensors
 // ---------------------------------------------------------------------------------------------------
-template <class Options>
-Options at_rates(Options o, double lr, double weight_decay) {
-  o.lr = lr;
-  o.weight_decay = weight_decay;
-  return o;
-}
-
-optimizer::rule_type matrix_rule(method m, double lr, double wd, const backend& be) {
+rule_choice rule_of(method m) {
   switch (base_of(m)) {
-    case method::muon: return orthopt::muon<float, backend>(at_rates(orthopt::muon_presets::moonlight(), lr, wd), be);
-    case method::adamuon: return orthopt::adamuon<float, backend>(at_rates(orthopt::adamuon_presets::code(), lr, wd), be);
-    case method::namo: return orthopt::namo<float, backend>(at_rates(orthopt::namo_presets::code(), lr, wd), be);
-    case method::namo_d: return orthopt::namo_d<float, backend>(at_rates(orthopt::namo_d_presets::code(), lr, wd), be);
+    case method::muon: return rule_choice::muon;
+    case method::adamuon: return rule_choice::adamuon;
+    case method::namo: return rule_choice::namo;
+    case method::namo_d: return rule_choice::namo_d;
     default: break;
   }
-  return orthopt::adamw<float, backend>(at_rates(orthopt::adamw_presets::torch(), lr, wd), be);
+  return rule_choice::adamw;
 }
 
-/// The adaptive Newton–Schulz budget of the "+budget" runs (orthopt/ns_budget.hpp): once the warmup is
-/// over, observe for 10 steps (1/80 of training; an observation step runs twice the iterations), commit
-/// per-matrix counts that reach the residual target, spending no more than the uniform 5 iterations
-/// per matrix in all (only what is needed: the point is to see whether work can be saved), and observe
-/// again every quarter of training, since what is hard changes as training goes on.
-orthopt::ns_budget_options budget_options(const settings& s) {
-  orthopt::ns_budget_options o;
-  o.start_step = std::max(1, s.steps / 20);
-  o.observe_steps = std::max(5, s.steps / 80);
-  o.reobserve_every = std::max(10, s.steps / 4);
-  o.budget_fraction = 1.0;
-  o.spend_whole_budget = false;
-  return o;
+/// The model's own tensors, as orthopt views (no copies), checked to be viewed in place.
+std::vector<parameter> parameters_of(GPT& model, torch::Device device) {
+  std::vector<parameter> params;
+  for (const auto& item : model->named_parameters()) {
+    const auto view = orthopt::make_view(torch_matrix<float>(item.value(), device.type()));
+    if (view.data != item.value().data_ptr<float>()) throw std::logic_error("orthopt does not view " + item.key() + " in place");
+    params.push_back({item.key(), view, item.value().dim() == 1});
+  }
+  return params;
 }
 
-/// The orthopt optimizer over a GPT's parameters, and the gradient views it reads each step.
-struct trainer {
-  optimizer opt;
-  std::vector<torch::Tensor> params;  // the model's own tensors (handles, not copies)
-  std::vector<bool> split_qkv;        // registered as three row blocks
-  std::vector<optimizer::gradient_view> grads;
-  std::vector<std::pair<orthopt::param_id, std::int64_t>> ns_params;  // Newton–Schulz parameters, matrices
-  std::int64_t ns_iterations = 0;     // Newton–Schulz iterations run, summed over matrices and steps
-  std::string budget_report;          // the last commit of the adaptive budget
+/// The trainer of the run: the CUDA backend for a model on the GPU, the CPU backend otherwise.
+std::unique_ptr<trainer_interface> make_trainer(GPT& model, method m, double lr, const settings& s) {
+  trainer_settings ts;
+  ts.matrices = rule_of(m);
+  ts.group_name = method_name(m);
+  ts.lr = lr;
+  ts.weight_decay = s.weight_decay;
+  ts.steps = s.steps;
+  ts.budget = uses_budget(m);
+  const auto params = parameters_of(model, s.device);
+#if defined(ORTHOPT_DEMO_CUDA)
+  if (s.device.is_cuda()) return make_cuda_trainer(ts, params);
+#endif
+  return std::make_unique<trainer<backend>>(ts, params, backend(s.threads));
+}
 
-  trainer(GPT& model, method m, double lr, const settings& s) {
-    const orthopt::warmup_stable_decay schedule(std::max(1, s.steps / 20), s.steps, 0.2);
-    const auto adamw_opts = at_rates(orthopt::adamw_presets::torch(), lr, s.weight_decay);
-    const backend be(s.threads);
-    const auto adamw_group = opt.add_group("adamw", orthopt::adamw<float, backend>(adamw_opts, be), schedule);
-    const auto no_decay =
-        opt.add_group("adamw_no_decay", orthopt::adamw<float, backend>(at_rates(adamw_opts, lr, 0.0), be), schedule);
-    const auto matrices =
-        m == method::adamw ? adamw_group : opt.add_group(method_name(m), matrix_rule(m, lr, s.weight_decay, be), schedule);
-    // The router's defaults send vectors, "wte"/"wpe" (embeddings) and "head" to AdamW and every other
-    // matrix to the Muon-family group; the norms' gains and biases go to the group without decay.
-    orthopt::param_router router(matrices, adamw_group);
-    for (const auto& item : model->named_parameters()) {
-      if (item.value().dim() == 1) router.override_param(item.key(), no_decay);
-    }
-    for (const auto& item : model->named_parameters()) {
-      const auto view = orthopt::make_view(torch_matrix<float>(item.value()));
-      if (view.data != item.value().data_ptr<float>()) throw std::logic_error("orthopt does not view " + item.key() + " in place");
-      const bool fused = item.key().size() > 11 && item.key().ends_with(".qkv.weight");
-      if (fused) opt.add_param(item.key(), orthopt::split_rows(view, 3), router);  // Q, K and V on their own
-      else opt.add_param(item.key(), view, router);
-      params.push_back(item.value());
-      split_qkv.push_back(fused);
-    }
-    opt.check_overrides_used(router);
-    grads.resize(params.size());
-    for (std::size_t i = 0; i < opt.param_count(); ++i) {
-      const orthopt::param_id p{i};
-      if (opt.state(p).ns_plan() != nullptr) ns_params.emplace_back(p, opt.state(p).count());
-    }
-    if (uses_budget(m)) {
-      auto o = budget_options(s);
-      o.on_commit = [this](const orthopt::ns_budget_report& r) { budget_report = r.table(); };
-      opt.set_ns_budget(std::move(o));
-    }
-  }
-
-  void step() {
-    for (std::size_t i = 0; i < params.size(); ++i) {
-      const auto g = orthopt::make_const_view(torch_matrix<float>(params[i].grad()));
-      grads[i] = split_qkv[i] ? orthopt::split_rows(g, 3) : orthopt::as_batch(g);
-    }
-    for (const auto& [p, matrices] : ns_params) ns_iterations += static_cast<std::int64_t>(opt.ns_steps(p)) * matrices;
-    opt.step(grads);
-  }
-};
+/// The gradients of the model's parameters, in parameters_of's order, as views.
+std::vector<orthopt::matrix_view<const float>> gradients_of(const std::vector<torch::Tensor>& params, torch::Device device) {
+  std::vector<orthopt::matrix_view<const float>> grads;
+  grads.reserve(params.size());
+  for (const auto& p : params) grads.push_back(orthopt::make_const_view(torch_matrix<float>(p.grad(), device.type())));
+  return grads;
+}
 
 // ---------------------------------------------------------------------------------------------------
 // One training run
@@ -423,18 +388,42 @@ struct progress {
   clock_type::time_point start = clock_type::now();
 };
 
+/// After the first step: every parameter with a nonzero gradient has new values, in its own memory.
+void check_stepped_in_place(const std::vector<torch::Tensor>& params, const std::vector<torch::Tensor>& before,
+                            const char* name) {
+  int changed = 0, expected = 0;
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    if (params[i].grad().abs().max().item<float>() == 0.0f) continue;  // an all-zero gradient may leave it be
+    ++expected;
+    if (!torch::equal(params[i], before[i])) ++changed;
+  }
+  if (changed != expected) {
+    throw std::runtime_error(std::string(name) + ": the first step changed " + std::to_string(changed) + " of " +
+                             std::to_string(expected) + " parameters with a gradient");
+  }
+  static bool said = false;  // once per program
+  if (!said) {
+    std::printf("  orthopt stepped %d of %zu parameter tensors in place, in %s memory\n", changed, params.size(),
+                params.front().device().str().c_str());
+    said = true;
+  }
+}
+
 run_result train(method m, int seed, double lr, const settings& s, const corpus& c, const torch::Tensor& vx,
                  const torch::Tensor& vy, progress& prog, bool want_sample) {
   torch::manual_seed(static_cast<std::uint64_t>(1000 + seed));  // the same initial weights for every optimizer
   GPT model(s);
-  trainer t(model, m, lr, s);
+  model->to(s.device);  // initialized on the CPU, so every device starts from the same weights
+  const auto t = make_trainer(model, m, lr, s);
+  std::vector<torch::Tensor> params;
+  for (const auto& p : model->parameters()) params.push_back(p);
   const auto offsets = batch_offsets(static_cast<std::uint64_t>(seed), s.steps, s.batch, c.train.size(0) - s.context - 1);
 
   run_result r;
   r.m = m;
   r.seed = seed;
   r.lr = lr;
-  r.routing = t.opt.routing_table();
+  r.routing = t->routing_table();
   double window_sum = 0.0;
   int window_n = 0;
   const auto record = [&](int step) {
@@ -447,14 +436,20 @@ run_result train(method m, int seed, double lr, const settings& s, const corpus&
   r.curve.back().train_loss = r.curve.back().val_loss;  // before training: the validation loss stands in
   const double tokens_per_step = static_cast<double>(s.batch * s.context);
   for (int step = 1; step <= s.steps; ++step) {
-    const auto [x, y] = windows(c.train, offsets[step - 1], s.context);
+    const auto [x, y] = windows(c.train, offsets[step - 1].to(s.device), s.context);
     const auto t0 = clock_type::now();
-    model->zero_grad();  // libtorch 1.13: the gradients keep their memory (set_to_none = false)
+    model->zero_grad(/*set_to_none=*/false);  // the gradients keep their memory
     const auto loss = loss_of(model, x, y);
     loss.backward();
-    const double loss_value = loss.item<double>();
+    const double loss_value = loss.item<double>();  // waits for the backward pass
     const auto t1 = clock_type::now();
-    t.step();
+    std::vector<torch::Tensor> before;
+    if (step == 1) {
+      for (const auto& p : params) before.push_back(p.detach().clone());
+    }
+    t->step(gradients_of(params, s.device));
+    if (s.device.is_cuda()) torch::cuda::synchronize();  // the optimizer's kernels, timed to their end
+    if (step == 1) check_stepped_in_place(params, before, method_name(m));
     r.forward_backward_seconds += std::chrono::duration<double>(t1 - t0).count();
     r.optimizer_seconds += seconds_since(t1);
     window_sum += loss_value;
@@ -471,8 +466,8 @@ run_result train(method m, int seed, double lr, const settings& s, const corpus&
     }
   }
   if (want_sample) r.sample_text = sample(model, s, "Q: ", 240);
-  r.ns_iterations_per_step = static_cast<double>(t.ns_iterations) / s.steps;
-  r.budget_report = t.budget_report;
+  r.ns_iterations_per_step = static_cast<double>(t->ns_iterations()) / s.steps;
+  r.budget_report = t->budget_report();
   ++prog.runs_done;
   return r;
 }
@@ -610,14 +605,19 @@ void plot(const settings& s) {
 // Command line
 // ---------------------------------------------------------------------------------------------------
 const char* usage =
-    "usage: gpt_demo [--quick] [--sweep [--sweep-lrs X,Y]] [--steps N] [--seeds K] [--lr NAME=X] [--threads N] [--data DIR] [--out DIR]\n"
+    "usage: gpt_demo [--quick] [--sweep [--sweep-lrs X,Y]] [--steps N] [--seeds K] [--lr NAME=X] [--methods A,B]\n"
+    "                [--device cpu|cuda] [--threads N] [--data DIR] [--out DIR]\n"
     "  (default)   every optimizer at its chosen learning rate, then Muon and AdaMuon with the adaptive\n"
     "              Newton–Schulz budget (Muon+budget, AdaMuon+budget), seeds 0..K-1 (K = 2), 800 steps\n"
     "  --quick     one seed, 120 steps, a smaller model: the smoke test (every validation loss must fall)\n"
     "  --sweep     the learning-rate sweep: every optimizer at each lr of {1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2}, seed 0;\n"
     "              prints and writes the lr with the lowest final validation loss for each\n"
     "  --sweep-lrs X,Y,...  sweep these learning rates instead of the whole grid (to extend or resume one)\n"
-    "  --lr NAME=X the learning rate of one optimizer (AdamW, Muon, AdaMuon, NAMO, NAMO-D)\n";
+    "  --lr NAME=X the learning rate of one optimizer (AdamW, Muon, AdaMuon, NAMO, NAMO-D)\n"
+    "  --methods A,B,...  run only these of AdamW, Muon, AdaMuon, NAMO, NAMO-D, Muon+budget, AdaMuon+budget\n"
+    "              (AdamW, the baseline of the comparison, must be one of them)\n"
+    "  --device D  cpu (the default), or cuda: the model on the GPU and orthopt on its CUDA backend, stepping\n"
+    "              the CUDA tensors in place (only in orthopt_gpt_demo_cuda, built against a CUDA libtorch)\n";
 
 settings parse(int argc, char** argv) {
   settings s;
@@ -646,6 +646,33 @@ settings parse(int argc, char** argv) {
       if (s.sweep_lrs.empty()) throw std::invalid_argument("--sweep-lrs needs a comma-separated list of learning rates");
     } else if (a == "--threads") {
       s.threads = std::stoi(value());
+    } else if (a == "--device") {
+      const std::string d = value();
+      if (d == "cpu") {
+        s.device = torch::kCPU;
+      } else if (d == "cuda") {
+#if defined(ORTHOPT_DEMO_CUDA)
+        if (!torch::cuda::is_available()) throw std::invalid_argument("--device cuda: this libtorch sees no CUDA device");
+        s.device = torch::kCUDA;
+#else
+        throw std::invalid_argument("--device cuda needs orthopt_gpt_demo_cuda (built with a CUDA libtorch and nvcc)");
+#endif
+      } else {
+        throw std::invalid_argument("--device takes cpu or cuda, not '" + d + "'");
+      }
+    } else if (a == "--methods") {
+      s.methods.clear();
+      std::stringstream list(value());
+      for (std::string item; std::getline(list, item, ',');) {
+        const auto found = std::find_if(all_methods.begin(), all_methods.end(), [&](method m) { return item == method_name(m); });
+        if (found == all_methods.end()) {
+          throw std::invalid_argument("--methods: '" + item + "' is not one of AdamW, Muon, AdaMuon, NAMO, NAMO-D, Muon+budget, AdaMuon+budget");
+        }
+        if (std::find(s.methods.begin(), s.methods.end(), *found) == s.methods.end()) s.methods.push_back(*found);
+      }
+      if (std::find(s.methods.begin(), s.methods.end(), method::adamw) == s.methods.end()) {
+        throw std::invalid_argument("--methods must include AdamW, the baseline every optimizer is compared with");
+      }
     } else if (a == "--data") {
       s.data = value();
     } else if (a == "--out") {
@@ -686,16 +713,19 @@ int main(int argc, char** argv) try {
   if (s.threads <= 0) s.threads = backend{}.threads();
   const int threads = s.threads;
   torch::set_num_threads(threads);  // torch's kernels and orthopt's products on the same cores
+  const std::string backend_used = s.device.is_cuda() ? std::string("cuda_backend on ") + s.device.str() : backend_name;
   std::printf("orthopt GPT demo: libtorch %s, %d torch threads; orthopt::%s\n", TORCH_VERSION, torch::get_num_threads(),
-              backend_name);
+              backend_used.c_str());
 
-  const corpus c = load_corpus(s.data);
+  corpus c = load_corpus(s.data);
+  c.train = c.train.to(s.device);
+  c.val = c.val.to(s.device);
   std::printf("corpus: %zu fortunes from %zu files in %s: %lld bytes of training text, %lld held out (every 20th fortune)\n",
               c.fortunes, c.files, s.data.c_str(), static_cast<long long>(c.train.size(0)),
               static_cast<long long>(c.val.size(0)));
   // Fixed validation windows, evenly spaced over the held-out text.
   const auto val_starts = torch::linspace(0, static_cast<double>(c.val.size(0) - s.context - 2), s.val_sequences).to(torch::kLong);
-  const auto [vx, vy] = windows(c.val, val_starts, s.context);
+  const auto [vx, vy] = windows(c.val, val_starts.to(s.device), s.context);
 
   std::printf("model: byte-level GPT, %lld layers, d_model %lld, %lld heads, context %lld; %d steps of %lld×%lld tokens, "
               "warmup-stable-decay (5%% warmup, last 20%% linear decay), weight decay %g\n",
@@ -746,9 +776,9 @@ int main(int argc, char** argv) try {
     return 0;
   }
 
-  prog.runs_total = static_cast<int>(all_methods.size()) * s.seeds;
+  prog.runs_total = static_cast<int>(s.methods.size()) * s.seeds;
   for (int seed = 0; seed < s.seeds; ++seed) {
-    for (const method m : all_methods) {
+    for (const method m : s.methods) {
       const double lr = s.lr_override.contains(base_of(m)) ? s.lr_override.at(base_of(m)) : chosen_lr(m);
       std::printf("\n%s, seed %d, lr %g\n", method_name(m), seed, lr);
       runs.push_back(train(m, seed, lr, s, c, vx, vy, prog, seed == 0));
@@ -773,13 +803,14 @@ int main(int argc, char** argv) try {
     std::ofstream md(s.out + "/results.md");
     md << "Byte-level GPT on Debian's fortunes: " << s.layers << " layers, d_model " << s.d_model << ", " << s.steps
        << " steps of " << s.batch << "×" << s.context << " tokens, " << s.seeds << " seed(s)" << (s.quick ? " (--quick)" : "")
-       << "; orthopt::" << backend_name << ", " << threads << " threads\n\n"
+       << "; orthopt::" << backend_used << ", " << threads << " torch threads\n\n"
        << table;
     if (!budgets.empty()) {
-      md << "\nAdaptive Newton–Schulz budget (orthopt/ns_budget.hpp): observe steps " << budget_options(s).start_step
-         << "–" << budget_options(s).start_step + budget_options(s).observe_steps
+      const auto budget = budget_options(s.steps);
+    md << "\nAdaptive Newton–Schulz budget (orthopt/ns_budget.hpp): observe steps " << budget.start_step
+         << "–" << budget.start_step + budget.observe_steps
          << ", then commit per-matrix counts that reach the residual target, within the uniform cost; observe again every "
-         << budget_options(s).reobserve_every << " steps. The last commit of each seed-0 run:\n\n```\n"
+         << budget.reobserve_every << " steps. The last commit of each seed-0 run:\n\n```\n"
          << budgets << "```\n";
     }
   }

@@ -14,8 +14,11 @@
 //   2-D [rows, cols]     rows x cols with the tensor's own strides (transposed or sliced views work)
 //   1-D [n]              1 x n (biases, norm gains), with the tensor's stride
 //   N-D [d0, d1, ...]    d0 x (d1*d2*...), the usual view of a conv kernel; the tensor must be contiguous
-// 0-D tensors, CUDA tensors (the Eigen backend reads host memory), sparse tensors and other element
-// types are refused with std::invalid_argument naming what was found.
+// The tensor must live where the backend that will read it works: on the CPU by default (the Eigen and
+// BLAS backends read host memory), or on CUDA devices with `torch_matrix<float>(t, at::kCUDA)` (the CUDA
+// backend, in a .cu file or behind a host-only interface as examples/gpt/trainer.hpp does). A tensor on
+// another device, 0-D tensors, sparse tensors and other element types are refused with
+// std::invalid_argument naming what was found.
 #pragma once
 
 #include <cstdint>
@@ -30,16 +33,17 @@
 template <class T>
 class torch_matrix {
  public:
-  explicit torch_matrix(at::Tensor tensor) : tensor_(std::move(tensor)) {
+  explicit torch_matrix(at::Tensor tensor, at::DeviceType device = at::kCPU) : tensor_(std::move(tensor)) {
     const at::ScalarType expected = c10::CppTypeToScalarType<T>::value;
     if (!tensor_.defined()) throw std::invalid_argument("torch_matrix: the tensor is undefined (no .grad() yet?)");
     if (tensor_.scalar_type() != expected) {
       throw std::invalid_argument(std::string("torch_matrix: the tensor holds ") + c10::toString(tensor_.scalar_type()) +
                                   ", expected " + c10::toString(expected));
     }
-    if (!tensor_.device().is_cpu()) {
-      throw std::invalid_argument("torch_matrix: the tensor lives on " + tensor_.device().str() +
-                                  "; the Eigen backend reads host memory");
+    if (tensor_.device().type() != device) {
+      throw std::invalid_argument("torch_matrix: the tensor lives on " + tensor_.device().str() + ", expected " +
+                                  c10::DeviceTypeName(device, /*lower_case=*/true) +
+                                  (device == at::kCPU ? " (the Eigen and BLAS backends read host memory)" : ""));
     }
     if (tensor_.layout() != at::kStrided) throw std::invalid_argument("torch_matrix: the tensor is not strided (sparse?)");
     if (tensor_.dim() == 0) throw std::invalid_argument("torch_matrix: the tensor is 0-dimensional (a scalar)");

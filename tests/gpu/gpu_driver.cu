@@ -8,6 +8,7 @@
 #endif
 
 #include <cstring>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -153,6 +154,14 @@ std::vector<double> exact_polar(const std::vector<double>& x, index_t rows, inde
   return by_element(e, [&](auto t) { return gpu_runs::polar_run<decltype(t)>(cuda_backend{}, mem, x, rows, cols); });
 }
 
+std::vector<std::vector<double>> exact_polar_series(const std::vector<std::vector<double>>& xs, index_t rows, index_t cols,
+                                                    element e, bool check_finite, std::vector<std::string>& refusals) {
+  device_memory mem;
+  return by_element(e, [&](auto t) {
+    return gpu_runs::polar_series<decltype(t)>(cuda_backend{}, mem, xs, rows, cols, check_finite, refusals);
+  });
+}
+
 gpu_runs::rule_result rule(const gpu_runs::rule_spec& spec, index_t count, index_t rows, index_t cols, int steps,
                            std::uint64_t seed, element e) {
   device_memory mem;
@@ -194,6 +203,38 @@ std::int64_t allocations_during_steps(int steps) {
   return cuda_backend::device_allocations() - before;
 }
 
+#if ORTHOPT_CUDA_ON_DEVICE
+namespace {
+
+/// Captures `body` (work queued on `stream`) into a graph in global capture mode, in which any host
+/// synchronization or allocation by any thread during the capture is an error, and launches it once.
+/// Returns the instantiated graph; the caller destroys it.
+template <class F>
+cudaGraphExec_t capture_and_launch(cudaStream_t stream, F&& body) {
+  cudaGraph_t graph = nullptr;
+  cudaGraphExec_t exec = nullptr;
+  GPU_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
+  try {
+    body();
+  } catch (...) {
+    (void)cudaStreamEndCapture(stream, &graph);
+    if (graph != nullptr) (void)cudaGraphDestroy(graph);
+    throw;
+  }
+  GPU_CHECK(cudaStreamEndCapture(stream, &graph));
+  GPU_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  (void)cudaGraphDestroy(graph);
+  GPU_CHECK(cudaGraphLaunch(exec, stream));
+  return exec;
+}
+
+bool same_bits(const std::vector<double>& a, const std::vector<double>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0;
+}
+
+}  // namespace
+#endif
+
 bool graph_replay_matches(std::string& detail) {
 #if !ORTHOPT_CUDA_ON_DEVICE
   detail = "CUDA graphs need a GPU: not checked on the host emulation";
@@ -203,13 +244,14 @@ bool graph_replay_matches(std::string& detail) {
   GPU_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   bool ok = true;
   try {
-    cuda_backend be(stream);
+    cuda_backend::settings settings;
+    settings.stream = stream;
+    settings.nonfinite = orthopt::nonfinite_check::flag_on_device;  // the capturable form of the check
+    cuda_backend be(settings);
     device_memory mem;
     const index_t rows = 96, cols = 160;
     const std::size_t n = static_cast<std::size_t>(rows * cols);
-    orthopt::adamuon_options o = orthopt::adamuon_presets::code();
-    o.check_finite = false;  // the throwing check reads back to the host: not capturable, by design
-    orthopt::adamuon<float, cuda_backend> rule(o, be);
+    orthopt::adamuon<float, cuda_backend> rule(orthopt::adamuon_presets::code(), be);
     auto eager_state = rule.make_state(rows, cols);
     auto graph_state = rule.make_state(rows, cols);
     auto w_eager = mem.upload<float>(gpu_runs::values(n, 11));
@@ -222,29 +264,89 @@ bool graph_replay_matches(std::string& detail) {
     rule.step(W(w_graph), G, graph_state);
     be.synchronize();
 
-    cudaGraph_t graph = nullptr;
-    cudaGraphExec_t exec = nullptr;
-    GPU_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-    try {
-      rule.step(W(w_graph), G, graph_state);
-    } catch (...) {
-      (void)cudaStreamEndCapture(stream, &graph);
-      throw;
-    }
-    GPU_CHECK(cudaStreamEndCapture(stream, &graph));
-    GPU_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-    GPU_CHECK(cudaGraphLaunch(exec, stream));
+    cudaGraphExec_t exec = capture_and_launch(stream, [&] { rule.step(W(w_graph), G, graph_state); });
     rule.step(W(w_eager), G, eager_state);
     GPU_CHECK(cudaStreamSynchronize(stream));
-    const auto a = mem.download(w_eager), b = mem.download(w_graph);
-    const auto ma = mem.download_raw(eager_state.momentum().data, n), mb = mem.download_raw(graph_state.momentum().data, n);
-    const auto va = mem.download_raw(eager_state.second_moment().data, n),
-               vb = mem.download_raw(graph_state.second_moment().data, n);
-    ok = std::memcmp(a.data(), b.data(), n * sizeof(double)) == 0 && ma == mb &&
-         std::memcmp(va.data(), vb.data(), n * sizeof(double)) == 0;
+    ok = same_bits(mem.download(w_eager), mem.download(w_graph)) &&
+         same_bits(mem.download_raw(eager_state.momentum().data, n), mem.download_raw(graph_state.momentum().data, n)) &&
+         same_bits(mem.download_raw(eager_state.second_moment().data, n),
+                   mem.download_raw(graph_state.second_moment().data, n)) &&
+         be.read_status().failed_checks == 0;
     detail = ok ? "parameters, momentum and second moment identical" : "a replayed step differs from the eager one";
     (void)cudaGraphExecDestroy(exec);
-    (void)cudaGraphDestroy(graph);
+  } catch (const std::exception& e) {
+    detail = std::string("capture failed: ") + e.what();
+    ok = false;
+  }
+  (void)cudaStreamDestroy(stream);
+  return ok;
+#endif
+}
+
+bool optimizer_graph_replay_matches(std::string& detail) {
+#if !ORTHOPT_CUDA_ON_DEVICE
+  detail = "CUDA graphs need a GPU: not checked on the host emulation";
+  return false;
+#else
+  cudaStream_t stream = nullptr;
+  GPU_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  bool ok = true;
+  try {
+    cuda_backend::settings settings;
+    settings.stream = stream;
+    settings.nonfinite = orthopt::nonfinite_check::flag_on_device;
+    cuda_backend be(settings);
+    device_memory mem;
+    const index_t rows = 64, cols = 96, experts = 4;
+    const std::size_t n0 = static_cast<std::size_t>(rows * cols), n1 = n0 * experts, n2 = static_cast<std::size_t>(cols);
+    struct model {
+      device_array<float> w0, w1, w2;
+      orthopt::optimizer<float, cuda_backend> opt;
+    };
+    auto make = [&](model& m) {
+      m.w0 = mem.upload<float>(gpu_runs::values(n0, 1));
+      m.w1 = mem.upload<float>(gpu_runs::values(n1, 2));
+      m.w2 = mem.upload<float>(gpu_runs::values(n2, 3));
+      const auto muon = m.opt.add_group("muon", orthopt::muon<float, cuda_backend>(orthopt::muon_presets::moonlight(), be));
+      const auto ada = m.opt.add_group("adamuon", orthopt::adamuon<float, cuda_backend>(orthopt::adamuon_presets::code(), be));
+      const auto adamw = m.opt.add_group("adamw", orthopt::adamw<float, cuda_backend>(orthopt::adamw_presets::torch(), be));
+      m.opt.add_param("w0", muon, orthopt::row_major_view(m.w0.data(), rows, cols));
+      m.opt.add_param("experts", ada, orthopt::row_major_batch(m.w1.data(), experts, rows, cols));
+      m.opt.add_param("bias", adamw, orthopt::row_major_view(m.w2.data(), 1, cols));
+    };
+    model eager, graphed;
+    make(eager);
+    make(graphed);
+    auto g0 = mem.upload<float>(gpu_runs::values(n0, 4));
+    auto g1 = mem.upload<float>(gpu_runs::values(n1, 5));
+    auto g2 = mem.upload<float>(gpu_runs::values(n2, 6));
+    const std::vector<orthopt::batch_view<const float>> grads = {
+        orthopt::as_batch(orthopt::row_major_view<const float>(g0.data(), rows, cols)),
+        orthopt::row_major_batch<const float>(g1.data(), experts, rows, cols),
+        orthopt::as_batch(orthopt::row_major_view<const float>(g2.data(), 1, cols))};
+    eager.opt.step(grads);
+    graphed.opt.step(grads);
+    be.synchronize();
+
+    cudaGraphExec_t exec = capture_and_launch(stream, [&] { graphed.opt.step(grads); });
+    eager.opt.step(grads);
+    GPU_CHECK(cudaStreamSynchronize(stream));
+    const bool same = same_bits(mem.download(eager.w0), mem.download(graphed.w0)) &&
+                      same_bits(mem.download(eager.w1), mem.download(graphed.w1)) &&
+                      same_bits(mem.download(eager.w2), mem.download(graphed.w2));
+    const auto clean = be.read_status();
+    // The captured check still runs on replay: a NaN in the gradient memory the graph reads is counted.
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    GPU_CHECK(cudaMemcpyAsync(g1.data() + 7, &nan, sizeof(float), cudaMemcpyHostToDevice, stream));
+    GPU_CHECK(cudaGraphLaunch(exec, stream));
+    const auto flagged = be.read_status();
+    ok = same && clean.failed_checks == 0 && flagged.failed_checks > 0;
+    detail = !same ? "a replayed optimizer step differs from the eager one"
+             : clean.failed_checks != 0 ? "the status record flagged a clean step"
+             : flagged.failed_checks == 0 ? "a replay on a NaN gradient was not flagged"
+                                          : "parameters identical; a NaN gradient replayed was flagged (" +
+                                                std::to_string(flagged.failed_checks) + " check(s))";
+    (void)cudaGraphExecDestroy(exec);
   } catch (const std::exception& e) {
     detail = std::string("capture failed: ") + e.what();
     ok = false;

@@ -68,6 +68,28 @@ std::vector<double> polar_run(Backend be, Memory& mem, const std::vector<double>
   return mem.download(out);
 }
 
+/// One exact_polar plan applied to each input in turn (see gpu_driver::exact_polar_series).
+template <class T, class Backend, class Memory>
+std::vector<std::vector<double>> polar_series(Backend be, Memory& mem, const std::vector<std::vector<double>>& xs,
+                                              index_t rows, index_t cols, bool check_finite,
+                                              std::vector<std::string>& refusals) {
+  orthopt::exact_polar<T, Backend> polar(rows, cols, be, check_finite);
+  std::vector<std::vector<double>> outs;
+  refusals.assign(xs.size(), std::string());
+  for (std::size_t i = 0; i < xs.size(); ++i) {
+    auto in = mem.template upload<T>(xs[i]);
+    auto out = mem.template make<T>(xs[i].size());
+    try {
+      polar(orthopt::row_major_view<const T>(in.data(), rows, cols), orthopt::row_major_view(out.data(), rows, cols));
+      outs.push_back(mem.download(out));
+    } catch (const orthopt::value_error& e) {
+      refusals[i] = e.what();
+      outs.emplace_back();
+    }
+  }
+  return outs;
+}
+
 struct rule_result {
   std::vector<double> w, momentum;
 };

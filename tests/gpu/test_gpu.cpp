@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -78,16 +79,21 @@ TEST_CASE("the device and the suite's build", "[gpu]") {
   WARN("device: " << description);
 }
 
-TEST_CASE("Newton-Schulz on the device matches the Eigen backend for every schedule, in float and bf16", "[gpu][ns]") {
+TEST_CASE("Newton-Schulz on the device matches the Eigen backend for every schedule, in float, double and bf16",
+          "[gpu][ns]") {
   for (const auto& cfg : all_schedules()) {
     for (const shape s : gpu_shapes) {
       const auto x = as_float(gpu_runs::values(static_cast<std::size_t>(s.rows * s.cols), seed_of(s, 1)));
       host_memory mem;
       const auto ref = gpu_runs::ns_run<float>(orthopt::eigen_backend{}, mem, x, s.rows, s.cols, cfg);
+      const auto ref64 = gpu_runs::ns_run<double>(orthopt::eigen_backend{}, mem, x, s.rows, s.cols, cfg);
       const auto f32 = gpu_driver::newton_schulz(x, s.rows, s.cols, cfg, element::f32);
+      const auto f64 = gpu_driver::newton_schulz(x, s.rows, s.cols, cfg, element::f64);
       const auto bf = gpu_driver::newton_schulz(x, s.rows, s.cols, cfg, element::bf16);
-      INFO(cfg.name << " " << to_string(s));
+      INFO(cfg.name << " " << to_string(s) << ": float " << max_diff(f32, ref) << ", double " << max_diff(f64, ref64)
+                    << ", bf16 " << max_diff(bf, ref));
       CHECK(max_diff(f32, ref) <= tol<float>(10 * schedule_gain(cfg), s));
+      CHECK(max_diff(f64, ref64) <= tol<double>(10 * schedule_gain(cfg), s));
       CHECK(max_diff(bf, ref) <= bf16_tolerance(cfg));
     }
   }
@@ -142,6 +148,39 @@ TEST_CASE("the exact polar factor on the device matches the Eigen backend", "[gp
   }
 }
 
+TEST_CASE("the exact polar factor on the device: NaN and Inf inputs are refused, or give NaN, never a stale result",
+          "[gpu][polar][nan]") {
+  // cuSOLVER's gesvd on a NaN input: with the check on, the plan refuses the input before cuSOLVER sees
+  // it; with the check off, whatever gesvd returns (NaN factors, or info != 0), every entry of the result
+  // is NaN. Either way the same plan then gives the right factor of a clean input.
+  const index_t rows = 40, cols = 24;
+  const auto clean = gpu_runs::values(static_cast<std::size_t>(rows * cols), 31);
+  auto with_nan = clean, with_inf = clean;
+  with_nan[17] = std::numeric_limits<double>::quiet_NaN();
+  with_inf[200] = std::numeric_limits<double>::infinity();
+  host_memory mem;
+  const auto ref64 = gpu_runs::polar_run<double>(orthopt::eigen_backend{}, mem, clean, rows, cols);
+  for (const element e : {element::f32, element::f64}) {
+    INFO((e == element::f32 ? "float" : "double"));
+    const double tolerance = e == element::f32 ? tol<float>(1e4, {rows, cols}) : tol<double>(1e4, {rows, cols});
+    std::vector<std::string> refusals;
+    const auto checked = gpu_driver::exact_polar_series({with_nan, with_inf, clean}, rows, cols, e, true, refusals);
+    CHECK(checked[0].empty());
+    CHECK(refusals[0].find("nan") != std::string::npos);  // the message names the value (lower case: "NaN" is the rule text)
+    CHECK(checked[1].empty());
+    CHECK(refusals[1].find("is inf") != std::string::npos);
+    REQUIRE(refusals[2].empty());
+    CHECK(max_diff(checked[2], ref64) <= tolerance);
+    const auto unchecked = gpu_driver::exact_polar_series({with_nan, with_inf, clean}, rows, cols, e, false, refusals);
+    for (int i : {0, 1}) {
+      INFO("input " << i);
+      REQUIRE(refusals[i].empty());
+      CHECK(std::all_of(unchecked[i].begin(), unchecked[i].end(), [](double v) { return std::isnan(v); }));
+    }
+    CHECK(max_diff(unchecked[2], ref64) <= tolerance);
+  }
+}
+
 TEST_CASE("every rule and preset on the device follows the Eigen backend over 10 steps", "[gpu][rules]") {
   std::vector<gpu_runs::rule_spec> specs;
   auto add = [&](orthopt::rule_kind k, auto set, const std::string& label) {
@@ -172,6 +211,18 @@ TEST_CASE("every rule and preset on the device follows the Eigen backend over 10
       host_memory mem;
       const auto ref = gpu_runs::rule_run<float>(orthopt::eigen_backend{}, mem, spec, count, rows, cols, steps, 21);
       const auto got = gpu_driver::rule(spec, count, rows, cols, steps, 21, element::f32);
+      INFO(spec.label << ", " << count << " matrices");
+      {
+        // In double the same argument holds with double's rounding. AdaMuon's first-step sign sensitivity
+        // would need an entry of O within about 1e-13 of zero; with these seeded inputs none is (a sign
+        // flip would fail this bound by far).
+        const auto ref64 = gpu_runs::rule_run<double>(orthopt::eigen_backend{}, mem, spec, count, rows, cols, steps, 21);
+        const auto got64 = gpu_driver::rule(spec, count, rows, cols, steps, 21, element::f64);
+        const double moved64 = max_diff(ref64.w, gpu_runs::values(ref64.w.size(), 21));
+        const double ns64 = tol<double>(10 * schedule_gain(presets::keller()), {rows, cols});
+        CHECK(max_diff(got64.momentum, ref64.momentum) <= 8 * eps<double>() * std::max(1.0, max_abs(ref64.momentum)));
+        CHECK(max_diff(got64.w, ref64.w) <= moved64 * ns64 + 16 * eps<double>() * std::max(1.0, max_abs(ref64.w)));
+      }
       // The momentum sees only the gradients (element-wise maps): float rounding alone.
       CHECK(max_diff(got.momentum, ref.momentum) <= 8 * eps<float>() * std::max(1.0, max_abs(ref.momentum)));
       // W = W0 + Σ updates; each update is the orthogonalized direction times a scale, so the two sides
@@ -227,9 +278,20 @@ TEST_CASE("optimizer steps on the device allocate no device memory", "[gpu][allo
   CHECK(gpu_driver::allocations_during_steps(4) == 0);
 }
 
-TEST_CASE("a step captured in a CUDA graph replays bit for bit, with no synchronization", "[gpu][graph]") {
+TEST_CASE("a rule step captured in a CUDA graph replays bit for bit, with no synchronization", "[gpu][graph]") {
   std::string detail;
   const bool matches = gpu_driver::graph_replay_matches(detail);
+  INFO(detail);
+  if (!gpu_driver::on_gpu()) {
+    WARN(detail);
+    return;
+  }
+  CHECK(matches);
+}
+
+TEST_CASE("an optimizer step captured in a CUDA graph replays bit for bit and keeps its NaN check", "[gpu][graph]") {
+  std::string detail;
+  const bool matches = gpu_driver::optimizer_graph_replay_matches(detail);
   INFO(detail);
   if (!gpu_driver::on_gpu()) {
     WARN(detail);

@@ -132,6 +132,7 @@ struct settings {
   std::vector<double> sweep_lrs = sweep_grid;  // --sweep-lrs: a part of the grid (to extend or resume a sweep)
   int threads = 0;  // 0: the backend's default (OpenMP's thread count)
   torch::Device device = torch::kCPU;  // --device cuda: the model on the GPU, orthopt on its CUDA backend
+  bool gpu_checks_on_device = true;    // --gpu-checks host: each value check waits for the GPU
   std::vector<method> methods{all_methods.begin(), all_methods.end()};  // --methods: a subset
 };
 
@@ -350,7 +351,7 @@ std::unique_ptr<trainer_interface> make_trainer(GPT& model, method m, double lr,
   ts.budget = uses_budget(m);
   const auto params = parameters_of(model, s.device);
 #if defined(ORTHOPT_DEMO_CUDA)
-  if (s.device.is_cuda()) return make_cuda_trainer(ts, params);
+  if (s.device.is_cuda()) return make_cuda_trainer(ts, params, s.gpu_checks_on_device);
 #endif
   return std::make_unique<trainer<backend>>(ts, params, backend(s.threads));
 }
@@ -617,7 +618,9 @@ const char* usage =
     "  --methods A,B,...  run only these of AdamW, Muon, AdaMuon, NAMO, NAMO-D, Muon+budget, AdaMuon+budget\n"
     "              (AdamW, the baseline of the comparison, must be one of them)\n"
     "  --device D  cpu (the default), or cuda: the model on the GPU and orthopt on its CUDA backend, stepping\n"
-    "              the CUDA tensors in place (only in orthopt_gpt_demo_cuda, built against a CUDA libtorch)\n";
+    "              the CUDA tensors in place (only in orthopt_gpt_demo_cuda, built against a CUDA libtorch)\n"
+    "  --gpu-checks W  device (the default): the optimizer's NaN/Inf checks are recorded on the GPU and read\n"
+    "              once per step; host: each check waits for the GPU and refuses before anything is written\n";
 
 settings parse(int argc, char** argv) {
   settings s;
@@ -660,6 +663,10 @@ settings parse(int argc, char** argv) {
       } else {
         throw std::invalid_argument("--device takes cpu or cuda, not '" + d + "'");
       }
+    } else if (a == "--gpu-checks") {
+      const std::string w = value();
+      if (w != "device" && w != "host") throw std::invalid_argument("--gpu-checks takes device or host, not '" + w + "'");
+      s.gpu_checks_on_device = w == "device";
     } else if (a == "--methods") {
       s.methods.clear();
       std::stringstream list(value());
@@ -713,7 +720,10 @@ int main(int argc, char** argv) try {
   if (s.threads <= 0) s.threads = backend{}.threads();
   const int threads = s.threads;
   torch::set_num_threads(threads);  // torch's kernels and orthopt's products on the same cores
-  const std::string backend_used = s.device.is_cuda() ? std::string("cuda_backend on ") + s.device.str() : backend_name;
+  const std::string backend_used =
+      s.device.is_cuda()
+          ? std::string("cuda_backend on ") + s.device.str() + (s.gpu_checks_on_device ? " (checks on the device)" : " (checks on the host)")
+          : backend_name;
   std::printf("orthopt GPT demo: libtorch %s, %d torch threads; orthopt::%s\n", TORCH_VERSION, torch::get_num_threads(),
               backend_used.c_str());
 

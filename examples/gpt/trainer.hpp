@@ -156,7 +156,10 @@ class trainer final : public trainer_interface {
 
 /// A trainer on the CUDA backend over device memory, on the legacy default stream (the stream libtorch
 /// runs its kernels on unless told otherwise, so the optimizer's work is ordered after the backward
-/// pass that wrote the gradients with no extra synchronization). Defined in cuda_trainer.cu.
-std::unique_ptr<trainer_interface> make_cuda_trainer(const trainer_settings& s, const std::vector<parameter>& params);
+/// pass that wrote the gradients with no extra synchronization). checks_on_device: the value checks
+/// are recorded on the device and read once per step (see cuda_trainer.cu); else each check waits for
+/// the GPU and refuses before anything is written. Defined in cuda_trainer.cu.
+std::unique_ptr<trainer_interface> make_cuda_trainer(const trainer_settings& s, const std::vector<parameter>& params,
+                                                     bool checks_on_device);
 
 }  // namespace gpt_demo

@@ -28,14 +28,18 @@ def orthopt_kernels(bench, name):
     if start < 0:
         sys.stderr.write(f"ncu exit code {run.returncode}; its output ends:\n{text[-3000:]}\n{run.stderr[-3000:]}\n")
     rows = list(csv.DictReader(io.StringIO(text[start:]))) if start >= 0 else []
+    # The first row holds the units; values may carry thousands separators ("1,234").
+    to_us = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3, "second": 1e6}
+    scale = to_us.get(rows[0].get("gpu__time_duration.sum", "").strip(), 1e-3) if rows else 1e-3
     out = []
-    for r in rows:
-        value = r.get("gpu__time_duration.sum", "")
+    for r in rows[1:]:
         try:
-            t = float(value)
+            t = float(r.get("gpu__time_duration.sum", "").replace(",", ""))
         except ValueError:
-            continue  # the units row
-        out.append((r.get("Kernel Name", "?"), t / 1e3))  # ns -> us
+            continue
+        out.append((r.get("Kernel Name", "?"), t * scale))
+    if not out:
+        sys.stderr.write(f"ncu: no kernel durations parsed; its output ends:\n{text[-3000:]}\n")
     return out
 
 

@@ -176,7 +176,8 @@ struct reduce_partial {
 /// On a GPU, the first pass has up to 131072 threads of at most 128 elements: with 16384 threads of 1024
 /// (the first design) a 4096² norm was one thread-serial chain per thread at a fraction of the machine's
 /// occupancy, measured 915 µs on an H200, a fifth of a Newton–Schulz call. Later passes fold
-/// `reduce_fold` partials per thread until one thread can finish.
+/// `reduce_fold` partials per thread until one thread can finish. (These GPU shapes are newer than the
+/// H200 measurements in docs/benchmarks-gpu.md, and not yet measured there.)
 #if ORTHOPT_CUDA_ON_DEVICE
 inline constexpr index_t reduce_first_parts = 131072;
 inline constexpr index_t reduce_second_parts = 2048;
@@ -184,12 +185,13 @@ inline constexpr index_t reduce_elements_per_part = 128;
 inline constexpr bool reduce_interleaved = true;
 #else
 inline constexpr index_t reduce_first_parts = 64;
-inline constexpr index_t reduce_second_parts = 8;
+inline constexpr index_t reduce_second_parts = 16;
 inline constexpr index_t reduce_elements_per_part = 256;
 inline constexpr bool reduce_interleaved = false;
 #endif
-/// Partials combined per thread by a folding pass (8 on the host emulation, so that its tests run one).
-inline constexpr index_t reduce_fold = ORTHOPT_CUDA_ON_DEVICE ? 64 : 8;
+/// Partials combined per thread by a folding pass. On the host emulation 4, so that its tests run two
+/// folding passes (64 → 16 → 4 partials) through both scratch areas, as a GPU does (131072 → 2048 → 32).
+inline constexpr index_t reduce_fold = ORTHOPT_CUDA_ON_DEVICE ? 64 : 4;
 
 struct cuda_context {
   cudaStream_t stream = nullptr;
@@ -430,34 +432,10 @@ struct mirror_kernel {
   }
 };
 
-#if ORTHOPT_CUDA_ON_DEVICE
-/// upper(C[k]) ← lower(C[k])ᵀ by 32×32 tiles through shared memory, so that both the reads of the
-/// lower triangle and the writes of the upper one run along the unit-stride dimension (coalesced). The
-/// element-per-thread mirror_kernel reads one way and writes across rows: measured on an H200, 67 µs
-/// for a 4096² bf16 matrix, a seventh of a Newton–Schulz call. Block (32, 8); grid (tiles, tiles,
-/// count); only blocks on or above the diagonal work. C has a unit row or column stride.
-template <class T>
-__global__ void mirror_tiles_kernel(T* data, index_t n, index_t row_stride, index_t col_stride, index_t batch_stride) {
-  __shared__ T tile[32][33];  // tile[r][c]: source entry (J + r, I + c); the pad avoids bank conflicts
-  const index_t I = static_cast<index_t>(blockIdx.y) * 32, J = static_cast<index_t>(blockIdx.x) * 32;
-  if (I > J) return;  // target tile rows I.., columns J..: on or above the diagonal
-  T* c = data + static_cast<index_t>(blockIdx.z) * batch_stride;
-  const bool rows_contiguous = col_stride == 1;  // row-major: threadIdx.x runs along a row
-  const index_t x = threadIdx.x;
-  for (index_t y = threadIdx.y; y < 32; y += blockDim.y) {
-    const index_t r = rows_contiguous ? y : x, q = rows_contiguous ? x : y;  // source (J + r, I + q)
-    if (J + r < n && I + q < n) tile[r][q] = c[(J + r) * row_stride + (I + q) * col_stride];
-  }
-  __syncthreads();
-  for (index_t y = threadIdx.y; y < 32; y += blockDim.y) {
-    const index_t a = rows_contiguous ? y : x, b = rows_contiguous ? x : y;  // target (I + a, J + b)
-    const index_t i = I + a, j = J + b;
-    if (i < j && j < n) c[i * row_stride + j * col_stride] = tile[b][a];
-  }
-}
-#endif
-
-/// upper(C[k]) ← lower(C[k])ᵀ for the `count` n×n matrices C.data + k·batch_stride.
+/// upper(C[k]) ← lower(C[k])ᵀ for the `count` n×n matrices C.data + k·batch_stride. One thread per entry:
+/// the reads run along the unit stride and the writes across it, which on an H200 cost 67 µs for a
+/// 4096² bf16 matrix (two per Newton–Schulz step: a seventh of the call). A shared-memory tiled
+/// transpose would coalesce both; it needs a GPU to be tested, so it waits for one.
 template <class T>
 void mirror_lower(const cuda_backend& be, matrix_view<T> C, index_t count, index_t batch_stride);
 
@@ -824,15 +802,6 @@ template <class T>
 void mirror_lower(const cuda_backend& be, matrix_view<T> C, index_t count, index_t batch_stride) {
   const index_t n = C.rows;
   if (n <= 1 || count <= 0) return;
-#if ORTHOPT_CUDA_ON_DEVICE
-  if (C.col_stride == 1 || C.row_stride == 1) {
-    const unsigned tiles = static_cast<unsigned>((n + 31) / 32);
-    mirror_tiles_kernel<T><<<dim3(tiles, tiles, static_cast<unsigned>(count)), dim3(32, 8), 0, be.stream()>>>(
-        C.data, n, C.row_stride, C.col_stride, batch_stride);
-    ORTHOPT_CUDA_CHECK(cudaGetLastError());
-    return;
-  }
-#endif
   if (count == 1) cuda_launch(be, n * n, mirror_kernel<T>{C});
   else cuda_launch(be, count * n * n, batch_mirror_kernel<T>{C, batch_stride});
 }

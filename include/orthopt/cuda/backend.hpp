@@ -173,25 +173,21 @@ struct reduce_partial {
 
 /// The reductions' pass shapes. On a GPU the first pass uses many threads, each reading elements
 /// `parts` apart (coalesced); on the host emulation a few threads each read one contiguous chunk.
-/// On a GPU, the first pass has up to 131072 threads of at most 128 elements: with 16384 threads of 1024
-/// (the first design) a 4096² norm was one thread-serial chain per thread at a fraction of the machine's
-/// occupancy, measured 915 µs on an H200, a fifth of a Newton–Schulz call. Later passes fold
-/// `reduce_fold` partials per thread until one thread can finish. (These GPU shapes are newer than the
-/// H200 measurements in docs/benchmarks-gpu.md, and not yet measured there.)
+/// Measured on an H200 (docs/benchmarks-gpu.md): with these GPU shapes, 16384 threads of up to 1024
+/// elements, the first pass of a 4096² norm takes 915 µs, a fifth of a Newton–Schulz call: one serial
+/// chain per thread at a fraction of the machine's occupancy. A wider first pass (more threads, then a
+/// further folding pass) is the next step; it changes what runs on the GPU, so it waits for a GPU to
+/// measure and test it.
 #if ORTHOPT_CUDA_ON_DEVICE
-inline constexpr index_t reduce_first_parts = 131072;
-inline constexpr index_t reduce_second_parts = 2048;
-inline constexpr index_t reduce_elements_per_part = 128;
+inline constexpr index_t reduce_first_parts = 16384;
+inline constexpr index_t reduce_second_parts = 128;
 inline constexpr bool reduce_interleaved = true;
 #else
 inline constexpr index_t reduce_first_parts = 64;
-inline constexpr index_t reduce_second_parts = 16;
-inline constexpr index_t reduce_elements_per_part = 256;
+inline constexpr index_t reduce_second_parts = 4;
 inline constexpr bool reduce_interleaved = false;
 #endif
-/// Partials combined per thread by a folding pass. On the host emulation 4, so that its tests run two
-/// folding passes (64 → 16 → 4 partials) through both scratch areas, as a GPU does (131072 → 2048 → 32).
-inline constexpr index_t reduce_fold = ORTHOPT_CUDA_ON_DEVICE ? 64 : 4;
+inline constexpr index_t reduce_elements_per_part = 256;
 
 struct cuda_context {
   cudaStream_t stream = nullptr;
@@ -461,10 +457,8 @@ struct plain_gemm_kernel {
 };
 
 // ---------------------------------------------------------------------------------------------------
-// Reductions: pass 1 reduces the elements into up to `reduce_first_parts` partials; folding passes
-// combine `reduce_fold` partials per thread (interleaved, so reads coalesce) while more than
-// `reduce_fold` remain, alternating between two scratch areas; the last pass (one thread) combines the
-// rest and finishes. The shapes depend on the element count alone (deterministic), no atomics.
+// Reductions: pass 1 reduces the elements into `first_parts` partials, pass 2 those into
+// `second_parts`, pass 3 (one thread) combines them and finishes. Fixed shapes, no atomics.
 // An Op provides: reduce_partial load(index_t p) (element p of the walk), static combine(a, b), and
 // finish(reduce_partial) (writes the result where it belongs). The empty partial {0, 0, 0} is neutral.
 // ---------------------------------------------------------------------------------------------------
@@ -511,18 +505,14 @@ struct reduce_last_pass {
 
 template <class Op>
 void cuda_reduce(const cuda_backend& be, index_t n, const Op& op) {
-  index_t parts = std::clamp<index_t>((n + reduce_elements_per_part - 1) / reduce_elements_per_part, 1,
-                                      reduce_first_parts);
-  reduce_partial* from = be.partials();
-  reduce_partial* to = from + reduce_first_parts;  // room for reduce_second_parts partials
-  cuda_launch(be, parts, reduce_first_pass<Op>{op, from, n, parts});
-  while (parts > reduce_fold) {
-    const index_t next = std::min<index_t>((parts + reduce_fold - 1) / reduce_fold, reduce_second_parts);
-    cuda_launch(be, next, reduce_second_pass<Op>{from, to, parts, next});
-    std::swap(from, to);
-    parts = next;
-  }
-  cuda_launch(be, 1, reduce_last_pass<Op>{op, from, parts});
+  const index_t first = std::clamp<index_t>((n + reduce_elements_per_part - 1) / reduce_elements_per_part, 1,
+                                            reduce_first_parts);
+  const index_t second = std::min<index_t>(first, reduce_second_parts);
+  reduce_partial* p1 = be.partials();
+  reduce_partial* p2 = p1 + reduce_first_parts;
+  cuda_launch(be, first, reduce_first_pass<Op>{op, p1, n, first});
+  cuda_launch(be, second, reduce_second_pass<Op>{p1, p2, first, second});
+  cuda_launch(be, 1, reduce_last_pass<Op>{op, p2, second});
 }
 
 /// Reads element p of a walk over X as a double.
@@ -1037,9 +1027,8 @@ void frobenius_norms(cuda_backend& be, batch_view<T> X, scalar_t* out) {
   constexpr index_t room = detail::reduce_first_parts + detail::reduce_second_parts;
   for (index_t k0 = 0; k0 < X.count; k0 += room) {  // more matrices than scratch: in chunks
     const index_t count = std::min(room, X.count - k0);
-    // At most 1024 partials per matrix: the last pass combines a matrix's partials in one thread.
     const index_t parts = std::clamp<index_t>((n + detail::reduce_elements_per_part - 1) / detail::reduce_elements_per_part, 1,
-                                              std::min<index_t>(room / count, 1024));
+                                              room / count);
     matrix_view<T> first = X.first;
     first.data += k0 * X.batch_stride;
     const detail::batch_frobenius_op<T> op{{first, detail::walk_of(first), out + k0}, X.batch_stride};

@@ -16,6 +16,7 @@
 #                                  broken property, leaving the input in build-fuzz/crashes/
 #   bash tests/run.sh --cuda       with nvcc (the CUDA toolkit): Release build in ./build-cuda with
 #                                  ORTHOPT_ENABLE_CUDA=ON; builds the CUDA targets (GPU suite, bench_cuda,
+#                                  the GPT demo's CUDA trainer,
 #                                  the package's CUDA consumer) and runs the `gpu` tests, which report
 #                                  "skipped" without a GPU. Without nvcc it says so and exits 0.
 #
@@ -41,7 +42,7 @@ while (($#)); do
       fi
       fuzz_seconds="$2"
       shift ;;
-    -h|--help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "tests/run.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -106,7 +107,7 @@ if ((cuda)); then
   cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DORTHOPT_WERROR=ON -DORTHOPT_ENABLE_CUDA=ON \
         -DCMAKE_CUDA_COMPILER="$nvcc_path" -DORTHOPT_BUILD_EXAMPLES=OFF
   # Only the CUDA targets: the rest is what the plain run builds and tests.
-  cmake --build build-cuda -j "$jobs" --target test_gpu bench_cuda
+  cmake --build build-cuda -j "$jobs" --target test_gpu bench_cuda orthopt_gpt_cuda_trainer
   ctest --test-dir build-cuda --output-on-failure -L gpu
   exit 0
 fi

@@ -14,6 +14,11 @@
 #                                  libFuzzer + ASan + UBSan) and a run of SECONDS per target on a corpus
 #                                  seeded with real checkpoints; fails on any crash, sanitizer report or
 #                                  broken property, leaving the input in build-fuzz/crashes/
+#   ORTHOPT_TIMES_DIR=DIR bash tests/run.sh [mode]
+#                                  also records where the time goes: each step's seconds (DIR/steps.tsv),
+#                                  every compile and link (DIR/compile.tsv, through tests/ci_times/launcher.sh)
+#                                  and every test (DIR/ctest-<mode>.xml); tests/ci_times/summarize.py DIR
+#                                  prints the breakdown (.ci/run does both)
 #   bash tests/run.sh --cuda       with nvcc (the CUDA toolkit): Release build in ./build-cuda with
 #                                  ORTHOPT_ENABLE_CUDA=ON; builds the CUDA targets (GPU suite, bench_cuda,
 #                                  the GPT demo's CUDA trainer,
@@ -42,22 +47,51 @@ while (($#)); do
       fi
       fuzz_seconds="$2"
       shift ;;
-    -h|--help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "tests/run.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
   shift
 done
 
+# ---- Timing (ORTHOPT_TIMES_DIR) ------------------------------------------------------------------
+mode=plain
+((sanitize)) && mode=sanitize
+((cuda)) && mode=cuda
+((tsan)) && mode=tsan
+[[ -n "$fuzz_seconds" ]] && mode=fuzz
+timing_args=()
+junit_args=()
+if [[ -n "${ORTHOPT_TIMES_DIR:-}" ]]; then
+  mkdir -p "$ORTHOPT_TIMES_DIR"
+  ORTHOPT_TIMES_DIR="$(cd "$ORTHOPT_TIMES_DIR" && pwd)"
+  export ORTHOPT_TIMES_DIR
+  launcher="$repo_root/tests/ci_times/launcher.sh"
+  timing_args=(-DCMAKE_CXX_COMPILER_LAUNCHER="$launcher" -DCMAKE_CXX_LINKER_LAUNCHER="$launcher")
+  ((cuda)) && timing_args+=(-DCMAKE_CUDA_COMPILER_LAUNCHER="$launcher")
+  junit_args=(--output-junit "$ORTHOPT_TIMES_DIR/ctest-$mode.xml")
+fi
+# step NAME COMMAND...: runs COMMAND; with ORTHOPT_TIMES_DIR, appends "mode<TAB>NAME<TAB>seconds".
+step() {
+  local name="$1" t0
+  shift
+  t0=$(date +%s.%N)
+  "$@"
+  if [[ -n "${ORTHOPT_TIMES_DIR:-}" ]]; then
+    printf '%s\t%s\t%s\n' "$mode" "$name" "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')" \
+      >> "$ORTHOPT_TIMES_DIR/steps.tsv"
+  fi
+}
+
 # ---- Fuzzing (its own packages and build) ---------------------------------------------------------
 if [[ -n "$fuzz_seconds" ]]; then
   # clang and libclang-rt-dev: libFuzzer and the sanitizer runtimes for Clang.
-  bash cmake/install-debian-packages.sh "tests/run.sh --fuzz" cmake make clang libclang-rt-dev libeigen3-dev
+  step install bash cmake/install-debian-packages.sh "tests/run.sh --fuzz" cmake make clang libclang-rt-dev libeigen3-dev
   jobs="$(nproc 2>/dev/null || echo 2)"
-  CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DORTHOPT_FUZZ=ON \
+  step configure env CC=clang CXX=clang++ cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo -DORTHOPT_FUZZ=ON \
         -DORTHOPT_BUILD_TESTS=OFF -DORTHOPT_BUILD_BENCHMARKS=OFF -DORTHOPT_BUILD_EXAMPLES=OFF \
-        -DORTHOPT_INSTALL=OFF -DORTHOPT_OPENMP=OFF -DORTHOPT_BLAS=OFF -DORTHOPT_MPI=OFF
+        -DORTHOPT_INSTALL=OFF -DORTHOPT_OPENMP=OFF -DORTHOPT_BLAS=OFF -DORTHOPT_MPI=OFF "${timing_args[@]}"
   targets=(fuzz_checkpoint fuzz_newton_schulz fuzz_rules)
-  cmake --build build-fuzz -j "$jobs" --target orthopt_fuzz_targets
+  step build cmake --build build-fuzz -j "$jobs" --target orthopt_fuzz_targets
   mkdir -p build-fuzz/crashes
   summary=()
   for t in "${targets[@]}"; do
@@ -69,6 +103,7 @@ if [[ -n "$fuzz_seconds" ]]; then
     # loading optimizer's own checkpoint size justifies: about a megabyte here); -timeout: an input
     # taking 20 s (an endless stream read without end) is a failure.
     # A fixed seed (ORTHOPT_FUZZ_SEED overrides it) so that a CI run explores the same way each time.
+    fuzz_t0=$SECONDS
     if ! ORTHOPT_FUZZ_SEED_DIR="$corpus" "build-fuzz/tests/fuzz/$t" "$corpus" -max_total_time="$fuzz_seconds" \
          -seed="${ORTHOPT_FUZZ_SEED:-1}" \
          -malloc_limit_mb=64 -rss_limit_mb=2048 -timeout=20 -print_final_stats=1 \
@@ -78,6 +113,7 @@ if [[ -n "$fuzz_seconds" ]]; then
            "ORTHOPT_FUZZ_VERBOSE=1 to see what it did)" >&2
       exit 1
     fi
+    [[ -n "${ORTHOPT_TIMES_DIR:-}" ]] && printf 'fuzz\trun %s\t%s\n' "$t" "$((SECONDS - fuzz_t0))" >> "$ORTHOPT_TIMES_DIR/steps.tsv"
     runs="$(sed -n 's/^Done \([0-9]*\) runs in \([0-9]*\) second.*/\1 runs in \2 s/p' "$log" | tail -n 1)"
     summary+=("$t: $runs, 0 crashes, corpus $(find "$corpus" -type f | wc -l) inputs")
   done
@@ -93,7 +129,7 @@ fi
 # (orthopt::mpi) and its tests, which ctest runs under mpirun at 1 to 4 ranks (label mpi).
 packages=(cmake g++ make libeigen3-dev catch2 libbenchmark-dev zlib1g-dev dataset-fashion-mnist
           libopenblas-openmp-dev libtorch-dev fortunes libopenmpi-dev openmpi-bin)
-bash cmake/install-debian-packages.sh "tests/run.sh" "${packages[@]}"
+step install bash cmake/install-debian-packages.sh "tests/run.sh" "${packages[@]}"
 
 # ---- Configure, build, test ----------------------------------------------------------------------
 jobs="$(nproc 2>/dev/null || echo 2)"
@@ -104,18 +140,18 @@ if ((cuda)); then
     echo "tests/run.sh --cuda: no nvcc (CUDA toolkit) found; the CUDA build is skipped"
     exit 0
   fi
-  cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DORTHOPT_WERROR=ON -DORTHOPT_ENABLE_CUDA=ON \
-        -DCMAKE_CUDA_COMPILER="$nvcc_path" -DORTHOPT_BUILD_EXAMPLES=OFF
+  step configure cmake -S . -B build-cuda -DCMAKE_BUILD_TYPE=Release -DORTHOPT_WERROR=ON -DORTHOPT_ENABLE_CUDA=ON \
+        -DCMAKE_CUDA_COMPILER="$nvcc_path" -DORTHOPT_BUILD_EXAMPLES=OFF "${timing_args[@]}"
   # Only the CUDA targets: the rest is what the plain run builds and tests.
-  cmake --build build-cuda -j "$jobs" --target test_gpu bench_cuda orthopt_gpt_cuda_trainer
-  ctest --test-dir build-cuda --output-on-failure -L gpu
+  step build cmake --build build-cuda -j "$jobs" --target test_gpu bench_cuda orthopt_gpt_cuda_trainer
+  step test ctest --test-dir build-cuda --output-on-failure -L gpu "${junit_args[@]}"
   exit 0
 fi
 if ((tsan)); then
-  cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DORTHOPT_SANITIZE=thread -DORTHOPT_OPENMP=OFF \
-        -DORTHOPT_BUILD_BENCHMARKS=OFF -DORTHOPT_BUILD_EXAMPLES=OFF -DORTHOPT_INSTALL=OFF
-  cmake --build build-tsan -j "$jobs" --target test_concurrency
-  ctest --test-dir build-tsan --output-on-failure -R '^test_concurrency:'
+  step configure cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DORTHOPT_SANITIZE=thread -DORTHOPT_OPENMP=OFF \
+        -DORTHOPT_BUILD_BENCHMARKS=OFF -DORTHOPT_BUILD_EXAMPLES=OFF -DORTHOPT_INSTALL=OFF "${timing_args[@]}"
+  step build cmake --build build-tsan -j "$jobs" --target test_concurrency
+  step test ctest --test-dir build-tsan --output-on-failure -R '^test_concurrency:' "${junit_args[@]}"
   exit 0
 fi
 if ((sanitize)); then
@@ -127,6 +163,6 @@ else
   cmake_args=(-DCMAKE_BUILD_TYPE=Release -DORTHOPT_WERROR=ON)
 fi
 
-cmake -S . -B "$build_dir" "${cmake_args[@]}"
-cmake --build "$build_dir" -j "$jobs"
-ctest --test-dir "$build_dir" --output-on-failure -j2
+step configure cmake -S . -B "$build_dir" "${cmake_args[@]}" "${timing_args[@]}"
+step build cmake --build "$build_dir" -j "$jobs"
+step test ctest --test-dir "$build_dir" --output-on-failure -j2 "${junit_args[@]}"

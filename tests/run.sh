@@ -55,7 +55,7 @@ while (($#)); do
       fi
       fuzz_seconds="$2"
       shift ;;
-    -h|--help) sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,34p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "tests/run.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
   shift

@@ -24,6 +24,7 @@
 #include <cstdio>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -144,8 +145,19 @@ double ceiling_of(const char* type) {
   return c[type];
 }
 
+/// The naive flop rate of one call of shape s, and its share of the GEMM ceiling (pct_ceiling: naive
+/// flops / time / ceiling).
 template <class T>
-void ns_bench(benchmark::State& state, orthopt::ns_config cfg, shape s) {
+void set_flop_counters(benchmark::State& state, const shape& s) {
+  state.counters["FLOP/s"] = benchmark::Counter(ns_flops(s), benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["pct_ceiling"] =
+      benchmark::Counter(100.0 * ns_flops(s) / ceiling_of(type_name<T>()), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+/// NS of the stack s: one call of a plan with batch capacity s.batch, or (matrix_by_matrix) s.batch calls
+/// of a one-matrix plan, what a batched call is measured against.
+template <class T>
+void ns_bench(benchmark::State& state, orthopt::ns_config cfg, shape s, bool matrix_by_matrix = false) {
   cudaStream_t stream;
   ORTHOPT_CUDA_CHECK(cudaStreamCreate(&stream));
   {
@@ -153,40 +165,23 @@ void ns_bench(benchmark::State& state, orthopt::ns_config cfg, shape s) {
     const std::size_t n = static_cast<std::size_t>(s.batch * s.rows * s.cols);
     device_matrix<T> x(n), q(n);
     cfg.check_finite = false;  // timing the iteration, not the (synchronizing) input check
-    orthopt::newton_schulz<T, cuda_backend> ns(s.rows, s.cols, cfg, be, s.batch);
-    const auto in = orthopt::row_major_batch<const T>(x.data, s.batch, s.rows, s.cols);
-    const auto out = orthopt::row_major_batch(q.data, s.batch, s.rows, s.cols);
-    time_on_stream(state, stream, [&] { ns(in, out); });
+    orthopt::newton_schulz<T, cuda_backend> ns(s.rows, s.cols, cfg, be, matrix_by_matrix ? 1 : s.batch);
+    if (matrix_by_matrix) {
+      time_on_stream(state, stream, [&] {
+        for (index_t b = 0; b < s.batch; ++b) {
+          const std::size_t offset = static_cast<std::size_t>(b * s.rows * s.cols);
+          ns(orthopt::row_major_view<const T>(x.data + offset, s.rows, s.cols),
+             orthopt::row_major_view(q.data + offset, s.rows, s.cols));
+        }
+      });
+    } else {
+      const auto in = orthopt::row_major_batch<const T>(x.data, s.batch, s.rows, s.cols);
+      const auto out = orthopt::row_major_batch(q.data, s.batch, s.rows, s.cols);
+      time_on_stream(state, stream, [&] { ns(in, out); });
+    }
   }
   (void)cudaStreamDestroy(stream);
-  // pct_ceiling: FLOP/s per second of a call against the ceiling, i.e. naive flops / time / ceiling.
-  state.counters["FLOP/s"] = benchmark::Counter(ns_flops(s), benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["pct_ceiling"] =
-      benchmark::Counter(100.0 * ns_flops(s) / ceiling_of(type_name<T>()), benchmark::Counter::kIsIterationInvariantRate);
-}
-
-/// The stack s as s.batch separate calls of a one-matrix plan (what a batched call is measured against).
-template <class T>
-void ns_loop_bench(benchmark::State& state, orthopt::ns_config cfg, shape s) {
-  cudaStream_t stream;
-  ORTHOPT_CUDA_CHECK(cudaStreamCreate(&stream));
-  {
-    cuda_backend be(stream);
-    const std::size_t n = static_cast<std::size_t>(s.batch * s.rows * s.cols);
-    device_matrix<T> x(n), q(n);
-    cfg.check_finite = false;
-    orthopt::newton_schulz<T, cuda_backend> ns(s.rows, s.cols, cfg, be);
-    time_on_stream(state, stream, [&] {
-      for (index_t b = 0; b < s.batch; ++b) {
-        const std::size_t offset = static_cast<std::size_t>(b * s.rows * s.cols);
-        ns(orthopt::row_major_view<const T>(x.data + offset, s.rows, s.cols), orthopt::row_major_view(q.data + offset, s.rows, s.cols));
-      }
-    });
-  }
-  (void)cudaStreamDestroy(stream);
-  state.counters["FLOP/s"] = benchmark::Counter(ns_flops(s), benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["pct_ceiling"] =
-      benchmark::Counter(100.0 * ns_flops(s) / ceiling_of(type_name<T>()), benchmark::Counter::kIsIterationInvariantRate);
+  set_flop_counters<T>(state, s);
 }
 
 template <class T, class Rule>
@@ -205,54 +200,42 @@ void step_bench(benchmark::State& state, typename Rule::options_type options, sh
     time_on_stream(state, stream, [&] { rule.step(W, G, st); });
   }
   (void)cudaStreamDestroy(stream);
-  state.counters["FLOP/s"] = benchmark::Counter(ns_flops(s), benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["pct_ceiling"] =
-      benchmark::Counter(100.0 * ns_flops(s) / ceiling_of(type_name<T>()), benchmark::Counter::kIsIterationInvariantRate);
+  set_flop_counters<T>(state, s);
+}
+
+/// Registers a benchmark timed by CUDA events (manual time), reported in milliseconds.
+template <class F>
+void register_timed(const std::string& name, F&& f) {
+  benchmark::RegisterBenchmark(name.c_str(), std::forward<F>(f))->UseManualTime()->Unit(benchmark::kMillisecond);
 }
 
 template <class T>
 void register_type() {
   const std::string t = type_name<T>();
-  benchmark::RegisterBenchmark(("ceiling/gemm/" + t + "/8192").c_str(), ceiling<T>)->UseManualTime()->Unit(benchmark::kMillisecond);
+  register_timed("ceiling/gemm/" + t + "/8192", ceiling<T>);
   for (const shape& s : shapes) {
     for (const auto& cfg : {orthopt::ns_presets::keller(), orthopt::ns_presets::polar_express()}) {
-      benchmark::RegisterBenchmark(("NS/" + cfg.name + "/" + t + "/" + s.name()).c_str(),
-                                   [cfg, s](benchmark::State& st) { ns_bench<T>(st, cfg, s); })
-          ->UseManualTime()
-          ->Unit(benchmark::kMillisecond);
+      register_timed("NS/" + cfg.name + "/" + t + "/" + s.name(), [cfg, s](benchmark::State& st) { ns_bench<T>(st, cfg, s); });
       // Gram Newton–Schulz (ns_algorithm::gram): the same polynomial, iterated on the small side.
       orthopt::ns_config gram = cfg;
       gram.algorithm = orthopt::ns_algorithm::gram;
-      benchmark::RegisterBenchmark(("NS/" + cfg.name + "/gram/" + t + "/" + s.name()).c_str(),
-                                   [gram, s](benchmark::State& st) { ns_bench<T>(st, gram, s); })
-          ->UseManualTime()
-          ->Unit(benchmark::kMillisecond);
+      register_timed("NS/" + cfg.name + "/gram/" + t + "/" + s.name(),
+                     [gram, s](benchmark::State& st) { ns_bench<T>(st, gram, s); });
     }
     if (s.batch > 1) {
-      const auto cfg = orthopt::ns_presets::keller();
-      benchmark::RegisterBenchmark(("NS/keller/" + t + "/loop" + s.name()).c_str(),
-                                   [cfg, s](benchmark::State& st) { ns_loop_bench<T>(st, cfg, s); })
-          ->UseManualTime()
-          ->Unit(benchmark::kMillisecond);
+      register_timed("NS/keller/" + t + "/loop" + s.name(), [s](benchmark::State& st) {
+        ns_bench<T>(st, orthopt::ns_presets::keller(), s, /*matrix_by_matrix=*/true);
+      });
     }
-    benchmark::RegisterBenchmark(("step/muon/" + t + "/" + s.name()).c_str(),
-                                 [s](benchmark::State& st) {
-                                   step_bench<T, orthopt::muon<T, cuda_backend>>(st, orthopt::muon_presets::torch(), s);
-                                 })
-        ->UseManualTime()
-        ->Unit(benchmark::kMillisecond);
-    benchmark::RegisterBenchmark(("step/adamuon/" + t + "/" + s.name()).c_str(),
-                                 [s](benchmark::State& st) {
-                                   step_bench<T, orthopt::adamuon<T, cuda_backend>>(st, orthopt::adamuon_presets::code(), s);
-                                 })
-        ->UseManualTime()
-        ->Unit(benchmark::kMillisecond);
-    benchmark::RegisterBenchmark(("step/namo/" + t + "/" + s.name()).c_str(),
-                                 [s](benchmark::State& st) {
-                                   step_bench<T, orthopt::namo<T, cuda_backend>>(st, orthopt::namo_presets::code(), s);
-                                 })
-        ->UseManualTime()
-        ->Unit(benchmark::kMillisecond);
+    register_timed("step/muon/" + t + "/" + s.name(), [s](benchmark::State& st) {
+      step_bench<T, orthopt::muon<T, cuda_backend>>(st, orthopt::muon_presets::torch(), s);
+    });
+    register_timed("step/adamuon/" + t + "/" + s.name(), [s](benchmark::State& st) {
+      step_bench<T, orthopt::adamuon<T, cuda_backend>>(st, orthopt::adamuon_presets::code(), s);
+    });
+    register_timed("step/namo/" + t + "/" + s.name(), [s](benchmark::State& st) {
+      step_bench<T, orthopt::namo<T, cuda_backend>>(st, orthopt::namo_presets::code(), s);
+    });
   }
 }
 

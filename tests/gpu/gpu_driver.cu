@@ -232,6 +232,28 @@ bool same_bits(const std::vector<double>& a, const std::vector<double>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(double)) == 0;
 }
 
+/// Runs body(backend, stream) on a backend bound to a stream of its own with its NaN/Inf checks in
+/// flag_on_device mode (the capturable form of the check), and returns its verdict; an exception (a
+/// failed capture) is a false verdict with its message in `detail`.
+template <class Body>
+bool on_capturable_backend(std::string& detail, Body&& body) {
+  cudaStream_t stream = nullptr;
+  GPU_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  bool ok = false;
+  try {
+    cuda_backend::settings settings;
+    settings.stream = stream;
+    settings.nonfinite = orthopt::nonfinite_check::flag_on_device;
+    cuda_backend be(settings);
+    ok = body(be, stream);
+  } catch (const std::exception& e) {
+    detail = std::string("capture failed: ") + e.what();
+    ok = false;
+  }
+  (void)cudaStreamDestroy(stream);
+  return ok;
+}
+
 }  // namespace
 #endif
 
@@ -240,14 +262,7 @@ bool graph_replay_matches(std::string& detail) {
   detail = "CUDA graphs need a GPU: not checked on the host emulation";
   return false;
 #else
-  cudaStream_t stream = nullptr;
-  GPU_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  bool ok = true;
-  try {
-    cuda_backend::settings settings;
-    settings.stream = stream;
-    settings.nonfinite = orthopt::nonfinite_check::flag_on_device;  // the capturable form of the check
-    cuda_backend be(settings);
+  return on_capturable_backend(detail, [&](cuda_backend& be, cudaStream_t stream) {
     device_memory mem;
     const index_t rows = 96, cols = 160;
     const std::size_t n = static_cast<std::size_t>(rows * cols);
@@ -267,19 +282,16 @@ bool graph_replay_matches(std::string& detail) {
     cudaGraphExec_t exec = capture_and_launch(stream, [&] { rule.step(W(w_graph), G, graph_state); });
     rule.step(W(w_eager), G, eager_state);
     GPU_CHECK(cudaStreamSynchronize(stream));
-    ok = same_bits(mem.download(w_eager), mem.download(w_graph)) &&
-         same_bits(mem.download_raw(eager_state.momentum().data, n), mem.download_raw(graph_state.momentum().data, n)) &&
-         same_bits(mem.download_raw(eager_state.second_moment().data, n),
-                   mem.download_raw(graph_state.second_moment().data, n)) &&
-         be.read_status().failed_checks == 0;
+    const bool ok =
+        same_bits(mem.download(w_eager), mem.download(w_graph)) &&
+        same_bits(mem.download_raw(eager_state.momentum().data, n), mem.download_raw(graph_state.momentum().data, n)) &&
+        same_bits(mem.download_raw(eager_state.second_moment().data, n),
+                  mem.download_raw(graph_state.second_moment().data, n)) &&
+        be.read_status().failed_checks == 0;
     detail = ok ? "parameters, momentum and second moment identical" : "a replayed step differs from the eager one";
     (void)cudaGraphExecDestroy(exec);
-  } catch (const std::exception& e) {
-    detail = std::string("capture failed: ") + e.what();
-    ok = false;
-  }
-  (void)cudaStreamDestroy(stream);
-  return ok;
+    return ok;
+  });
 #endif
 }
 
@@ -288,14 +300,7 @@ bool optimizer_graph_replay_matches(std::string& detail) {
   detail = "CUDA graphs need a GPU: not checked on the host emulation";
   return false;
 #else
-  cudaStream_t stream = nullptr;
-  GPU_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  bool ok = true;
-  try {
-    cuda_backend::settings settings;
-    settings.stream = stream;
-    settings.nonfinite = orthopt::nonfinite_check::flag_on_device;
-    cuda_backend be(settings);
+  return on_capturable_backend(detail, [&](cuda_backend& be, cudaStream_t stream) {
     device_memory mem;
     const index_t rows = 64, cols = 96, experts = 4;
     const std::size_t n0 = static_cast<std::size_t>(rows * cols), n1 = n0 * experts, n2 = static_cast<std::size_t>(cols);
@@ -340,19 +345,15 @@ bool optimizer_graph_replay_matches(std::string& detail) {
     GPU_CHECK(cudaMemcpyAsync(g1.data() + 7, &nan, sizeof(float), cudaMemcpyHostToDevice, stream));
     GPU_CHECK(cudaGraphLaunch(exec, stream));
     const auto flagged = be.read_status();
-    ok = same && clean.failed_checks == 0 && flagged.failed_checks > 0;
+    const bool ok = same && clean.failed_checks == 0 && flagged.failed_checks > 0;
     detail = !same ? "a replayed optimizer step differs from the eager one"
              : clean.failed_checks != 0 ? "the status record flagged a clean step"
              : flagged.failed_checks == 0 ? "a replay on a NaN gradient was not flagged"
                                           : "parameters identical; a NaN gradient replayed was flagged (" +
                                                 std::to_string(flagged.failed_checks) + " check(s))";
     (void)cudaGraphExecDestroy(exec);
-  } catch (const std::exception& e) {
-    detail = std::string("capture failed: ") + e.what();
-    ok = false;
-  }
-  (void)cudaStreamDestroy(stream);
-  return ok;
+    return ok;
+  });
 #endif
 }
 

@@ -97,24 +97,31 @@ TEMPLATE_TEST_CASE("gemm_symmetric_result forms a symmetric product: both triang
   // A and B are polynomials in one symmetric matrix S (so symmetric and commuting), as Gram NS forms
   // them. Sizes past 512 take the BLAS backend's blocked path (leaves of 256 rows).
   using T = TestType;
-  for (int threads : {1, 2}) {
-    backend_under_test be = make_backend(threads);
-    for (const index_t n : {index_t{1}, index_t{7}, index_t{64}, index_t{130}, index_t{513}, index_t{700}}) {
-      const MatD g = gaussian(n, n, seed_of({n, n}, 26)) / std::sqrt(double(n));
-      const MatD S = g * g.transpose();
-      const MatD a = 1.5 * MatD::Identity(n, n) - 0.7 * S + 0.2 * S * S;
-      const MatD b = -0.5 * MatD::Identity(n, n) + 2.0 * S;
-      const MatD c0 = gaussian(n, n, seed_of({n, n}, 27));
-      const MatD c_sym = c0 + c0.transpose();
+  for (const index_t n : {index_t{1}, index_t{7}, index_t{64}, index_t{130}, index_t{513}, index_t{700}}) {
+    const MatD g = gaussian(n, n, seed_of({n, n}, 26)) / std::sqrt(double(n));
+    const MatD S = g * g.transpose();
+    const MatD a = 1.5 * MatD::Identity(n, n) - 0.7 * S + 0.2 * S * S;
+    const MatD b = -0.5 * MatD::Identity(n, n) + 2.0 * S;
+    const MatD c0 = gaussian(n, n, seed_of({n, n}, 27));
+    const MatD c_sym = c0 + c0.transpose();
+    // The reference sees the operands rounded to T, as the backend does. One float64 product per size,
+    // not one per thread count and storage order (they hold the same values): under the sanitizers the
+    // reference products were most of this test's time.
+    const MatD a_t = a.cast<T>().template cast<double>(), b_t = b.cast<T>().template cast<double>();
+    const MatD ref = 0.75 * a_t * b_t - 0.5 * c_sym.cast<T>().template cast<double>();
+    const double tolerance = tol<T>(40, {n, n}) * std::sqrt(double(n)) * (1.0 + ref.cwiseAbs().maxCoeff());
+    for (int threads : {1, 2}) {
+      backend_under_test be = make_backend(threads);
       for (int mask = 0; mask < 8; ++mask) {
         const bool ra = mask & 1, rb = mask & 2, rc = mask & 4;
         any_order<T> A(a, ra), B(b, rb), C(c_sym, rc);
+        REQUIRE(A.value() == a_t);
+        REQUIRE(B.value() == b_t);
         orthopt::gemm_symmetric_result(be, T(0.75), A.view(), B.view(), T(-0.5), C.view());
-        const MatD ref = 0.75 * A.value() * B.value() - 0.5 * c_sym.cast<T>().template cast<double>();
         INFO("threads " << threads << " n " << n << " mask " << mask);
         // The computed triangle is the product's, rounded; the other is its mirror, which differs from
         // the product's own entries by the asymmetry of the rounded A·B (of the same order).
-        CHECK(max_abs_diff(C.value(), ref) <= tol<T>(40, {n, n}) * std::sqrt(double(n)) * (1.0 + ref.cwiseAbs().maxCoeff()));
+        CHECK(max_abs_diff(C.value(), ref) <= tolerance);
         if (!batches_products) CHECK(max_abs_diff(C.value(), C.value().transpose()) == 0.0);
       }
     }

@@ -152,7 +152,7 @@ fi
 # the benchmark (without OpenBLAS, libtorch would run on the reference BLAS); fortunes: the GPT demo's
 # corpus (its smoke test, example.gpt_quick); libopenmpi-dev and openmpi-bin: the distributed optimizer
 # (orthopt::mpi) and its tests, which ctest runs under mpirun at 1 to 4 ranks (label mpi).
-packages=(cmake g++ make libeigen3-dev catch2 libbenchmark-dev zlib1g-dev dataset-fashion-mnist
+packages=(cmake g++ make python3 libeigen3-dev catch2 libbenchmark-dev zlib1g-dev dataset-fashion-mnist
           libopenblas-openmp-dev libtorch-dev fortunes libopenmpi-dev openmpi-bin)
 step install bash cmake/install-debian-packages.sh "tests/run.sh" "${packages[@]}"
 

@@ -1,4 +1,4 @@
-// Concurrency and determinism, as the README's "Threading" section allows: independent plans and
+// Concurrency and determinism, as docs/threading-and-allocation.md allows: independent plans and
 // optimizers (each with its own backend handle) stepping on several threads at once give the bits a
 // sequential run gives, and the same inputs on the same thread count give the same bits every time.
 // `tests/run.sh --tsan` builds this file under ThreadSanitizer without OpenMP (libgomp is not
@@ -85,7 +85,7 @@ TEMPLATE_TEST_CASE("the same inputs on the same backend thread count give the sa
                    double) {
   using T = TestType;
   // Every rule over N steps, twice; and a Newton–Schulz call at 1 and at 2 backend threads, twice each.
-  // (Across thread counts the bits may differ: the order of partial sums changes; README "Threading".)
+  // (Across thread counts the bits may differ: the order of partial sums changes; docs/threading-and-allocation.md.)
   CHECK(train<T>(5) == train<T>(5));
   for (const int threads : {1, 2}) {
     INFO("backend threads " << threads);

@@ -224,7 +224,7 @@ def markdown(run, ctx, np_ctx, run_dir, png_name):
       "same matrix. The raw JSON of this run is in `benchmarks/results/`. (Debian's Google Benchmark warns that it was "
       "built as DEBUG: that is the harness's loop, not the timed code, and costs nothing measurable on calls of "
       "milliseconds.)\n")
-    a("## Targets (issue 11)\n")
+    a("## Targets\n")
     rows = targets(run)
     a(simple_table(run, [(t, v, "met" if ok else "**missed**") for t, v, ok in rows], ["target", "measured", ""]))
     a("")
@@ -343,7 +343,7 @@ def readme_block(run, ctx, followup=None):
                  f"{r('STEP/adamuon/f32/1024x4096/orthopt_blas', ns_name('keller', 'standard', 'f32', '1024x4096', 'orthopt_blas'))} | "
                  f"{r('STEP/adamuon/f32/1024x4096/orthopt_eigen', ns_name('keller', 'standard', 'f32', '1024x4096', 'orthopt_eigen'))} |")
     met = sum(1 for _, _, ok in rows if ok)
-    lines.append(f"\n{met} of the {len(rows)} target checks of issue 11 are met in this run; docs/benchmarks.md lists each.")
+    lines.append(f"\n{met} of the {len(rows)} target checks are met in this run; docs/benchmarks.md lists each.")
     if followup is not None:
         fb = followup.ratio("STEP/adamuon/f32/1024x4096/orthopt_blas", ns_name("keller", "standard", "f32", "1024x4096", "orthopt_blas"))
         fe = followup.ratio("STEP/adamuon/f32/1024x4096/orthopt_eigen", ns_name("keller", "standard", "f32", "1024x4096", "orthopt_eigen"))

@@ -387,7 +387,7 @@ TEMPLATE_TEST_CASE("a version 1 checkpoint still loads, leaving the Newton-Schul
   CHECK(save_bytes(target) == f.bytes);
 }
 
-// Issue 13, finding 7: streams that throw (exceptions() set) and lengths that would make the loader read
+// Streams that throw (exceptions() set) and lengths that would make the loader read
 // without end give orthopt's errors, with the optimizer unchanged.
 TEMPLATE_TEST_CASE("streams with exceptions set and absurd payload lengths give orthopt's errors", "[checkpoint]", float,
                    double) {
@@ -444,7 +444,7 @@ TEMPLATE_TEST_CASE("streams with exceptions set and absurd payload lengths give 
   CHECK(snapshot(target) == loaded_before);
 }
 
-// Issue 13, finding 2: a NaN momentum loaded from a checkpoint poisoned every later step. A checkpoint
+// A NaN momentum loaded from a checkpoint poisoned every later step. A checkpoint
 // whose state is not finite, or whose second moments are negative (a step takes their root), is refused
 // at load, naming the parameter, the slot and the element; the optimizer is unchanged.
 TEMPLATE_TEST_CASE("a checkpoint whose state is not finite or has a negative moment is refused", "[checkpoint]", float,

@@ -57,7 +57,7 @@ TEMPLATE_TEST_CASE("mismatched shapes name both shapes and leave the output unto
   std::vector<T> in(2 * 24), out(3 * 24);
   CHECK_THROWS_WITH(ns(orthopt::row_major_batch<const T>(in.data(), 2, 4, 6), orthopt::row_major_batch(out.data(), 3, 4, 6)),
                     Contains("input batch has 2 matrices but output batch has 3"));
-  // A negative count (issue 13, finding 7: it silently did nothing); an empty batch does nothing.
+  // A negative count (it once silently did nothing); an empty batch does nothing.
   CHECK_THROWS_WITH(ns(orthopt::batch_view<const T>(orthopt::row_major_view<const T>(in.data(), 4, 6), -1, 24),
                        orthopt::batch_view<T>(orthopt::row_major_view(out.data(), 4, 6), -1, 24)),
                     Contains("a batch of -1 matrices; the count must be >= 0"));

@@ -154,9 +154,9 @@ TEMPLATE_TEST_CASE("polar_express with 8 steps lands a well-conditioned input on
 TEMPLATE_TEST_CASE("keller with 5 steps keeps rectangular Gaussian singular values in its measured band", "[ns][keller]",
                    float, double) {
   // Measured (tests/test_newton_schulz.cpp's shapes, float and double alike): every singular value of
-  // NS5-keller on these Gaussian inputs of aspect ratio ≥ 2 lay in [0.6818, 1.1344] — the spec reports
-  // roughly [0.68, 1.14]. Asserted with that band. (Square Gaussian inputs are excluded: their smallest
-  // singular values stay near 0, as the spec notes.)
+  // NS5-keller on these Gaussian inputs of aspect ratio ≥ 2 lay in [0.6818, 1.1344] — Keller Jordan's Muon
+  // write-up reports roughly [0.68, 1.14]. Asserted with that band. (Square Gaussian inputs are excluded: their smallest
+  // singular values stay near 0, as that write-up notes.)
   std::vector<shape> shapes = {{32, 64}, {64, 32}, {50, 200}, {200, 50}, {17, 61}, {96, 192}, {1, 40}, {40, 1}};
   std::mt19937_64 rng(99);
   for (int i = 0; i < 40; ++i) {

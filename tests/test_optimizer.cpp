@@ -483,13 +483,13 @@ TEMPLATE_TEST_CASE("a step that fails a check changes no parameter, no state and
       opt.step(g);
     }, "the gradient of 'lm_head.weight' has ");
   }
-  SECTION("a finite gradient entry in the last parameter that would overflow its step (issue 13, finding 2)") {
+  SECTION("a finite gradient entry in the last parameter that would overflow its step") {
     fails_cleanly([&] {
       model.tensors[head].grad[17] = std::numeric_limits<T>::max() / T(2);
       opt.step(model.gradient_views());
     }, "parameter 'lm_head.weight': gradient(");
   }
-  SECTION("a non-finite momentum in the last parameter's state (issue 13, finding 2)") {
+  SECTION("a non-finite momentum in the last parameter's state") {
     T& entry = opt.state(orthopt::param_id{head}).momentum(0)(0, 1);
     const T kept = entry;
     entry = nan;
@@ -538,7 +538,7 @@ TEMPLATE_TEST_CASE("a step that fails a check changes no parameter, no state and
     }, "group 'adamw' gets lr");
     opt.group(*opt.find_group("adamw")).schedule = orthopt::warmup_stable_decay(2, 12, 0.5, 0.1);
   }
-  SECTION("a schedule emptied after add_group (issue 13, finding 7: std::bad_function_call before)") {
+  SECTION("a schedule emptied after add_group (std::bad_function_call before)") {
     fails_cleanly([&] {
       opt.group(*opt.find_group("adamw")).schedule = nullptr;
       opt.step(model.gradient_views());
@@ -571,7 +571,7 @@ TEMPLATE_TEST_CASE("a step that fails a check changes no parameter, no state and
     }, "has a namo_d state but its group 'namo_d' now runs adamuon");
     opt.group(*opt.find_group("namo_d")).rule = std::move(saved);
   }
-  SECTION("the last parameter's state at the largest step count (issue 13, finding 3)") {
+  SECTION("the last parameter's state at the largest step count") {
     const orthopt::param_id last{head};
     const std::int64_t saved = opt.state(last).step();
     opt.state(last).set_step(std::numeric_limits<std::int64_t>::max());

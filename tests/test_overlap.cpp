@@ -1,4 +1,4 @@
-// Overlapping memory (issue 13, finding 5): the exact overlap test against brute force, and every entry
+// Overlapping memory: the exact overlap test against brute force, and every entry
 // point refusing outputs, parameters and gradients that share memory, before anything is written.
 #include <catch2/catch.hpp>
 

@@ -69,7 +69,7 @@ TEMPLATE_TEST_CASE("exact polar is invariant to positive scaling and maps rank-d
   CHECK(max_abs_diff(q, u2 * v2.transpose()) <= 100 * eps<T>());
 }
 
-// Issue 13, finding 1: with the finite check off, an SVD that fails on a NaN or Inf input must not leave
+// With the finite check off, an SVD that fails on a NaN or Inf input must not leave
 // the previous call's answer (or uninitialized memory) as the "polar factor". Every output entry is NaN,
 // on a plan's first call and after a finite call alike.
 TEMPLATE_TEST_CASE("exact polar of a NaN or Inf input with the finite check off is NaN, never a stale answer",

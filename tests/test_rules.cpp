@@ -1,6 +1,6 @@
 // The update rules (Muon, AdaMuon, NAMO, NAMO-D, AdamW) against plain float64 transcriptions of their
-// formulas in docs/spec algorithms.md §2, §3, §4 and §6, written here formula by formula and not from the
-// library; batches; hyper-parameters changed between steps.
+// formulas as their papers and the authors' code give them (docs/references.md), written here formula by
+// formula and not from the library; batches; hyper-parameters changed between steps.
 #include <catch2/catch.hpp>
 #include <cstdlib>
 #include <iostream>
@@ -18,7 +18,7 @@ namespace {
 
 /// polar(U) by the rule's operator, in float64.
 ///
-/// Newton–Schulz: reference_ns (test_util.hpp) is the spec's iteration with the spec's absolute ε
+/// Newton–Schulz: reference_ns (test_util.hpp) is the sources' iteration with their absolute ε
 /// (X/(‖X‖+ε) and so on). orthopt applies ε relative to the norm (X/(‖X‖·(1+s+ε)), see
 /// orthopt/newton_schulz.hpp); the two agree exactly at ‖X‖ = 1. This transcription mirrors orthopt's
 /// convention by handing reference_ns the unit-norm U/‖U‖, so the double comparison stays tight: the
@@ -49,7 +49,7 @@ MatD orthogonalize(const MatD& u, const orthopt::orthogonalizer& o, double& gain
 
 double max_side(const MatD& w) { return static_cast<double>(std::max(w.rows(), w.cols())); }
 
-/// §2 Muon.
+/// Muon (Jordan et al. 2024; Moonlight's scale).
 struct muon_ref {
   MatD M;
   double sensitivity = 1.0;
@@ -87,7 +87,7 @@ struct muon_ref {
   }
 };
 
-/// §3 AdaMuon: the paper's Algorithm 1, the authors' code, and arXiv v1 (sign = false, β2 with bias
+/// AdaMuon: the paper's Algorithm 1, the authors' code, and arXiv v1 (sign = false, β2 with bias
 /// correction of V).
 struct adamuon_ref {
   MatD M, V;
@@ -168,7 +168,7 @@ struct adamuon_ref {
   MatD extra;         ///< per-entry error bound beyond the driver's generic tolerance
 };
 
-/// §4 NAMO (paper and code forms).
+/// NAMO (paper and code forms).
 struct namo_ref {
   MatD M;
   double v = 0.0;
@@ -198,7 +198,7 @@ struct namo_ref {
   }
 };
 
-/// §4 NAMO-D (the authors' code form).
+/// NAMO-D (the authors' code form).
 struct namo_d_ref {
   MatD M;
   Eigen::VectorXd Vc;
@@ -235,7 +235,7 @@ struct namo_d_ref {
   }
 };
 
-/// §6 AdamW (torch and Moonlight forms).
+/// AdamW (torch and Moonlight forms).
 struct adamw_ref {
   MatD m, v;
   double sensitivity = 1.0;
@@ -405,7 +405,7 @@ std::vector<named_muon> muon_cases() {
 // ---------------------------------------------------------------------------------------------------
 // 1. Every rule and preset against its transcription
 // ---------------------------------------------------------------------------------------------------
-TEMPLATE_TEST_CASE("Muon presets and variants match the float64 transcription of §2", "[rules][reference][muon]", float,
+TEMPLATE_TEST_CASE("Muon presets and variants match a float64 transcription of Muon", "[rules][reference][muon]", float,
                    double) {
   std::uint64_t salt = 100;
   for (const auto& c : muon_cases()) check_rule<TestType, Muon<TestType>, muon_ref>("muon " + c.label, c.o, ++salt);
@@ -437,15 +437,16 @@ TEMPLATE_TEST_CASE("with absolute_eps every schedule and rule reproduces its sou
   check_rule<T, NamoD<T>, namo_d_ref>("namo_d code absolute_eps", nd, ++salt);
 }
 
-TEMPLATE_TEST_CASE("AdaMuon presets match the float64 transcription of §3", "[rules][reference][adamuon]", float,
-                   double) {
+TEMPLATE_TEST_CASE("AdaMuon presets match a float64 transcription of the AdaMuon paper and code",
+                   "[rules][reference][adamuon]", float, double) {
   namespace ap = orthopt::adamuon_presets;
   std::uint64_t salt = 200;
   for (const auto& o : {ap::paper(), ap::code(), ap::code_gpt2(), ap::v1()})
     check_rule<TestType, AdaMuon<TestType>, adamuon_ref>("adamuon " + o.preset, o, ++salt);
 }
 
-TEMPLATE_TEST_CASE("NAMO presets match the float64 transcription of §4", "[rules][reference][namo]", float, double) {
+TEMPLATE_TEST_CASE("NAMO presets match a float64 transcription of the NAMO paper and code", "[rules][reference][namo]",
+                   float, double) {
   std::uint64_t salt = 300;
   for (const auto& o : {orthopt::namo_presets::code(), orthopt::namo_presets::paper()})
     check_rule<TestType, Namo<TestType>, namo_ref>("namo " + o.preset, o, ++salt);
@@ -455,8 +456,8 @@ TEMPLATE_TEST_CASE("NAMO presets match the float64 transcription of §4", "[rule
   check_rule<TestType, Namo<TestType>, namo_ref>("namo code, lr 5 (clamps active)", clamped, ++salt);
 }
 
-TEMPLATE_TEST_CASE("NAMO-D presets match the float64 transcription of §4", "[rules][reference][namo_d]", float,
-                   double) {
+TEMPLATE_TEST_CASE("NAMO-D presets match a float64 transcription of the NAMO authors' code",
+                   "[rules][reference][namo_d]", float, double) {
   std::uint64_t salt = 400;
   for (const auto& o : {orthopt::namo_d_presets::code(), orthopt::namo_d_presets::gpt2_small()})
     check_rule<TestType, NamoD<TestType>, namo_d_ref>("namo_d " + o.preset, o, ++salt);
@@ -471,7 +472,8 @@ TEMPLATE_TEST_CASE("NAMO-D presets match the float64 transcription of §4", "[ru
   check_rule<TestType, NamoD<TestType>, namo_d_ref>("namo_d code, c = 0", unclamped, ++salt);
 }
 
-TEMPLATE_TEST_CASE("AdamW presets match the float64 transcription of §6", "[rules][reference][adamw]", float, double) {
+TEMPLATE_TEST_CASE("AdamW presets match a float64 transcription of torch's and Moonlight's AdamW",
+                   "[rules][reference][adamw]", float, double) {
   std::uint64_t salt = 500;
   for (const auto& o : {orthopt::adamw_presets::torch(), orthopt::adamw_presets::moonlight()})
     check_rule<TestType, AdamW<TestType>, adamw_ref>("adamw " + o.preset, o, ++salt);
@@ -678,10 +680,11 @@ TEMPLATE_TEST_CASE("NAMO with 1e-30 gradients takes the shrunken step its formul
 }
 
 // ---------------------------------------------------------------------------------------------------
-// The presets carry the values algorithms.md gives (typed here from the spec, not from the header):
+// The presets carry the values their sources publish (typed here from the papers and the authors' code,
+// not from the header):
 // the reference tests above run each preset's own options, so a wrong preset value is caught only here.
 // ---------------------------------------------------------------------------------------------------
-TEST_CASE("rule presets carry the hyper-parameters of algorithms.md", "[rules][presets]") {
+TEST_CASE("rule presets carry the hyper-parameters their sources publish", "[rules][presets]") {
   using orthopt::momentum_kind;
   using orthopt::shape_scale;
   const orthopt::ns_config keller = orthopt::ns_presets::keller();
@@ -689,7 +692,7 @@ TEST_CASE("rule presets carry the hyper-parameters of algorithms.md", "[rules][p
     return !o.exact && o.ns.table == keller.table && o.ns.steps == 5 && o.ns.normalization == norm && o.ns.eps == 1e-7;
   };
   namespace mp = orthopt::muon_presets;
-  // §2: keller (ema, nesterov, keller NS5, original, lr 0.02, wd 0); moonlight (classical, nesterov,
+  // Muon: keller (ema, nesterov, keller NS5, original, lr 0.02, wd 0); moonlight (classical, nesterov,
   // match_rms_adamw, lr 1e-3, wd 0.1); torch (ema, nesterov, frobenius_clamp ε 1e-7, lr 1e-3, wd 0.1).
   const auto k = mp::keller();
   CHECK((k.momentum_type == momentum_kind::ema && k.nesterov && k.scale == shape_scale::original));
@@ -706,7 +709,7 @@ TEST_CASE("rule presets carry the hyper-parameters of algorithms.md", "[rules][p
     CHECK(is_keller_ns(t.ortho, orthopt::ns_normalization::frobenius_clamp));
   }
   CHECK(mp::torch().scale == shape_scale::original);
-  // §3: paper (β 0.95 both moments, ε 1e-8, no bias correction, sign); code (lr 0.02, wd 0.01);
+  // AdaMuon: paper (β 0.95 both moments, ε 1e-8, no bias correction, sign); code (lr 0.02, wd 0.01);
   // code_gpt2 (lr 6e-4, wd 0.1); v1 (no sign, β2 0.999 with bias correction).
   namespace ap = orthopt::adamuon_presets;
   const auto check_ada = [&](const orthopt::adamuon_options& o, orthopt::adamuon_form form, double lr, double wd,
@@ -725,7 +728,7 @@ TEST_CASE("rule presets carry the hyper-parameters of algorithms.md", "[rules][p
   check_ada(ap::code(), orthopt::adamuon_form::code, 0.02, 0.01, true, 0.0);
   check_ada(ap::code_gpt2(), orthopt::adamuon_form::code, 6e-4, 0.1, true, 0.0);
   check_ada(ap::v1(), orthopt::adamuon_form::code, 0.02, 0.01, false, 0.999);
-  // §4: lr 1e-2, wd 0.1, μ1 0.95, μ2 0.99, ε 1e-8, T 5, scale 0.2; code with Nesterov, paper without;
+  // NAMO: lr 1e-2, wd 0.1, μ1 0.95, μ2 0.99, ε 1e-8, T 5, scale 0.2; code with Nesterov, paper without;
   // NAMO-D clamp 0.75 (code) and 0.01 (GPT-2 small).
   const auto check_namo = [&](const orthopt::namo_options& o, orthopt::namo_form form, bool nesterov, double clamp) {
     INFO("namo " << o.preset);
@@ -740,7 +743,7 @@ TEST_CASE("rule presets carry the hyper-parameters of algorithms.md", "[rules][p
   check_namo(orthopt::namo_presets::paper(), orthopt::namo_form::paper, false, 0.75);
   check_namo(orthopt::namo_d_presets::code(), orthopt::namo_form::code, true, 0.75);
   check_namo(orthopt::namo_d_presets::gpt2_small(), orthopt::namo_form::code, true, 0.01);
-  // §6: β = (0.9, 0.95), ε = 1e-8.
+  // AdamW: β = (0.9, 0.95), ε = 1e-8.
   for (const auto& o : {orthopt::adamw_presets::torch(), orthopt::adamw_presets::moonlight()}) {
     INFO("adamw " << o.preset);
     CHECK((o.beta1 == 0.9 && o.beta2 == 0.95 && o.eps == 1e-8));

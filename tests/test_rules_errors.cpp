@@ -415,14 +415,14 @@ TEMPLATE_TEST_CASE("invalid hyper-parameters raise value_error at construction a
   };
   check_invalid<T, AdamW<T>>(orthopt::adamw_presets::torch(), adamw_breaks);
   check_invalid<T, AdamW<T>>(orthopt::adamw_presets::moonlight(), adamw_breaks);
-  // NAMO-D exists only in the code form, at construction and when options() is changed later (issue 13,
-  // finding 7: it was silently ignored).
+  // NAMO-D exists only in the code form, at construction and when options() is changed later (it was
+  // once silently ignored).
   expect_throw<orthopt::value_error>([] { NamoD<T> r(orthopt::namo_presets::paper()); }, {"only the code form"});
   check_invalid<T, NamoD<T>>(orthopt::namo_d_presets::code(),
                              breaks_of<orthopt::namo_options>{{"only the code form", [](auto& o) { o.form = orthopt::namo_form::paper; }}});
 }
 
-// Issue 13, finding 4: values valid as doubles that a step uses in the element type's arithmetic must
+// Values valid as doubles that a step uses in the element type's arithmetic must
 // survive rounding to it; in float they do not, in double they do.
 TEMPLATE_TEST_CASE("hyper-parameters that the element type cannot hold are refused, naming them",
                    "[rules][errors][options]", float, double) {
@@ -476,7 +476,7 @@ TEMPLATE_TEST_CASE("hyper-parameters that the element type cannot hold are refus
   expect_throw<orthopt::value_error>([&] { aol.validate(); }, {"the aol normalization needs eps > 0"});
 }
 
-// Issue 13, finding 3: a state at the largest step count (2^63 − 1, from set_step or a checkpoint) must
+// A state at the largest step count (2^63 − 1, from set_step or a checkpoint) must
 // not overflow `step + 1` (undefined behaviour) and must not write W before throwing.
 TEMPLATE_TEST_CASE("a state at the largest step count is refused before anything is written", "[rules][errors][state]",
                    float, double) {
@@ -501,7 +501,7 @@ TEMPLATE_TEST_CASE("a state at the largest step count is refused before anything
   });
 }
 
-// Issue 13, finding 6: sizes whose element count (or byte count) does not fit index_t must be refused
+// Sizes whose element count (or byte count) does not fit index_t must be refused
 // before any allocation, not wrap around into a small buffer claiming a huge one.
 TEMPLATE_TEST_CASE("sizes that overflow are refused with a shape_error", "[rules][errors][size]", float, double) {
   using T = TestType;
@@ -519,7 +519,7 @@ TEMPLATE_TEST_CASE("sizes that overflow are refused with a shape_error", "[rules
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Issue 13, finding 2: finite values that overflow. A gradient entry of 3e38 (finite in float) made
+// Finite values that overflow. A gradient entry of 3e38 (finite in float) made
 // Muon's classical momentum Inf and W all NaN, kept AdaMuon's paper momentum at ±Inf and froze AdamW's
 // second moment, silently. Every step now refuses gradient and state entries beyond the limits its
 // arithmetic can take (step_limits), before anything is written.

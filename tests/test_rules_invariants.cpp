@@ -1,4 +1,4 @@
-// Invariants of the update rules (algorithms.md §7): scale invariance of the gradient, AdaMuon's RMS
+// Invariants of the update rules: scale invariance of the gradient, AdaMuon's RMS
 // alignment, transposition, AdaMuon's sign-map invariance, and storage order.
 #include <catch2/catch.hpp>
 #include <cstdlib>
@@ -250,7 +250,7 @@ TEMPLATE_TEST_CASE("AdaMuon's first update is the same for G and D⊙G with posi
 }
 
 // ---------------------------------------------------------------------------------------------------
-// Storage order (algorithms.md notation: storage order must not change any result)
+// Storage order: it must not change any result
 // ---------------------------------------------------------------------------------------------------
 namespace {
 /// The same rule stepped on a column-major W with a row-major G, and on a row-major W with a column-major

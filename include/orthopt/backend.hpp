@@ -69,8 +69,8 @@ struct nonfinite_entry {
   double value = 0.0;
 };
 
-/// Backends in orthopt compute scalars (norms, factors) in double whatever the element type: the spec
-/// asks for at least float and never bf16, and double keeps ‖X‖² of float data free of overflow and
+/// Backends in orthopt compute scalars (norms, factors) in double whatever the element type: at
+/// least float and never bf16, and double keeps ‖X‖² of float data free of overflow and
 /// underflow for every finite float input.
 using scalar_t = double;
 
@@ -155,7 +155,7 @@ struct add_constant {
   ORTHOPT_HD T operator()(T x) const noexcept { return static_cast<T>(detail::widen(x) + a); }
 };
 
-/// The sign map of AdaMuon (seed 002, Theorem 1): sign(x) ∈ {−1, 0, +1}, sign(0) = 0, sign(NaN) = NaN.
+/// The sign map of AdaMuon (the AdaMuon paper, Theorem 1): sign(x) ∈ {−1, 0, +1}, sign(0) = 0, sign(NaN) = NaN.
 struct sign {
   template <class T>
   ORTHOPT_HD T operator()(T x) const noexcept {

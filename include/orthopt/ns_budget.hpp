@@ -3,7 +3,7 @@
 // An adaptive Newton–Schulz budget: observe how many iterations each matrix needs, then commit a step
 // count per matrix (or per group of same-role matrices) within a total budget.
 //
-// The idea is AMO's (seed 004, "Adaptive Muon Orthogonalization": matrices differ in how hard they are
+// The idea is AMO's ("AMO: Adaptive Muon Orthogonalization", docs/references.md: matrices differ in how hard they are
 // to orthogonalize, by operator type, depth and training phase; observe early, then commit an NS budget
 // per matrix or operator group). The paper gives no formula and its authors published no code; the rule
 // below is orthopt's own, in that spirit. It is not the paper's method.

@@ -3,7 +3,8 @@
 // An optimizer over many named parameters: groups, each with one update rule (Muon, AdaMuon, NAMO,
 // NAMO-D or AdamW), its hyper-parameters and a learning-rate schedule; one state per parameter, made
 // from the parameter's shape when it is registered; and a routing helper that sends each parameter to a
-// group the way every Muon-family codebase does (algorithms.md §6).
+// group the way every Muon-family codebase does (Muon's and Moonlight's: matrices of hidden layers to
+// the Muon-family rule, embeddings, heads and vectors to AdamW).
 //
 //   using opt_t = orthopt::optimizer<float, orthopt::eigen_backend>;
 //   opt_t opt;

@@ -71,7 +71,7 @@ inline double decay_factor(decay_shape shape, double p) {
 
 /// Warmup–stable–decay (WSD).
 ///
-/// Source. The AdaMuon paper (Si, Zhang, Shen 2025; seed 002, §4 "Experimental settings") replaces
+/// Source. The AdaMuon paper (Si, Zhang, Shen 2025, §4 "Experimental settings"; docs/references.md) replaces
 /// nanoGPT's cosine schedule by "the warmup-stable policy", with a warmup of 2K steps over 100K steps;
 /// it describes no decay phase. With `decay_fraction = 0` this schedule is exactly that policy (linear
 /// warmup, then constant). The optional decay over the final fraction of training is the usual WSD

@@ -264,7 +264,7 @@ MatD run_polar(const MatD& x) {
   return q.template cast<double>();
 }
 
-/// A plain float64 transcription of the Newton–Schulz iteration, written from the spec's formulas and not
+/// A plain float64 transcription of the Newton–Schulz iteration, written from the sources' formulas and not
 /// from the library: normalize (the reference formulas, with an absolute ε), then X ← aX + (bA + cA²)X
 /// with A = XXᵀ on the wide orientation. orthopt's relative ε agrees with it exactly at ‖X‖_F = 1.
 inline MatD reference_ns(MatD x, const orthopt::ns_config& cfg) {

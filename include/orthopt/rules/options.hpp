@@ -63,7 +63,7 @@ inline void check_eps(const char* rule, const std::string& preset, double eps) {
 }  // namespace detail
 
 // ---------------------------------------------------------------------------------------------------
-// Muon (algorithms.md §2)
+// Muon (Jordan et al. 2024; Moonlight, Liu et al. 2025; docs/references.md)
 //   M ← momentum(M, G);  U ← nesterov ? mix(G, M) : M;  O ← NS(U)
 //   W ← W(1 − ηλ);  W ← W − η·scale(A, B)·O
 // ---------------------------------------------------------------------------------------------------
@@ -111,7 +111,7 @@ inline muon_options torch(shape_scale adjust = shape_scale::original) {
 }  // namespace muon_presets
 
 // ---------------------------------------------------------------------------------------------------
-// AdaMuon (Si, Zhang, Shen 2025; seed 002; algorithms.md §3)
+// AdaMuon (Si, Zhang, Shen 2025; docs/references.md)
 // ---------------------------------------------------------------------------------------------------
 enum class adamuon_form {
   paper,  ///< Algorithm 1: M ← βM + G; O ← NS(sign(M)); γ = 0.2√(AB)/‖Ô‖_F; W ← W − η(γÔ + λW)
@@ -156,7 +156,7 @@ inline adamuon_options v1() { return {"v1", adamuon_form::code, 0.02, 0.01, 0.95
 }  // namespace adamuon_presets
 
 // ---------------------------------------------------------------------------------------------------
-// NAMO and NAMO-D (seed 003; minxin-zhg/namo src/namo.py; algorithms.md §4)
+// NAMO and NAMO-D ("Adam Improves Muon", 2026; the authors' code, minxin-zhg/namo src/namo.py)
 // ---------------------------------------------------------------------------------------------------
 enum class namo_form {
   paper,  ///< α = √(1−μ2ᵗ)/(1−μ1ᵗ)·‖M‖_F/(√v + ε); W ← W − ηα(O + λW); no clamps, no 0.2, no Nesterov
@@ -209,7 +209,7 @@ inline namo_options gpt2_small() {
 }  // namespace namo_d_presets
 
 // ---------------------------------------------------------------------------------------------------
-// AdamW (algorithms.md §6), for vectors, embeddings and output heads
+// AdamW (Loshchilov and Hutter 2019; torch.optim.AdamW), for vectors, embeddings and output heads
 // ---------------------------------------------------------------------------------------------------
 enum class adamw_form {
   torch,      ///< W ← W − η·(m/(1−β1ᵗ)) / (√(v/(1−β2ᵗ)) + ε)

@@ -55,13 +55,13 @@ template <class Derived, class T, class Backend, class Options>
 class rule_base;
 }  // namespace detail
 
-/// The largest magnitudes a step of a rule takes without overflowing (its overflow guard, issue 13
-/// finding 2): with every gradient and state entry within these, the momentum, the Nesterov direction,
-/// the second moments and the norms NAMO and Newton–Schulz take in double are finite; the final division
-/// and update are finite for states the steps produced (a second moment grows with what the momentum
-/// grows with), not for any hand-written combination (a large momentum beside a zero or negative second
-/// moment). A step with check_finite on refuses anything beyond them, finite or not, before it writes.
-/// Each rule's `limits_of(options, rows, cols)` derives them (see there); +Inf: not checked.
+/// The largest magnitudes a step of a rule takes without overflowing (its overflow guard): with every
+/// gradient and state entry within these, the momentum, the Nesterov direction, the second moments and
+/// the norms NAMO and Newton–Schulz take in double are finite; the final division and update are finite
+/// for states the steps produced (a second moment grows with what the momentum grows with), not for any
+/// hand-written combination (a large momentum beside a zero or negative second moment). A step with
+/// check_finite on refuses anything beyond them, finite or not, before it writes. Each rule's
+/// `limits_of(options, rows, cols)` derives them (see there); +Inf: not checked.
 struct step_limits {
   double gradient = std::numeric_limits<double>::infinity();  ///< every |G(i,j)|
   double momentum = std::numeric_limits<double>::infinity();  ///< every |M(i,j)|
@@ -338,7 +338,7 @@ void check_step(const char* rule, rule_kind kind, Backend& be, batch_view<T> W, 
                         " and the state is " + shape_string(s.rows(), s.cols()) + (W.count > 1 ? " (batch item " + std::to_string(k) + ")" : ""));
     }
   }
-  // Overlapping memory (issue 13): refused before anything is written, since a step reads G and the
+  // Overlapping memory: refused before anything is written, since a step reads G and the
   // state while it writes W and the state. A few comparisons when everything lies in separate buffers.
   const auto item = [&W](index_t k) { return W.count > 1 ? " (batch item " + std::to_string(k) + ")" : std::string(); };
   for (index_t k = 0; k < W.count; ++k) {
@@ -533,8 +533,8 @@ class rule_base {
 }  // namespace detail
 
 // ---------------------------------------------------------------------------------------------------
-/// Muon (Jordan 2024; algorithms.md §2): M ← momentum(M, G); U ← nesterov ? mix(G, M) : M; O ← NS(U);
-/// W ← W(1 − ηλ) − η·scale(A, B)·O. Presets in muon_presets (keller, moonlight, torch).
+/// Muon (Jordan et al. 2024; docs/references.md): M ← momentum(M, G); U ← nesterov ? mix(G, M) : M;
+/// O ← NS(U); W ← W(1 − ηλ) − η·scale(A, B)·O. Presets in muon_presets (keller, moonlight, torch).
 template <class T, class Backend>
 class muon : public detail::rule_base<muon<T, Backend>, T, Backend, muon_options> {
   using base = detail::rule_base<muon<T, Backend>, T, Backend, muon_options>;
@@ -575,8 +575,8 @@ class muon : public detail::rule_base<muon<T, Backend>, T, Backend, muon_options
 };
 
 namespace detail {
-/// AdaMuon's RMS alignment (seed 002 Eq. 8): decay = 1 − ηλ, step = η·0.2·√(AB)/(‖Ô‖_F + ε_γ); a zero Ô
-/// (zero gradient history) gives step 0 rather than 0/0.
+/// AdaMuon's RMS alignment (the AdaMuon paper, Eq. 8): decay = 1 − ηλ, step = η·0.2·√(AB)/(‖Ô‖_F + ε_γ);
+/// a zero Ô (zero gradient history) gives step 0 rather than 0/0.
 struct adamuon_scale {
   const scalar_t* norm;
   scalar_t* out;
@@ -589,7 +589,7 @@ struct adamuon_scale {
 };
 }  // namespace detail
 
-/// AdaMuon (Si, Zhang, Shen 2025; algorithms.md §3): the sign map before NS, an element-wise second
+/// AdaMuon (Si, Zhang, Shen 2025, Algorithm 1): the sign map before NS, an element-wise second
 /// moment of the orthogonalized direction, and RMS alignment to 0.2 (an update of RMS exactly 0.2·η
 /// before weight decay). Presets in adamuon_presets (paper, code, code_gpt2, v1).
 template <class T, class Backend>
@@ -653,8 +653,8 @@ class adamuon : public detail::rule_base<adamuon<T, Backend>, T, Backend, adamuo
 };
 
 namespace detail {
-/// NAMO's adaptive step (seed 003; minxin-zhg/namo): v ← μ2v + (1−μ2)‖G‖², then decay and step from
-/// α = bias·‖U‖/(√v + ε) in the paper or the code form.
+/// NAMO's adaptive step (the NAMO paper; the authors' code, minxin-zhg/namo): v ← μ2v + (1−μ2)‖G‖²,
+/// then decay and step from α = bias·‖U‖/(√v + ε) in the paper or the code form.
 struct namo_scale {
   const scalar_t* g_norm;
   const scalar_t* u_norm;
@@ -718,7 +718,7 @@ struct namo_d_scale {
 };
 }  // namespace detail
 
-/// NAMO (seed 003; algorithms.md §4): Muon's orthogonalized direction scaled by an Adam-like scalar
+/// NAMO ("Adam Improves Muon", 2026; docs/references.md): Muon's orthogonalized direction scaled by an Adam-like scalar
 /// α = ‖U‖/(√v + ε), v the running mean of ‖G‖². Presets in namo_presets (code, paper).
 ///
 /// Documented behaviour: ε acts as in Adam, so gradients far below ε in norm (1e-30) give steps that
@@ -776,7 +776,7 @@ class namo : public detail::rule_base<namo<T, Backend>, T, Backend, namo_options
   }
 };
 
-/// NAMO-D (seed 003; algorithms.md §4): NAMO with one adaptive factor per column (input feature),
+/// NAMO-D (the NAMO paper; its authors' code): NAMO with one adaptive factor per column (input feature),
 /// clamped around their mean by c = column_clamp. Only the authors' code form exists; presets in
 /// namo_d_presets (code with c = 0.75, gpt2_small with c = 0.01).
 template <class T, class Backend>
@@ -831,7 +831,7 @@ class namo_d : public detail::rule_base<namo_d<T, Backend>, T, Backend, namo_opt
   }
 };
 
-/// AdamW (algorithms.md §6) in the torch or the Moonlight form, for the parameters Muon-family rules do
+/// AdamW (Loshchilov and Hutter 2019) in the torch or the Moonlight form, for the parameters Muon-family rules do
 /// not take (vectors, embeddings, output heads); any shape (view a vector as 1×n). Presets in
 /// adamw_presets.
 template <class T, class Backend>

@@ -12,8 +12,9 @@
 // the adaptive Newton–Schulz budget (orthopt/ns_budget.hpp), so that a resumed run keeps its committed
 // counts, or ends an interrupted observation window as the uninterrupted run would. The budget's options
 // are configuration (set them again, with set_ns_budget, before loading) and its last report is not
-// saved. Loaded into an optimizer without a budget, the per-parameter counts are still restored. Not saved: the parameters themselves (they are the host's; save them with the model),
-// the hyper-parameters and schedules (configuration, set up in code when the optimizer is rebuilt), and
+// saved. Loaded into an optimizer without a budget, the per-parameter counts are still restored. Not
+// saved: the parameters themselves (they are the host's; save them with the model), the
+// hyper-parameters and schedules (configuration, set up in code when the optimizer is rebuilt), and
 // scratch (recomputed by every step). Resuming is bit-exact: k steps, save, load into a freshly built
 // optimizer over the same parameter values, N − k steps gives the same bits as N steps in one go.
 //
@@ -27,39 +28,14 @@
 // CPU backends, a device-to-host copy (and a wait for it) on the CUDA backend. A checkpoint written from
 // one backend loads into another that stores the same element type.
 //
-// Format, version 2 (version 1, without the Newton–Schulz fields and the ns_observation slot, still
-// loads: the counts and accumulators are then left as they are). Integers are unsigned, little-endian; u32 = 4 bytes, u64 = 8 bytes. Offsets are
-// from the start of the checkpoint. (docs/checkpoint-format.md says the same, with an example.)
-//
-//   offset  size  field
-//   0       8     magic: the bytes 'O' 'R' 'T' 'H' 'O' 'P' 'T' 0x00  (4F 52 54 48 4F 50 54 00)
-//   8       4     u32 format version = 2
-//   12      4     u32 element type of the parameters: 1 = float (IEEE-754 binary32), 2 = double (binary64),
-//                 3 = bfloat16 (the upper 16 bits of a binary32; the CUDA backend's __nv_bfloat16)
-//   16      8     u64 payload length P in bytes
-//   24      P     payload:
-//                   u64 optimizer steps taken
-//                   u32 parameter count N
-//                   N times, in registration order:
-//                     u32 name length L, then L bytes of the name (no terminator)
-//                     u32 rule kind: 1 muon, 2 adamuon, 3 namo, 4 namo_d, 5 adamw  (orthopt::rule_kind)
-//                     u64 rows, u64 cols, u64 count (matrices in the batch)
-//                     u64 the parameter's step count t
-//                     u32 slot count S
-//                     S times:
-//                       u32 name length, then the name bytes ("momentum", "second_moment", "column_moment",
-//                         "ns_observation")
-//                       u32 element size E in bytes (4 or 8)
-//                       u64 element count C
-//                       C·E bytes: the elements, each IEEE-754 little-endian
-//                     u32 Newton–Schulz iterations per step (0: the state has no Newton–Schulz plan)  [v2]
-//                   u32 adaptive budget phase: 0 none, 1 waiting, 2 observing, 3 committed          [v2]
-//                   u64 the optimizer step that phase began at                                      [v2]
-//   24 + P  8     u64 checksum: FNV-1a 64 over bytes [0, 24 + P), i.e. header and payload
-//
-// Bytes after the checksum are not read (a checkpoint may be followed by other data in the stream).
-// FNV-1a 64: h = 14695981039346656037; for each byte b: h = (h XOR b) × 1099511628211 mod 2^64. Every
-// step of it is a bijection of h, so any single changed byte (one flipped bit included) changes the sum.
+// The format (version 2; version 1, without the Newton–Schulz fields, still loads): little-endian; the
+// magic bytes "ORTHOPT\0", the format version, the element type (1 float, 2 double, 3 bfloat16) and the
+// payload length; the payload (the optimizer's step count; per parameter its name, rule kind, shape,
+// step count, state slots and Newton–Schulz iteration count; the budget's phase); then an FNV-1a 64
+// checksum of everything before it. Bytes after the checksum are not read. The byte layout, field by
+// field, with a worked example and the loader's checks, is docs/checkpoint-format.md, the master of
+// this description; the constants below must agree with it (tests/test_checkpoint.cpp decodes a file
+// by that layout).
 #pragma once
 
 #include <algorithm>

@@ -15,43 +15,18 @@
 //   ...
 //   opt.step(gradients);   // every rank, the same averaged gradients (or options.averaging = average)
 //
-// The protocol of a step, on every rank (each numbered item a collective over the whole group):
-//   - Checks of every gradient view that read no data: shape, usable strides, no memory shared with a
-//     parameter. Without averaging, the owner's full checks follow at once (NaN/Inf in its gradients,
-//     the groups' scheduled learning rates and hyper-parameters, step counters); then
-//     1. an agreement: one allreduce of an 8-byte value. If any rank refused, every rank throws the same
-//        exception (the lowest failing rank's type and message, broadcast: 2 more collectives) and no
-//        rank has written anything.
-//   - With options.averaging = average, the gradients are first averaged onto their owners:
-//     1. an agreement on the view checks;
-//     2. per bucket, one alltoallv: every rank sends each owner its gradients of the owner's parameters;
-//        the owner sums the P contributions as a pairwise tree in rank order — ((g0+g1)+(g2+g3)) for
-//        P = 4, ((g0+g1)+g2) for P = 3 — and divides by P, so the average is the same bits whatever the
-//        MPI library, and a single process that forms the same tree over P micro-batches matches it;
-//     3. the owner's full checks on the averaged gradients, and an agreement.
-//   - Each owner runs its parameters' rules (the same code and arithmetic as optimizer::step).
-//   - 4. per bucket, one allgatherv of the updated parameters (skipped on one rank).
-// A bucket is a run of one rank's owned parameters of at most options.bucket_bytes (a parameter larger
-// than that is a bucket alone); round k carries every rank's k-th bucket, so the number of collectives
-// is set by the most loaded rank, never by the number of matrices. step_traffic() reports them.
-//
-// Promises:
-// - Determinism: the parameters after a step are bit-identical to optimizer::step's on the same
-//   gradients with the same backend thread count, on every rank count (each matrix's rule runs exactly
-//   as in one process); with averaging, to a single process given the tree-averaged gradient above.
-// - All-or-nothing across ranks: a refused step (bad shape, NaN/Inf, a bad learning rate, on any rank)
-//   throws the same exception on every rank, with every rank's parameters and state unchanged.
-// - Memory: a rank holds the state of the parameters it owns (the assignment balances work, so the state
-//   is near 1/P of optimizer's where state follows work; memory() reports the bytes), plus staging
-//   buffers of a few buckets and, with averaging on two or more ranks, its parameters' averaged gradients.
-// - A step allocates nothing in orthopt once the first step has run (the communicator may: MPI does).
-//
-// Limits: the backend's memory must be what the communicator accepts (host memory for MPI; a GPU
-// backend needs a device communicator such as NCCL behind the same interface, not provided yet); the
-// element type is float or double; a batch parameter (stacked experts) is owned whole by one rank; the
-// adaptive Newton–Schulz budget (set_ns_budget) is not available, as its commit is a global decision;
-// every rank must register the same parameters and groups in the same order and call every member
-// that says "collective" together (finalize() verifies the registration by a fingerprint).
+// The contract, in short (docs/distributed.md is the master of the long form: the protocol of a step
+// collective by collective, the ownership rule, averaging, checkpoints and the measurements):
+// - Every member marked "collective" is called by every rank together, and every rank registers the same
+//   groups and parameters in the same order (finalize() checks a fingerprint of the registration).
+// - A step is all-or-nothing across ranks: a refusal on any rank (bad shape, NaN/Inf, a bad learning
+//   rate) throws the same exception on every rank, with no parameter and no state changed anywhere.
+// - The parameters after a step are bit-identical to optimizer::step's on the same gradients (with
+//   averaging: on the pairwise-tree average in rank order), on every rank count.
+// - A rank keeps the state of the parameters it owns only; a step allocates nothing in orthopt after the
+//   first (the communicator may).
+// - Limits: host memory for MPI (a GPU backend needs a device communicator, not provided); float or
+//   double; a batch parameter is owned whole; no adaptive Newton–Schulz budget (its commit is global).
 #pragma once
 
 #include <algorithm>

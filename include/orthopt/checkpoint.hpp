@@ -34,8 +34,8 @@
 // step count, state slots and Newton–Schulz iteration count; the budget's phase); then an FNV-1a 64
 // checksum of everything before it. Bytes after the checksum are not read. The byte layout, field by
 // field, with a worked example and the loader's checks, is docs/checkpoint-format.md, the master of
-// this description; the constants below must agree with it (tests/test_checkpoint.cpp decodes a file
-// by that layout).
+// this description; the constants in orthopt/checkpoint_format.hpp must agree with it
+// (tests/test_checkpoint.cpp decodes a file by that layout).
 #pragma once
 
 #include <algorithm>
@@ -54,44 +54,12 @@
 #include <unordered_map>
 #include <vector>
 
+#include "orthopt/checkpoint_format.hpp"
 #include "orthopt/errors.hpp"
 #include "orthopt/optimizer.hpp"
 #include "orthopt/rules/rules.hpp"
 
 namespace orthopt {
-
-namespace checkpoint_format {
-inline constexpr unsigned char magic[8] = {'O', 'R', 'T', 'H', 'O', 'P', 'T', 0x00};
-inline constexpr std::uint32_t version = 2;
-inline constexpr std::uint32_t oldest_version = 1;
-inline constexpr std::uint32_t element_float32 = 1;
-inline constexpr std::uint32_t element_float64 = 2;
-inline constexpr std::uint32_t element_bfloat16 = 3;
-inline constexpr std::size_t header_bytes = 24;
-inline constexpr std::size_t checksum_bytes = 8;
-
-inline const char* element_type_name(std::uint32_t code) {
-  switch (code) {
-    case element_float32: return "float32";
-    case element_float64: return "float64";
-    case element_bfloat16: return "bfloat16";
-  }
-  return "unknown";
-}
-/// The element-type code of T; a backend with another storage type specializes it
-/// (orthopt/cuda/backend.hpp: bfloat16).
-template <class T>
-struct element_code_of {
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
-                "orthopt checkpoints store float, double or bfloat16 parameters");
-  static_assert(std::numeric_limits<T>::is_iec559, "orthopt checkpoints store IEEE-754 values");
-  static constexpr std::uint32_t value = std::is_same_v<T, float> ? element_float32 : element_float64;
-};
-template <class T>
-constexpr std::uint32_t element_code() {
-  return element_code_of<T>::value;
-}
-}  // namespace checkpoint_format
 
 /// FNV-1a 64 (Fowler–Noll–Vo), the checkpoint's checksum. Not cryptographic: it detects accidental
 /// corruption, not tampering.

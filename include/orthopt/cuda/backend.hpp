@@ -68,7 +68,7 @@
 #include <type_traits>
 
 #include "orthopt/backend.hpp"
-#include "orthopt/checkpoint.hpp"
+#include "orthopt/checkpoint_format.hpp"
 #include "orthopt/cuda/errors.hpp"
 #include "orthopt/detail/gemm_shape.hpp"
 #include "orthopt/view.hpp"

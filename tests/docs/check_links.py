@@ -6,6 +6,7 @@ code are not links. Exits 1 and names each broken link (file:line: target) other
 
   python3 tests/docs/check_links.py <repository root>
 """
+import functools
 import os
 import re
 import sys
@@ -38,7 +39,9 @@ def slug(heading):
     return "".join(kept)
 
 
+@functools.lru_cache(maxsize=None)
 def anchors(path):
+    """The heading anchors of a Markdown file (read once per file, however many links point into it)."""
     found, counts = set(), {}
     fenced = False
     with open(path, encoding="utf-8") as f:
@@ -52,7 +55,7 @@ def anchors(path):
                 n = counts.get(s, 0)
                 found.add(s if n == 0 else f"{s}-{n}")  # GitHub numbers repeated headings
                 counts[s] = n + 1
-    return found
+    return frozenset(found)
 
 
 def main():

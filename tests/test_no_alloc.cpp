@@ -187,7 +187,7 @@ TEMPLATE_TEST_CASE("steps that observe, commit and reobserve an adaptive budget 
   auto opt = model.make_optimizer();
   orthopt::ns_budget_options o;
   o.start_step = 1;
-  o.observe_steps = 2;
+  o.observe_window = 2;
   o.reobserve_every = 1;
   o.roles = {{"attn", false}};
   int commits = 0;

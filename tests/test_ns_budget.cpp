@@ -263,7 +263,7 @@ TEST_CASE("commit_ns_steps follows the documented rule", "[ns_budget][commit]") 
   // Without spending the whole budget, each role gets ⌈need⌉.
   CHECK(commit_ns_steps(std::vector<double>{2.2, 4.5, 7.9}, std::vector<index_t>{1, 1, 1}, 2, max10, 20, false, c) == 16);
   CHECK(c == std::vector<int>{3, 5, 8});
-  // A tight budget: never below min_steps; taking from the most to spare keeps the largest shortfall
+  // A tight budget: never below min_ns_steps; taking from the most to spare keeps the largest shortfall
   // smallest: (3, 6, 10) → (2, 2, 5), shortfalls (1, 4, 6).
   CHECK(commit_ns_steps(std::vector<double>{3.0, 6.0, 11.0}, std::vector<index_t>{1, 1, 1}, 2, max10, 9, true, c) == 9);
   CHECK(c == std::vector<int>{2, 2, 5});
@@ -272,7 +272,7 @@ TEST_CASE("commit_ns_steps follows the documented rule", "[ns_budget][commit]") 
                         true, std::span<int>(c.data(), 2)) == 27);
   CHECK(c[0] == 5);
   CHECK(c[1] == 7);
-  // Censored needs (never reached the target) are held at max_steps.
+  // Censored needs (never reached the target) are held at max_ns_steps.
   CHECK(commit_ns_steps(std::vector<double>{11.0, 1.0}, std::vector<index_t>{1, 1}, 1, std::vector<int>{10, 10}, 100,
                         false, std::span<int>(c.data(), 2)) == 11);
   CHECK(c[0] == 10);
@@ -291,7 +291,7 @@ TEMPLATE_TEST_CASE("the budget gives more steps to ill-conditioned matrices and 
   for (const double fraction : {1.0, 0.7, 1.3}) {
     auto opt = model.make_optimizer();
     orthopt::ns_budget_options o;
-    o.observe_steps = 3;
+    o.observe_window = 3;
     o.budget_fraction = fraction;
     int calls = 0;
     orthopt::ns_budget_report seen;
@@ -316,9 +316,9 @@ TEMPLATE_TEST_CASE("the budget gives more steps to ill-conditioned matrices and 
     std::vector<int> c;
     for (std::size_t i = 0; i < 6; ++i) {
       c.push_back(opt.ns_steps(orthopt::param_id{i}));
-      CHECK(report->params[i].committed_steps == c.back());
+      CHECK(report->params[i].committed_ns_steps == c.back());
       CHECK(report->params[i].observed.calls == 3);
-      CHECK(seen.params[i].committed_steps == c.back());
+      CHECK(seen.params[i].committed_ns_steps == c.back());
     }
     CHECK(std::accumulate(c.begin(), c.end(), 0) == report->budget);
     // Harder matrices get more: a larger observed need never gets fewer steps, equal needs differ by at
@@ -346,9 +346,9 @@ TEMPLATE_TEST_CASE("committed counts reach the residual target, and one fewer wo
   for (const ns_config& cfg : {presets::keller(), presets::polar_express()}) {
     auto opt = model.make_optimizer(cfg);
     orthopt::ns_budget_options o;
-    o.observe_steps = 2;
+    o.observe_window = 2;
     o.spend_whole_budget = false;
-    o.min_steps = 1;
+    o.min_ns_steps = 1;
     o.budget_fraction = 4.0;  // room for every need
     opt.set_ns_budget(o);
     model.run(opt, 2);
@@ -359,9 +359,9 @@ TEMPLATE_TEST_CASE("committed counts reach the residual target, and one fewer wo
       const int c = opt.ns_steps(orthopt::param_id{i});
       const double target = report->params[i].target;
       CHECK(target == orthopt::ns_auto_residual_target(cfg));
-      if (report->params[i].observed.max_needed > report->params[i].observed_steps) {
+      if (report->params[i].observed.max_needed > report->params[i].observe_ns_steps) {
         // Never reached within the observation count (Polar Express on condition 1e5): held at the most.
-        CHECK(c == report->params[i].observed_steps);
+        CHECK(c == report->params[i].observe_ns_steps);
         continue;
       }
       // The float64 reference of the same gradient with c and c − 1 iterations.
@@ -380,7 +380,7 @@ TEMPLATE_TEST_CASE("roles share one count; reobservation commits again", "[ns_bu
   auto opt = model.make_optimizer();
   orthopt::ns_budget_options o;
   o.start_step = 2;
-  o.observe_steps = 2;
+  o.observe_window = 2;
   o.reobserve_every = 3;
   o.roles = {{"attn", false}, {"mlp", false}};
   int commits = 0;
@@ -418,7 +418,7 @@ TEMPLATE_TEST_CASE("a resumed run keeps its budget: checkpoints inside and after
   const std::vector<std::pair<std::string, double>> spec{{"p0", 3.0}, {"p1", 1e3}, {"p2", 1e5}};
   orthopt::ns_budget_options o;
   o.start_step = 1;
-  o.observe_steps = 4;
+  o.observe_window = 4;
   o.budget_fraction = 0.8;
   // Gradients that change each step, so that the accumulators of every step matter.
   const auto run = [](spectrum_model<T>& m, Opt<T>& opt, int from, int to) {
@@ -480,17 +480,17 @@ TEMPLATE_TEST_CASE("budget misuse is refused with a message naming the value, an
     CHECK_FALSE(opt.has_ns_budget());
     CHECK(opt.ns_steps(orthopt::param_id{0}) == 5);
   };
-  bad([](auto& o) { o.observe_steps = 0; }, "observe_steps = 0");
+  bad([](auto& o) { o.observe_window = 0; }, "observe_window = 0");
   bad([](auto& o) { o.observe_ns_steps = 65; }, "observe_ns_steps = 65");
   bad([](auto& o) { o.residual_target = -1; }, "residual_target = -1");
   bad([](auto& o) { o.residual_target = std::nan(""); }, "residual_target = nan");
-  bad([](auto& o) { o.min_steps = 0; }, "min_steps = 0");
-  bad([](auto& o) { o.max_steps = 3, o.min_steps = 4; }, "max_steps = 3 is below min_steps = 4");
+  bad([](auto& o) { o.min_ns_steps = 0; }, "min_ns_steps = 0");
+  bad([](auto& o) { o.max_ns_steps = 3, o.min_ns_steps = 4; }, "max_ns_steps = 3 is below min_ns_steps = 4");
   bad([](auto& o) { o.budget_fraction = 0; }, "budget_fraction = 0");
   bad([](auto& o) { o.start_step = -1; }, "start_step = -1");
   bad([](auto& o) { o.roles = {{"", false}}; }, "a role pattern is empty");
-  bad([](auto& o) { o.min_steps = 6; }, "min_steps = 6 for 2 matrices costs 12 iterations per step, above the budget of 10");
-  bad([](auto& o) { o.observe_ns_steps = 3, o.min_steps = 4; }, "'a' would have max_steps = 3 below min_steps = 4");
+  bad([](auto& o) { o.min_ns_steps = 6; }, "min_ns_steps = 6 for 2 matrices costs 12 iterations per step, above the budget of 10");
+  bad([](auto& o) { o.observe_ns_steps = 3, o.min_ns_steps = 4; }, "'a' would have max_ns_steps = 3 below min_ns_steps = 4");
 
   // No Newton–Schulz parameter at all.
   Opt<T> adamw_only;
@@ -543,7 +543,7 @@ TEMPLATE_TEST_CASE("with the budget's parameters, a Muon step still matches a pl
   };
   auto a = make(a_model), b = make(b_model);
   orthopt::ns_budget_options bo;
-  bo.observe_steps = 1;
+  bo.observe_window = 1;
   a.set_ns_budget(bo);
   a_model.run(a, 1);
   b.set_ns_steps(orthopt::group_id{0}, 10);  // what the observation step ran

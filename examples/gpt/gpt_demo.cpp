@@ -818,7 +818,7 @@ int main(int argc, char** argv) try {
     if (!budgets.empty()) {
       const auto budget = budget_options(s.steps);
     md << "\nAdaptive Newton–Schulz budget (orthopt/ns_budget.hpp): observe steps " << budget.start_step
-         << "–" << budget.start_step + budget.observe_steps
+         << "–" << budget.start_step + budget.observe_window
          << ", then commit per-matrix counts that reach the residual target, within the uniform cost; observe again every "
          << budget.reobserve_every << " steps. The last commit of each seed-0 run:\n\n```\n"
          << budgets << "```\n";

@@ -65,7 +65,7 @@ class trainer_interface {
 inline orthopt::ns_budget_options budget_options(int steps) {
   orthopt::ns_budget_options o;
   o.start_step = std::max(1, steps / 20);
-  o.observe_steps = std::max(5, steps / 80);
+  o.observe_window = std::max(5, steps / 80);
   o.reobserve_every = std::max(10, steps / 4);
   o.budget_fraction = 1.0;
   o.spend_whole_budget = false;

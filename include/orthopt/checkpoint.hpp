@@ -260,11 +260,14 @@ void write_param_record(checkpoint_writer& w, const std::string& name, const Sta
   w.u32(ns != nullptr ? static_cast<std::uint32_t>(ns->steps()) : 0u);
 }
 
-/// The payload length of this optimizer's checkpoint in the current format version.
+/// The payload length of the checkpoint of the parameters whose states live in `reg` (all of an
+/// optimizer's; a distributed optimizer's rank: its own), in the current format version.
 template <class T, class Backend>
-std::uint64_t payload_bytes_of(const optimizer<T, Backend>& opt) {
+std::uint64_t payload_bytes_of(const param_registry<T, Backend>& reg) {
   std::uint64_t payload = payload_fixed_bytes;
-  for (std::size_t i = 0; i < opt.param_count(); ++i) payload += record_bytes_of(opt.param_name(param_id{i}), opt.state(param_id{i}));
+  for (std::size_t i = 0; i < reg.param_count(); ++i) {
+    if (reg.has_state(param_id{i})) payload += record_bytes_of(reg.param_name(param_id{i}), reg.state(param_id{i}));
+  }
   return payload;
 }
 /// Writes the checkpoint (save_checkpoint minus its error translation).
@@ -286,6 +289,12 @@ void save_checkpoint(const optimizer<T, Backend>& opt, std::ostream& out) {
     throw value_error(std::string("orthopt::save_checkpoint: writing to the stream failed (") + e.what() + ")");
   }
   if (!out) throw value_error("orthopt::save_checkpoint: writing to the stream failed");
+}
+/// The same, through a pointer (the signature a distributed optimizer's ranks use); value_error for nullptr.
+template <class T, class Backend>
+void save_checkpoint(const optimizer<T, Backend>& opt, std::ostream* out) {
+  if (out == nullptr) throw value_error("orthopt::save_checkpoint: the stream is nullptr");
+  save_checkpoint(opt, *out);
 }
 
 namespace detail {
@@ -466,7 +475,7 @@ inline parsed_checkpoint parse_checkpoint(const checkpoint_image& image) {
 /// Where each of an optimizer's parameters is in a parsed checkpoint, and its slots.
 template <class T, class Backend>
 struct checkpoint_load_plan {
-  using slot_list = decltype(std::declval<optimizer<T, Backend>&>().state(param_id{}).slots());
+  using slot_list = decltype(std::declval<param_state<T, Backend>&>().slots());
   std::vector<slot_list> targets;
   std::vector<std::size_t> source;
 };
@@ -506,12 +515,12 @@ void check_slot_values(const std::string& who, const parsed_slot& slot, const un
   }
 }
 
-/// Step 4: matches the checkpoint against the optimizer by name and checks every field, allocating
-/// what the copy needs. With `other_params_allowed` the checkpoint may hold parameters the optimizer
-/// lacks (a distributed optimizer's shard: the caller checks those against the other ranks').
+/// Step 4: matches the checkpoint against the registered parameters by name and checks every field:
+/// each parameter's rule and shape, and, for the parameters whose states live in `opt` (has_state),
+/// every slot; allocates what the copy needs. `budget_set`: an adaptive budget will run the counts.
 template <class T, class Backend>
-checkpoint_load_plan<T, Backend> plan_checkpoint_load(optimizer<T, Backend>& opt, const checkpoint_image& image,
-                                                      const parsed_checkpoint& parsed, bool other_params_allowed) {
+checkpoint_load_plan<T, Backend> plan_checkpoint_load(param_registry<T, Backend>& opt, const checkpoint_image& image,
+                                                      const parsed_checkpoint& parsed, bool budget_set) {
   const std::uint32_t version = image.version;
   const std::vector<parsed_param>& params = parsed.params;
   // ---- 4. Match against the optimizer, by name.
@@ -530,7 +539,7 @@ checkpoint_load_plan<T, Backend> plan_checkpoint_load(optimizer<T, Backend>& opt
     }
   }
   for (const auto& p : params) {
-    if (!other_params_allowed && !opt.find_param(p.name)) {
+    if (!opt.find_param(p.name)) {
       load_fail_value("the checkpoint holds parameter '" + p.name + "', which the optimizer does not have");
     }
   }
@@ -545,13 +554,13 @@ checkpoint_load_plan<T, Backend> plan_checkpoint_load(optimizer<T, Backend>& opt
   using slot_list = typename checkpoint_load_plan<T, Backend>::slot_list;
   for (std::size_t i = 0; i < opt.param_count(); ++i) {
     const param_id id{i};
-    const auto& state = opt.state(id);
     source[i] = by_name.find(opt.param_name(id))->second;
     const parsed_param& p = params[source[i]];
     const std::string who = "parameter '" + p.name + "': ";
-    if (p.kind != static_cast<std::uint32_t>(state.kind())) {
+    const rule_kind kind = opt.group(opt.group_of(id)).kind();
+    if (p.kind != static_cast<std::uint32_t>(kind)) {
       load_fail_value(who + "rule in the checkpoint = " + rule_code_name(p.kind) + " (" +
-                      std::to_string(p.kind) + "), in the optimizer = " + rule_name(state.kind()));
+                      std::to_string(p.kind) + "), in the optimizer = " + rule_name(kind));
     }
     const auto check_extent = [&](const char* field, std::uint64_t saved, index_t have) {
       if (saved != static_cast<std::uint64_t>(have)) {
@@ -559,9 +568,15 @@ checkpoint_load_plan<T, Backend> plan_checkpoint_load(optimizer<T, Backend>& opt
                         std::to_string(have));
       }
     };
-    check_extent("rows", p.rows, state.rows());
-    check_extent("cols", p.cols, state.cols());
-    check_extent("count", p.count, state.count());
+    const batch_view<T> param = opt.param_view(id);
+    check_extent("rows", p.rows, param.rows());
+    check_extent("cols", p.cols, param.cols());
+    check_extent("count", p.count, param.count);
+    if (!opt.has_state(id)) continue;  // its owner checks the slots
+    const auto& state = opt.state(id);
+    if (state.kind() != kind) {
+      load_fail_value(who + "its state was made by " + rule_name(state.kind()) + " but its group now runs " + rule_name(kind));
+    }
     targets[i] = opt.state(id).slots();
     if (version < 2) {  // version 1 has no ns_observation slot: those accumulators are left as they are
       std::erase_if(targets[i], [](const auto& slot) { return std::string_view(slot.name) == "ns_observation"; });
@@ -597,8 +612,7 @@ checkpoint_load_plan<T, Backend> plan_checkpoint_load(optimizer<T, Backend>& opt
                         (ns != nullptr ? ", but the optimizer's state runs Newton–Schulz"
                                        : ", but the optimizer's state has no Newton–Schulz plan"));
       }
-      const bool restricted = ns != nullptr && (ns->records_residuals() || ns->stop_tolerance() > 0.0 ||
-                                                opt.has_ns_budget());
+      const bool restricted = ns != nullptr && (ns->records_residuals() || ns->stop_tolerance() > 0.0 || budget_set);
       if (p.ns_steps > static_cast<std::uint32_t>(std::numeric_limits<int>::max()) ||
           (restricted && p.ns_steps > static_cast<std::uint32_t>(ns_max_recorded_steps))) {
         load_fail_value(who + "Newton–Schulz step count in the checkpoint = " + std::to_string(p.ns_steps) +
@@ -611,9 +625,10 @@ checkpoint_load_plan<T, Backend> plan_checkpoint_load(optimizer<T, Backend>& opt
   return plan;
 }
 
-/// Step 5: copies the checkpoint into the optimizer (every check has passed).
+/// Step 5: copies the checkpoint into the states that live in `opt` and sets the step count (every
+/// check has passed).
 template <class T, class Backend>
-void commit_checkpoint_load(optimizer<T, Backend>& opt, const checkpoint_image& image, const parsed_checkpoint& parsed,
+void commit_checkpoint_load(param_registry<T, Backend>& opt, const checkpoint_image& image, const parsed_checkpoint& parsed,
                             const checkpoint_load_plan<T, Backend>& plan) {
   const std::vector<unsigned char>& payload = image.payload;
   const std::vector<parsed_param>& params = parsed.params;
@@ -624,6 +639,7 @@ void commit_checkpoint_load(optimizer<T, Backend>& opt, const checkpoint_image& 
   std::vector<unsigned char> swapped;  // big-endian hosts only
   for (std::size_t i = 0; i < opt.param_count(); ++i) {
     const param_id id{i};
+    if (!opt.has_state(id)) continue;
     const detail::parsed_param& p = params[source[i]];
     opt.state(id).set_step(static_cast<std::int64_t>(p.step));
     if (p.ns_steps != 0) opt.state(id).ns_plan()->set_steps(static_cast<int>(p.ns_steps));
@@ -643,8 +659,6 @@ void commit_checkpoint_load(optimizer<T, Backend>& opt, const checkpoint_image& 
     }
   }
   opt.set_steps_taken(static_cast<std::int64_t>(parsed.steps_taken));
-  opt.restore_ns_budget_phase(static_cast<ns_budget_phase>(parsed.budget_phase),
-                              static_cast<std::int64_t>(parsed.budget_phase_start));
 }
 }  // namespace detail
 
@@ -654,8 +668,16 @@ template <class T, class Backend>
 void load_checkpoint(optimizer<T, Backend>& opt, std::istream& in) {
   const detail::checkpoint_image image = detail::read_checkpoint_image<T>(in, detail::payload_bytes_of(opt));
   const detail::parsed_checkpoint parsed = detail::parse_checkpoint(image);
-  const auto plan = detail::plan_checkpoint_load(opt, image, parsed, false);
+  const auto plan = detail::plan_checkpoint_load(opt, image, parsed, opt.has_ns_budget());
   detail::commit_checkpoint_load(opt, image, parsed, plan);
+  opt.restore_ns_budget_phase(static_cast<ns_budget_phase>(parsed.budget_phase),
+                              static_cast<std::int64_t>(parsed.budget_phase_start));
+}
+/// The same, through a pointer (the signature a distributed optimizer's ranks use); value_error for nullptr.
+template <class T, class Backend>
+void load_checkpoint(optimizer<T, Backend>& opt, std::istream* in) {
+  if (in == nullptr) throw value_error("orthopt::load_checkpoint: the stream is nullptr");
+  load_checkpoint(opt, *in);
 }
 
 }  // namespace orthopt

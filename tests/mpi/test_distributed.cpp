@@ -151,7 +151,7 @@ std::vector<unsigned char> bytes_of(const model<T>& m) {
 
 /// Every state byte of a single-process optimizer's parameter `name`.
 template <class T>
-std::vector<unsigned char> state_bytes(const orthopt::optimizer<T, backend>& opt, std::size_t index) {
+std::vector<unsigned char> state_bytes(const orthopt::param_registry<T, backend>& opt, std::size_t index) {
   std::vector<unsigned char> out;
   const auto& s = opt.state(orthopt::param_id{index});
   const std::int64_t t = s.step();
@@ -167,8 +167,9 @@ std::vector<unsigned char> state_bytes(const orthopt::optimizer<T, backend>& opt
 template <class T>
 std::vector<unsigned char> snapshot(const orthopt::distributed_optimizer<T, backend>& opt, const model<T>& m) {
   std::vector<unsigned char> out = bytes_of(m);
-  for (std::size_t k = 0; k < opt.local().param_count(); ++k) {
-    const auto s = state_bytes(opt.local(), k);
+  for (std::size_t k = 0; k < opt.param_count(); ++k) {
+    if (!opt.has_state(orthopt::param_id{k})) continue;
+    const auto s = state_bytes(opt, k);
     out.insert(out.end(), s.begin(), s.end());
   }
   const std::int64_t n = opt.steps_taken();
@@ -221,8 +222,7 @@ int compare_trajectories(const rule_case& c, orthopt::gradient_averaging averagi
     if (std::memcmp(dm.values[t].data(), rm.values[t].data(), dm.values[t].size() * sizeof(T)) != 0) ++differences;
   }
   for (std::size_t i = 0; i < dist.param_count(); ++i) {
-    const auto k = dist.local_index(orthopt::param_id{i});
-    if (k >= 0 && state_bytes(dist.local(), static_cast<std::size_t>(k)) != state_bytes(ref, i)) ++differences;
+    if (dist.has_state(orthopt::param_id{i}) && state_bytes(dist, i) != state_bytes(ref, i)) ++differences;
   }
   if (dist.steps_taken() != ref.steps_taken()) ++differences;
   return differences;
@@ -308,8 +308,13 @@ TEST_CASE("ownership is balanced, identical on every rank, and state lives on th
   CHECK(testing::all_ranks_sum(mine) == static_cast<std::int64_t>(single));
   CHECK(testing::all_ranks_sum(static_cast<std::int64_t>(mem.params_owned)) == static_cast<std::int64_t>(ref.param_count()));
   std::size_t owned_here = 0;
-  for (std::size_t i = 0; i < dist.param_count(); ++i) owned_here += dist.owns(orthopt::param_id{i}) ? 1 : 0;
-  CHECK(owned_here == dist.local().param_count());
+  std::size_t states_here = 0;
+  for (std::size_t i = 0; i < dist.param_count(); ++i) {
+    owned_here += dist.owns(orthopt::param_id{i}) ? 1 : 0;
+    states_here += dist.has_state(orthopt::param_id{i}) ? 1 : 0;
+  }
+  CHECK(owned_here == states_here);
+  CHECK(owned_here == mem.params_owned);
   if (P == 1) CHECK(mem.state_bytes == single);
   std::printf("rank %d of %d: %zu parameters, state %llu bytes of %llu (%.1f%%), staging %llu bytes\n", comm.rank(), P,
               mem.params_owned, static_cast<unsigned long long>(mem.state_bytes), static_cast<unsigned long long>(single),
@@ -497,7 +502,7 @@ TEST_CASE("checkpoints: saved on every rank count, resumed on fewer ranks and in
     CHECK(bytes_of(m) == bytes_of(at_k));
     std::ofstream out;
     if (comm.rank() == 0) out.open(path, std::ios::binary);
-    dist.save_checkpoint(comm.rank() == 0 ? &out : nullptr);
+    orthopt::save_checkpoint(dist, comm.rank() == 0 ? &out : nullptr);
   }
 
   // Resume on sub-groups of 1, 2 and P ranks.
@@ -513,7 +518,7 @@ TEST_CASE("checkpoints: saved on every rank count, resumed on fewer ranks and in
       register_model(dist, m, c);
       std::ifstream in;
       if (sub->rank() == 0) in.open(path, std::ios::binary);
-      dist.load_checkpoint(sub->rank() == 0 ? &in : nullptr);
+      orthopt::load_checkpoint(dist, sub->rank() == 0 ? &in : nullptr);
       for (std::int64_t s = k; s < N; ++s) {
         m.fill_gradients(s);
         const auto g = m.gradient_list();
@@ -558,7 +563,7 @@ TEST_CASE("checkpoints: saved on every rank count, resumed on fewer ranks and in
     orthopt::distributed_optimizer<float, backend> dist(comm);
     register_model(dist, m2, c);
     std::istringstream in3(bytes);
-    dist.load_checkpoint(comm.rank() == 0 ? &in3 : nullptr);
+    orthopt::load_checkpoint(dist, comm.rank() == 0 ? &in3 : nullptr);
     for (std::int64_t s = k; s < N; ++s) {
       m2.fill_gradients(s);
       const auto g = m2.gradient_list();
@@ -582,7 +587,7 @@ TEST_CASE("checkpoints: saved on every rank count, resumed on fewer ranks and in
     std::istringstream damaged(file);
     int refused = 0;
     try {
-      dist.load_checkpoint(comm.rank() == 0 ? &damaged : nullptr);
+      orthopt::load_checkpoint(dist, comm.rank() == 0 ? &damaged : nullptr);
     } catch (const orthopt::value_error& e) {
       refused = std::string(e.what()).find("checksum") != std::string::npos ? 1 : 2;
     }
@@ -601,7 +606,7 @@ TEST_CASE("checkpoints: saved on every rank count, resumed on fewer ranks and in
     std::istringstream wrong(out.str());
     refused = 0;
     try {
-      dist.load_checkpoint(comm.rank() == 0 ? &wrong : nullptr);
+      orthopt::load_checkpoint(dist, comm.rank() == 0 ? &wrong : nullptr);
     } catch (const orthopt::value_error& e) {
       refused = 1;
     }
@@ -630,4 +635,79 @@ TEST_CASE("registration errors name the offending values and leave the optimizer
   std::vector<orthopt::batch_view<const float>> aliased{m.param(1).as_const_batch()};
   CHECK_THROWS_WITH(dist.step(aliased), Catch::Contains("shares memory with parameter 'a'"));
   CHECK(dist.steps_taken() == 0);
+}
+
+TEST_CASE("the per-parameter API is the single-process optimizer's, before and after finalize", "[mpi]") {
+  // Both optimizers are the same parameter registry: Newton–Schulz counts per parameter and per group,
+  // in-call stopping and residual recording are set before finalize() and reach the owners' states;
+  // the trajectory then equals the single-process optimizer's with the same settings, bit for bit.
+  auto& comm = testing::world();
+  const rule_case c = make_case<orthopt::muon>("muon keller", orthopt::muon_presets::keller());
+  model<double> dm, rm;
+  orthopt::distributed_optimizer<double, backend> dist(comm, {orthopt::gradient_averaging::none, std::size_t{4096}});
+  orthopt::optimizer<double, backend> ref;
+  register_model(dist, dm, c);
+  register_model(ref, rm, c);
+  const auto hidden = *dist.find_group("hidden");
+  const auto fc = *dist.find_param("blocks.0.mlp.fc.weight");
+  const auto head = *dist.find_param("lm_head.weight");
+  for (auto* opt : std::initializer_list<orthopt::param_registry<double, backend>*>{&dist, &ref}) {
+    opt->set_ns_steps(hidden, 4);
+    opt->set_ns_steps(fc, 7);
+    opt->set_ns_stop_tolerance(hidden, 1e-3);
+    opt->record_ns_residuals(hidden, true);
+  }
+  const int fc_steps_before = dist.ns_steps(fc);
+  const int qkv_steps_before = dist.ns_steps(*dist.find_param("blocks.0.attn.qkv.weight"));
+  std::string head_refusal;
+  try {
+    (void)dist.ns_steps(head);
+  } catch (const orthopt::value_error& e) {
+    head_refusal = e.what();
+  }
+  const bool routing_same = dist.routing_table() == ref.routing_table();
+  const bool state_before = dist.has_state(fc);
+  for (std::int64_t s = 0; s < 3; ++s) {
+    dm.fill_gradients(s);
+    rm.fill_gradients(s);
+    const auto dg = dm.gradient_list();
+    const auto rg = rm.gradient_list();
+    dist.step(dg);
+    ref.step(rg);
+  }
+  int differences = 0;
+  for (std::size_t t = 0; t < dm.values.size(); ++t) {
+    if (std::memcmp(dm.values[t].data(), rm.values[t].data(), dm.values[t].size() * sizeof(double)) != 0) ++differences;
+  }
+  int owned_checked = 0, residuals_recorded = 0;
+  std::string foreign_refusal;
+  bool saw_foreign = false;
+  for (std::size_t i = 0; i < dist.param_count(); ++i) {
+    const orthopt::param_id p{i};
+    if (!dist.owns(p)) {
+      saw_foreign = true;
+      try {
+        (void)dist.state(p);
+      } catch (const orthopt::value_error& e) {
+        foreign_refusal = e.what();
+      }
+      continue;
+    }
+    ++owned_checked;
+    if (state_bytes(dist, i) != state_bytes(ref, i)) ++differences;
+    if (dist.group_of(p) == hidden) {
+      if (dist.state(p).ns_plan()->steps() != ref.state(p).ns_plan()->steps()) ++differences;
+      if (dist.ns_residuals(p) != ref.ns_residuals(p)) ++differences;
+      residuals_recorded += dist.ns_residuals(p).empty() ? 0 : 1;
+    }
+  }
+  CHECK(differences == 0);
+  CHECK(fc_steps_before == 7);
+  CHECK(qkv_steps_before == 4);
+  CHECK_THAT(head_refusal, Catch::Contains("lm_head.weight") && Catch::Contains("without a Newton–Schulz plan"));
+  CHECK(routing_same);
+  CHECK_FALSE(state_before);
+  CHECK(testing::all_ranks_sum(owned_checked) == static_cast<std::int64_t>(dist.param_count()));
+  CHECK(testing::all_ranks_sum(residuals_recorded) >= 1);
+  if (saw_foreign) CHECK_THAT(foreign_refusal, Catch::Contains("does not live here"));
 }

@@ -94,19 +94,6 @@ struct distributed_memory {
 
 namespace detail {
 
-/// The ownership cost of one parameter per step, in multiply-adds: what the assignment balances.
-/// Newton–Schulz on an m×n matrix (m ≤ n) costs, per iteration, the Gram X·Xᵀ (m²n), its square (m³) and
-/// the product with X (m²n): steps·(2m²n + m³). The exact polar factor (SVD) is counted as 20·m²n, a
-/// one-sided Jacobi SVD's few sweeps. Every rule adds about 10 element-wise passes over the matrix
-/// (momentum, moments, update), which is all AdamW costs.
-inline double ownership_cost(rule_kind kind, bool exact, int ns_steps, index_t rows, index_t cols, index_t count) {
-  const double m = static_cast<double>(std::min(rows, cols));
-  const double n = static_cast<double>(std::max(rows, cols));
-  double per_matrix = 10.0 * m * n;
-  if (kind != rule_kind::adamw) per_matrix += exact ? 20.0 * m * m * n : ns_steps * (2.0 * m * m * n + m * m * m);
-  return per_matrix * static_cast<double>(count);
-}
-
 /// Largest cost first onto the least-loaded rank (ties: the earlier parameter, the lower rank): the
 /// longest-processing-time rule, within 4/3 of the best possible maximum load.
 inline std::vector<int> assign_owners(std::span<const double> costs, int ranks) {
@@ -164,22 +151,36 @@ inline constexpr std::size_t collective_chunk = std::size_t{1} << 30;
 }  // namespace detail
 
 template <class T, class Backend>
-class distributed_optimizer {
+class distributed_optimizer;
+template <class T, class Backend>
+void save_checkpoint(distributed_optimizer<T, Backend>& opt, std::ostream* out, int root = 0);
+template <class T, class Backend>
+void load_checkpoint(distributed_optimizer<T, Backend>& opt, std::istream* in, int root = 0);
+
+/// The data-parallel optimizer: the parameter registry (orthopt/param_registry.hpp) — the same groups,
+/// parameters, routing and Newton–Schulz settings as orthopt::optimizer, with the same members — whose
+/// states live on the owning ranks, a collective step, and collective checkpoints.
+template <class T, class Backend>
+class distributed_optimizer : public param_registry<T, Backend> {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
                 "orthopt::distributed_optimizer: the collectives carry float or double parameters");
+  using registry = param_registry<T, Backend>;
 
  public:
-  using value_type = T;
-  using backend_type = Backend;
-  using local_optimizer = optimizer<T, Backend>;
-  using rule_type = any_rule<T, Backend>;
-  using group_type = param_group<T, Backend>;
-  using gradient_view = batch_view<const T>;
+  using typename registry::gradient_view;
+  using typename registry::group_type;
+  using typename registry::rule_type;
+  using typename registry::state_type;
 
   /// `comm` is borrowed: it must outlive the optimizer. `be` holds the staging buffers and runs the
   /// packing copies (each rule keeps its own backend handle).
   explicit distributed_optimizer(communicator& comm, distributed_options options = {}, const Backend& be = Backend{})
-      : comm_(&comm), options_(options), be_(be), rank_(comm.rank()), ranks_(comm.size()) {
+      : registry("orthopt::distributed_optimizer", /*states_at_registration=*/false),
+        comm_(&comm),
+        options_(options),
+        be_(be),
+        rank_(comm.rank()),
+        ranks_(comm.size()) {
     if (ranks_ < 1 || rank_ < 0 || rank_ >= ranks_) {
       throw value_error("orthopt::distributed_optimizer: the communicator reports rank " + std::to_string(rank_) +
                         " of " + std::to_string(ranks_));
@@ -194,58 +195,20 @@ class distributed_optimizer {
   distributed_optimizer(distributed_optimizer&&) noexcept = default;
   distributed_optimizer& operator=(distributed_optimizer&&) noexcept = default;
 
-  // ---- Setup: identical on every rank, before finalize() ------------------------------------------
-
-  /// A new group (see optimizer::add_group). Local: every rank must make the same groups in order.
-  group_id add_group(std::string name, rule_type rule, lr_schedule schedule = constant_schedule{}) {
-    refuse_after_finalize("add_group");
-    return local_.add_group(std::move(name), std::move(rule), std::move(schedule));
-  }
-
-  /// Register a parameter with a group (see optimizer::add_param). Local: every rank registers the same
-  /// parameters in the same order. Its state is made at finalize(), on its owner only.
-  param_id add_param(std::string name, group_id g, batch_view<T> param) {
-    return add_param_impl(std::move(name), g, param, route_reason::explicit_group, "registered with this group");
-  }
-  param_id add_param(std::string name, group_id g, matrix_view<T> param) {
-    return add_param(std::move(name), g, as_batch(param));
-  }
-  param_id add_param(std::string name, batch_view<T> param, const param_router& router) {
-    check_group(router.matrix_group, "add_param (router's matrix group)");
-    check_group(router.adamw_group, "add_param (router's AdamW group)");
-    if (local_.group(router.adamw_group).kind() != rule_kind::adamw) {
-      throw value_error("orthopt::distributed_optimizer::add_param: the router's AdamW group '" +
-                        local_.group(router.adamw_group).name + "' runs " +
-                        rule_name(local_.group(router.adamw_group).kind()) + ", not adamw");
-    }
-    route_decision d = router.decide(name, param.rows(), param.cols());
-    return add_param_impl(std::move(name), d.group, param, d.reason, std::move(d.why));
-  }
-  param_id add_param(std::string name, matrix_view<T> param, const param_router& router) {
-    return add_param(std::move(name), as_batch(param), router);
-  }
-
-  /// Bind the gradient step() reads for p (local; see optimizer::bind_gradient).
-  void bind_gradient(param_id p, gradient_view grad) {
-    check_param(p, "bind_gradient");
-    entries_[p.index].bound = grad;
-  }
-  void bind_gradient(param_id p, const_matrix_view<T> grad) { bind_gradient(p, as_batch(grad)); }
-  /// A gradient view with the parameter's shape and strides at `data`.
-  [[nodiscard]] gradient_view gradient_like(param_id p, const T* data) const {
-    check_param(p, "gradient_like");
-    return detail::view_like(entries_[p.index].param, data);
-  }
+  // Setup is the registry's (add_group, add_param, bind_gradient, set_ns_steps, …): local calls that
+  // every rank makes alike, in the same order, before finalize(). Newton–Schulz settings made before
+  // finalize() are part of the ownership costs and take effect on the owners' states.
 
   /// Collective. Verifies that every rank registered the same groups and parameters (a fingerprint),
   /// assigns owners, makes the owned parameters' states and the staging buffers. The first step(),
-  /// save or load calls it; call it yourself to set per-parameter options (set_ns_steps) before the
-  /// first step. All-or-nothing across ranks; later calls do nothing.
+  /// save or load calls it. All-or-nothing across ranks; later calls do nothing. add_group and
+  /// add_param are refused after it.
   void finalize() {
     if (finalized_) return;
     const char* who = "orthopt::distributed_optimizer::finalize";
-    std::vector<double> costs(entries_.size());
-    for (std::size_t i = 0; i < entries_.size(); ++i) costs[i] = cost_of(entries_[i]);
+    const std::size_t n = this->params_.size();
+    std::vector<double> costs(n);
+    for (std::size_t i = 0; i < n; ++i) costs[i] = cost_of(i);
     const std::vector<int> owners = detail::assign_owners(costs, ranks_);
 
     // 1. The same registration everywhere: one allreduce(max) of the fingerprint and its complement
@@ -260,32 +223,33 @@ class distributed_optimizer {
                         " on rank " + std::to_string(rank_) + "); every rank must register the same model");
     }
 
-    // 2. The owned parameters' states, the buckets and the staging buffers. On failure the owned
-    //    parameters are dropped again, so the optimizer is as it was.
+    // 2. The owned parameters' states, the buckets and the staging buffers. On failure the states are
+    //    dropped again, so the optimizer is as it was.
     std::exception_ptr failure;
+    std::vector<placement> where(n);
     layout plan;
     try {
-      for (std::size_t i = 0; i < entries_.size(); ++i) {
-        if (owners[i] != rank_) continue;
-        const entry& e = entries_[i];
-        local_.add_param_impl(e.name, e.group, e.param, e.reason, e.why);
+      for (std::size_t i = 0; i < n; ++i) {
+        if (owners[i] == rank_) this->make_state(i);
       }
-      plan = make_layout(owners);
+      plan = make_layout(owners, costs, where);
     } catch (...) {
       failure = std::current_exception();
     }
     try {
       agree(failure, who);
     } catch (...) {
-      local_.params_.clear();
+      this->drop_states();
       throw;
     }
     layout_ = std::move(plan);
-    for (std::size_t i = 0; i < entries_.size(); ++i) {
-      entries_[i].owner = owners[i];
-      entries_[i].cost = costs[i];
-    }
+    placement_ = std::move(where);
     finalized_ = true;
+    this->groups_closed_ =
+        "the optimizer is finalized (by finalize(), a step, save or load); register every group and parameter before";
+    this->params_closed_ =
+        "comes after finalize(): the optimizer is finalized (by finalize(), a step, save or load); register every "
+        "group and parameter before";
   }
   [[nodiscard]] bool finalized() const noexcept { return finalized_; }
 
@@ -296,10 +260,10 @@ class distributed_optimizer {
   void step(std::span<const gradient_view> gradients) {
     finalize();
     std::exception_ptr failure;
-    if (gradients.size() != entries_.size()) {
+    if (gradients.size() != this->params_.size()) {
       failure = std::make_exception_ptr(value_error("orthopt::distributed_optimizer::step: " +
                                                     std::to_string(gradients.size()) + " gradients for " +
-                                                    std::to_string(entries_.size()) + " parameters; nothing was changed"));
+                                                    std::to_string(this->params_.size()) + " parameters; nothing was changed"));
       step_impl(failure, [](std::size_t) { return gradient_view{}; });
       return;
     }
@@ -309,14 +273,14 @@ class distributed_optimizer {
   void step() {
     finalize();
     std::exception_ptr failure;
-    for (const entry& e : entries_) {
-      if (e.bound.count == 0) {
+    for (const auto& e : this->params_) {
+      if (e.bound_gradient.count == 0) {
         failure = std::make_exception_ptr(value_error("orthopt::distributed_optimizer::step: parameter '" + e.name +
                                                       "' has no bound gradient; nothing was changed"));
         break;
       }
     }
-    step_impl(failure, [this](std::size_t i) { return entries_[i].bound; });
+    step_impl(failure, [this](std::size_t i) { return this->params_[i].bound_gradient; });
   }
 
   // ---- Inspection ------------------------------------------------------------------------------
@@ -324,66 +288,22 @@ class distributed_optimizer {
   [[nodiscard]] int rank() const noexcept { return rank_; }
   [[nodiscard]] int ranks() const noexcept { return ranks_; }
   [[nodiscard]] const distributed_options& options() const noexcept { return options_; }
-  [[nodiscard]] std::size_t param_count() const noexcept { return entries_.size(); }
-  [[nodiscard]] std::size_t group_count() const noexcept { return local_.group_count(); }
-  /// A group's rule, lr and schedule. Changes must be made identically on every rank (the next step
-  /// checks the groups' lrs on the owners only).
-  [[nodiscard]] group_type& group(group_id g) { return local_.group(g); }
-  [[nodiscard]] const group_type& group(group_id g) const { return local_.group(g); }
-  [[nodiscard]] std::optional<group_id> find_group(std::string_view name) const { return local_.find_group(name); }
-  [[nodiscard]] std::optional<param_id> find_param(std::string_view name) const {
-    for (std::size_t i = 0; i < entries_.size(); ++i)
-      if (entries_[i].name == name) return param_id{i};
-    return std::nullopt;
-  }
-  [[nodiscard]] const std::string& param_name(param_id p) const {
-    check_param(p, "param_name");
-    return entries_[p.index].name;
-  }
-  [[nodiscard]] batch_view<T> param_view(param_id p) const {
-    check_param(p, "param_view");
-    return entries_[p.index].param;
-  }
-  [[nodiscard]] group_id group_of(param_id p) const {
-    check_param(p, "group_of");
-    return entries_[p.index].group;
-  }
-  [[nodiscard]] std::int64_t steps_taken() const noexcept { return local_.steps_taken(); }
-  /// Set the completed step count (local: on every rank alike).
-  void set_steps_taken(std::int64_t n) { local_.set_steps_taken(n); }
-  [[nodiscard]] double next_lr(group_id g) const { return local_.next_lr(g); }
 
-  /// The rank that owns p (finalize() first).
+  /// The rank that owns p (finalize() first). Its state lives there only (has_state, state).
   [[nodiscard]] int owner(param_id p) const {
-    check_param(p, "owner");
+    this->check_param(p, "owner");
     require_finalized("owner");
-    return entries_[p.index].owner;
+    return placement_[p.index].owner;
   }
   [[nodiscard]] bool owns(param_id p) const { return owner(p) == rank_; }
   /// Every parameter's owner and cost, in registration order (finalize() first).
   [[nodiscard]] std::vector<ownership_record> ownership() const {
     require_finalized("ownership");
     std::vector<ownership_record> out;
-    out.reserve(entries_.size());
-    for (const entry& e : entries_) out.push_back({e.name, e.owner, e.cost, e.param.rows(), e.param.cols(), e.param.count});
-    return out;
-  }
-  /// The owned parameters' optimizer: their states (state(local id)), Newton–Schulz plans and
-  /// residuals. Its parameter k is the k-th owned parameter in registration order (local_index()).
-  [[nodiscard]] const local_optimizer& local() const noexcept { return local_; }
-  /// p's index in local(), or -1 when another rank owns it.
-  [[nodiscard]] std::ptrdiff_t local_index(param_id p) const {
-    check_param(p, "local_index");
-    require_finalized("local_index");
-    return entries_[p.index].owner == rank_ ? static_cast<std::ptrdiff_t>(entries_[p.index].local) : -1;
-  }
-  /// For every parameter, in registration order: its group, rule and why (see optimizer::routing).
-  [[nodiscard]] std::vector<route_record> routing() const {
-    std::vector<route_record> out;
-    out.reserve(entries_.size());
-    for (const entry& e : entries_) {
-      const group_type& g = local_.group(e.group);
-      out.push_back({e.name, g.name, g.kind(), e.reason, e.why, e.param.rows(), e.param.cols(), e.param.count});
+    out.reserve(this->params_.size());
+    for (std::size_t i = 0; i < this->params_.size(); ++i) {
+      const auto& e = this->params_[i];
+      out.push_back({e.name, placement_[i].owner, placement_[i].cost, e.param.rows(), e.param.cols(), e.param.count});
     }
     return out;
   }
@@ -391,16 +311,16 @@ class distributed_optimizer {
   [[nodiscard]] distributed_memory memory() const {
     require_finalized("memory");
     distributed_memory m;
-    for (std::size_t k = 0; k < local_.param_count(); ++k) {
-      for (const auto& s : local_.state(param_id{k}).slots()) m.state_bytes += s.element_bytes * s.elements;
-      m.matrices_owned += local_.state(param_id{k}).count();
+    for (std::size_t i = 0; i < this->params_.size(); ++i) {
+      m.cost_total += placement_[i].cost;
+      const auto& e = this->params_[i];
+      if (!e.state) continue;
+      for (const auto& s : e.state->slots()) m.state_bytes += s.element_bytes * s.elements;
+      m.matrices_owned += e.state->count();
+      m.params_owned += 1;
+      m.cost_owned += placement_[i].cost;
     }
-    m.params_owned = local_.param_count();
     m.staging_bytes = (averaged_.size() + send_.size() + recv_.size()) * sizeof(T);
-    for (const entry& e : entries_) {
-      m.cost_total += e.cost;
-      if (e.owner == rank_) m.cost_owned += e.cost;
-    }
     return m;
   }
   /// The collectives a step runs and the bytes this rank exchanges (the same every step; finalize() first).
@@ -409,49 +329,171 @@ class distributed_optimizer {
     return layout_.traffic;
   }
 
-  /// Newton–Schulz iterations per step for every parameter of group g (collective in effect: call it on
-  /// every rank alike, after finalize()). value_error when the group's rule does not run Newton–Schulz.
-  void set_ns_steps(group_id g, int steps) {
-    require_finalized("set_ns_steps");
-    check_group(g, "set_ns_steps");
-    if (!detail::rule_runs_newton_schulz(local_.group(g).rule)) {
-      throw value_error("orthopt::distributed_optimizer::set_ns_steps: group '" + local_.group(g).name + "' runs " +
-                        rule_name(local_.group(g).kind()) + " without Newton–Schulz");
-    }
-    if (steps < 1) {
-      throw value_error("orthopt::distributed_optimizer::set_ns_steps: steps = " + std::to_string(steps) +
-                        "; at least 1 is needed");
-    }
-    for (const entry& e : entries_) {
-      if (e.group == g && e.owner == rank_) local_.state(param_id{e.local}).ns_plan()->set_steps(steps);
-    }
+ private:
+  friend void save_checkpoint<T, Backend>(distributed_optimizer<T, Backend>&, std::ostream*, int);
+  friend void load_checkpoint<T, Backend>(distributed_optimizer<T, Backend>&, std::istream*, int);
+
+  /// Where a parameter lives in the collectives (made at finalize()).
+  struct placement {
+    int owner = 0;
+    double cost = 0.0;
+    std::size_t bucket = 0;         // of the owner's buckets
+    std::size_t offset = 0;         // elements into that bucket
+    std::size_t elements = 0;       // rows·cols·count
+    std::size_t stream_offset = 0;  // elements into the owner's stream (all its buckets in order)
+  };
+  /// Buckets and collective counts, identical on every rank (made at finalize()).
+  struct layout {
+    std::vector<std::vector<std::size_t>> owned;          // per rank: its parameters, registration order
+    std::vector<std::vector<std::size_t>> round_counts;   // per round: each rank's bucket size (elements)
+    std::vector<std::vector<std::size_t>> round_mine;     // per round: P copies of this rank's bucket size
+    std::vector<std::size_t> bucket_start;                // per round: this rank's bucket offset in its stream
+    std::size_t owned_elements = 0;
+    std::size_t send_elements = 0, recv_elements = 0;
+    distributed_traffic traffic;
+  };
+
+  /// Whether steps average: on one rank the average of one gradient is that gradient (x / 1 is exact),
+  /// so the host's views go to the rule directly, without staging or collectives.
+  [[nodiscard]] bool averages() const noexcept { return options_.averaging == gradient_averaging::average && ranks_ > 1; }
+
+  /// Parameter i's ownership cost: what its rule says a step costs (rule_base::step_cost) with the
+  /// parameter's Newton–Schulz count.
+  double cost_of(std::size_t i) const {
+    const auto& e = this->params_[i];
+    const int ns_steps = this->current_ns_steps(i);
+    return std::visit([&](const auto& r) { return r.step_cost(e.param.rows(), e.param.cols(), e.param.count, ns_steps); },
+                      this->groups_[e.group.index].rule);
   }
 
-  // ---- Checkpoints (collective) ------------------------------------------------------------------
+  /// FNV-1a over what every rank must agree on: the options, the groups' names and rules, every
+  /// parameter's name, group, shape and owner.
+  std::uint64_t fingerprint(const std::vector<int>& owners) const {
+    fnv1a64 h;
+    const auto add_u64 = [&](std::uint64_t v) { h.update(&v, sizeof v); };
+    const auto add_text = [&](const std::string& s) {
+      add_u64(s.size());
+      h.update(s.data(), s.size());
+    };
+    add_u64(static_cast<std::uint64_t>(ranks_));
+    add_u64(static_cast<std::uint64_t>(options_.averaging));
+    add_u64(options_.bucket_bytes);
+    add_u64(this->groups_.size());
+    for (const auto& g : this->groups_) {
+      add_text(g.name);
+      add_u64(static_cast<std::uint64_t>(g.kind()));
+    }
+    add_u64(this->params_.size());
+    for (std::size_t i = 0; i < this->params_.size(); ++i) {
+      const auto& e = this->params_[i];
+      add_text(e.name);
+      add_u64(e.group.index);
+      add_u64(static_cast<std::uint64_t>(e.param.rows()));
+      add_u64(static_cast<std::uint64_t>(e.param.cols()));
+      add_u64(static_cast<std::uint64_t>(e.param.count));
+      add_u64(static_cast<std::uint64_t>(owners[i]));
+    }
+    return h.value();
+  }
 
-  /// Writes one checkpoint of the whole optimizer to `out`, which only rank `root` uses (the others may
+  /// Buckets, rounds, staging sizes and the traffic of a step, from the owners; fills `where`.
+  /// Allocates the staging.
+  layout make_layout(const std::vector<int>& owners, const std::vector<double>& costs, std::vector<placement>& where) {
+    layout L;
+    const auto P = static_cast<std::size_t>(ranks_);
+    const auto me = static_cast<std::size_t>(rank_);
+    const std::size_t bucket_elements = std::max<std::size_t>(1, options_.bucket_bytes / sizeof(T));
+    L.owned.assign(P, {});
+    std::vector<std::vector<std::size_t>> bucket_sizes(P);
+    for (std::size_t i = 0; i < this->params_.size(); ++i) {
+      const auto r = static_cast<std::size_t>(owners[i]);
+      const auto& param = this->params_[i].param;
+      placement& e = where[i];
+      e.owner = owners[i];
+      e.cost = costs[i];
+      e.elements = static_cast<std::size_t>(param.rows() * param.cols() * param.count);
+      L.owned[r].push_back(i);
+      auto& buckets = bucket_sizes[r];
+      if (buckets.empty() || (buckets.back() > 0 && buckets.back() + e.elements > bucket_elements)) buckets.push_back(0);
+      e.bucket = buckets.size() - 1;
+      e.offset = buckets.back();
+      buckets.back() += e.elements;
+    }
+    std::size_t rounds = 0;
+    for (const auto& b : bucket_sizes) rounds = std::max(rounds, b.size());
+    L.round_counts.assign(rounds, std::vector<std::size_t>(P, 0));
+    L.round_mine.assign(rounds, std::vector<std::size_t>(P, 0));
+    L.bucket_start.assign(rounds, 0);
+    for (std::size_t r = 0; r < P; ++r) {
+      std::size_t start = 0;
+      for (std::size_t k = 0; k < bucket_sizes[r].size(); ++k) {
+        L.round_counts[k][r] = bucket_sizes[r][k];
+        if (r == me) L.bucket_start[k] = start;
+        start += bucket_sizes[r][k];
+      }
+      if (r == me) L.owned_elements = start;
+    }
+    for (std::size_t i = 0; i < where.size(); ++i) {
+      placement& e = where[i];
+      e.stream_offset = e.offset;
+      if (static_cast<std::size_t>(owners[i]) == me) e.stream_offset += L.bucket_start[e.bucket];
+    }
+    const bool averaging = averages();
+    const bool gathering = P > 1;
+    distributed_traffic& t = L.traffic;
+    t.collectives = averaging ? 2 : 1;
+    t.bytes_sent = t.bytes_received = static_cast<std::uint64_t>(t.collectives) * 8;
+    for (std::size_t k = 0; k < rounds; ++k) {
+      const auto& c = L.round_counts[k];
+      const std::size_t all = std::accumulate(c.begin(), c.end(), std::size_t{0});
+      std::fill(L.round_mine[k].begin(), L.round_mine[k].end(), c[me]);
+      if (averaging) {
+        L.send_elements = std::max(L.send_elements, all);
+        L.recv_elements = std::max(L.recv_elements, P * c[me]);
+        t.collectives += 1;
+        t.bytes_sent += (all - c[me]) * sizeof(T);
+        t.bytes_received += (P - 1) * c[me] * sizeof(T);
+      }
+      if (gathering) {
+        L.send_elements = std::max(L.send_elements, c[me]);
+        L.recv_elements = std::max(L.recv_elements, all);
+        t.collectives += 1;
+        t.bytes_sent += (P - 1) * c[me] * sizeof(T);
+        t.bytes_received += (all - c[me]) * sizeof(T);
+      }
+    }
+    averaged_ = be_.template allocate<T>(static_cast<index_t>(averaging ? std::max<std::size_t>(1, L.owned_elements) : 0));
+    send_ = be_.template allocate<T>(static_cast<index_t>(L.send_elements));
+    recv_ = be_.template allocate<T>(static_cast<index_t>(L.recv_elements));
+    return L;
+  }
+
+
+  /// save_checkpoint: writes one checkpoint of the whole optimizer to `out`, which only rank `root` uses (the others may
   /// pass nullptr). The file is exactly what optimizer's save_checkpoint writes for the same parameters
   /// (orthopt/checkpoint.hpp), so it loads into a distributed_optimizer on any number of ranks or into a
   /// single-process optimizer. Each rank serializes its own parameters; the root receives them rank by
   /// rank and writes them in registration order. Memory on the root: the whole checkpoint for the
   /// duration of the call; elsewhere, the rank's own records. A failure anywhere (a failing stream on
   /// the root) throws the same exception on every rank.
-  void save_checkpoint(std::ostream* out, int root = 0) {
+  void save_to(std::ostream* out, int root) {
     finalize();
-    const char* who = "orthopt::distributed_optimizer::save_checkpoint";
+    const char* who = "orthopt::save_checkpoint";
     check_root(root, who);
     std::exception_ptr failure;
     std::vector<unsigned char> mine;
-    std::vector<std::uint64_t> record_sizes(local_.param_count());
+    const std::vector<std::size_t>& owned_here = layout_.owned[static_cast<std::size_t>(rank_)];
+    std::vector<std::uint64_t> record_sizes(owned_here.size());
     try {
       if (rank_ == root && out == nullptr) throw value_error(std::string(who) + ": the root rank has no stream (nullptr)");
       detail::byte_vector_streambuf sink(mine);
       std::ostream records(&sink);
       detail::checkpoint_writer w(records);
       std::vector<unsigned char> staging;
-      for (std::size_t k = 0; k < local_.param_count(); ++k) {
+      for (std::size_t k = 0; k < owned_here.size(); ++k) {
         const std::size_t before = mine.size();
-        detail::write_param_record(w, local_.param_name(param_id{k}), local_.state(param_id{k}), staging);
+        const param_id p{owned_here[k]};
+        detail::write_param_record(w, this->param_name(p), this->state(p), staging);
         record_sizes[k] = mine.size() - before;
       }
     } catch (...) {
@@ -494,21 +536,18 @@ class distributed_optimizer {
     agree(failure, who);
   }
 
-  /// Replaces the state with a checkpoint read from `in` by rank `root` (the others may pass nullptr):
+  /// load_checkpoint: replaces the state with a checkpoint read from `in` by rank `root` (the others may pass nullptr):
   /// one written by save_checkpoint on any number of ranks, or by a single-process optimizer with the
   /// same parameters. The root reads and verifies it (orthopt/checkpoint.hpp), broadcasts the bytes,
   /// and every rank checks the whole checkpoint against the registration and takes the states of the
   /// parameters it owns: loading on another rank count reshards. All-or-nothing across ranks. Memory:
   /// every rank holds the checkpoint's bytes for the duration of the call.
-  void load_checkpoint(std::istream* in, int root = 0) {
+  void load_from(std::istream* in, int root) {
     finalize();
-    const char* who = "orthopt::distributed_optimizer::load_checkpoint";
+    const char* who = "orthopt::load_checkpoint";
     check_root(root, who);
     // The length this registration's checkpoint has: the sum of the owners' record lengths.
-    std::uint64_t expected = 0;
-    for (std::size_t k = 0; k < local_.param_count(); ++k) {
-      expected += detail::record_bytes_of(local_.param_name(param_id{k}), local_.state(param_id{k}));
-    }
+    std::uint64_t expected = detail::payload_bytes_of(*this) - detail::payload_fixed_bytes;
     comm_->allreduce(&expected, 1, element_kind::uint64, reduce_op::sum);
     expected += detail::payload_fixed_bytes;
 
@@ -539,212 +578,51 @@ class distributed_optimizer {
     detail::checkpoint_load_plan<T, Backend> plan;
     try {
       parsed = detail::parse_checkpoint(image);
-      check_against_registration(parsed);
-      plan = detail::plan_checkpoint_load(local_, image, parsed, true);
+      plan = detail::plan_checkpoint_load(*this, image, parsed, false);
     } catch (...) {
       failure = std::current_exception();
     }
     agree(failure, who);
-    detail::commit_checkpoint_load(local_, image, parsed, plan);
+    detail::commit_checkpoint_load(*this, image, parsed, plan);
   }
 
- private:
-  struct entry {
-    std::string name;
-    group_id group;
-    batch_view<T> param;
-    route_reason reason;
-    std::string why;
-    gradient_view bound{};
-    int owner = 0;
-    double cost = 0.0;
-    std::size_t local = 0;       // index in local_ on the owner
-    std::size_t bucket = 0;      // of the owner's buckets
-    std::size_t offset = 0;      // elements into that bucket
-    std::size_t elements = 0;    // rows·cols·count
-    std::size_t stream_offset = 0;  // elements into the owner's stream (all its buckets in order)
-  };
-  /// Buckets and collective counts, identical on every rank (made at finalize()).
-  struct layout {
-    std::vector<std::vector<std::size_t>> owned;          // per rank: its parameters, registration order
-    std::vector<std::vector<std::size_t>> round_counts;   // per round: each rank's bucket size (elements)
-    std::vector<std::vector<std::size_t>> round_mine;     // per round: P copies of this rank's bucket size
-    std::vector<std::size_t> bucket_start;                // per round: this rank's bucket offset in its stream
-    std::size_t owned_elements = 0;
-    std::size_t send_elements = 0, recv_elements = 0;
-    distributed_traffic traffic;
-  };
-
-  param_id add_param_impl(std::string name, group_id g, batch_view<T> param, route_reason reason, std::string why) {
-    const char* who = "orthopt::distributed_optimizer::add_param";
-    refuse_after_finalize("add_param");
-    check_group(g, "add_param");
-    if (name.empty()) throw value_error(std::string(who) + ": the parameter name is empty");
-    if (find_param(name)) throw value_error(std::string(who) + ": a parameter named '" + name + "' exists already");
-    detail::check_new_param(who, name, param, [this](auto&& visit) {
-      for (const entry& other : entries_) visit(other.name, other.param);
-    });
-    detail::checked_extent_product(who, "parameter '" + name + "'", param.rows(), param.cols(), param.count, sizeof(T));
-    entry e;
-    e.name = std::move(name);
-    e.group = g;
-    e.param = param;
-    e.reason = reason;
-    e.why = std::move(why);
-    e.elements = static_cast<std::size_t>(param.rows() * param.cols() * param.count);
-    entries_.push_back(std::move(e));
-    return {entries_.size() - 1};
-  }
-
-  /// Whether steps average: on one rank the average of one gradient is that gradient (x / 1 is exact),
-  /// so the host's views go to the rule directly, without staging or collectives.
-  [[nodiscard]] bool averages() const noexcept { return options_.averaging == gradient_averaging::average && ranks_ > 1; }
-
-  double cost_of(const entry& e) const {
-    return std::visit(
-        [&](auto& r) {
-          using R = std::decay_t<decltype(r)>;
-          if constexpr (R::kind == rule_kind::adamw) {
-            return detail::ownership_cost(R::kind, false, 0, e.param.rows(), e.param.cols(), e.param.count);
-          } else {
-            const auto& o = r.options().ortho;
-            return detail::ownership_cost(R::kind, o.exact, o.ns.steps, e.param.rows(), e.param.cols(), e.param.count);
-          }
-        },
-        local_.group(e.group).rule);
-  }
-
-  /// FNV-1a over what every rank must agree on: the options, the groups' names and rules, every
-  /// parameter's name, group, shape and owner.
-  std::uint64_t fingerprint(const std::vector<int>& owners) const {
-    fnv1a64 h;
-    const auto add_u64 = [&](std::uint64_t v) { h.update(&v, sizeof v); };
-    const auto add_text = [&](const std::string& s) {
-      add_u64(s.size());
-      h.update(s.data(), s.size());
-    };
-    add_u64(static_cast<std::uint64_t>(ranks_));
-    add_u64(static_cast<std::uint64_t>(options_.averaging));
-    add_u64(options_.bucket_bytes);
-    add_u64(local_.group_count());
-    for (std::size_t g = 0; g < local_.group_count(); ++g) {
-      add_text(local_.group(group_id{g}).name);
-      add_u64(static_cast<std::uint64_t>(local_.group(group_id{g}).kind()));
-    }
-    add_u64(entries_.size());
-    for (std::size_t i = 0; i < entries_.size(); ++i) {
-      const entry& e = entries_[i];
-      add_text(e.name);
-      add_u64(e.group.index);
-      add_u64(static_cast<std::uint64_t>(e.param.rows()));
-      add_u64(static_cast<std::uint64_t>(e.param.cols()));
-      add_u64(static_cast<std::uint64_t>(e.param.count));
-      add_u64(static_cast<std::uint64_t>(owners[i]));
-    }
-    return h.value();
-  }
-
-  /// Buckets, rounds, staging sizes and the traffic of a step, from the owners. Allocates the staging.
-  layout make_layout(const std::vector<int>& owners) {
-    layout L;
-    const auto P = static_cast<std::size_t>(ranks_);
-    const auto me = static_cast<std::size_t>(rank_);
-    const std::size_t bucket_elements = std::max<std::size_t>(1, options_.bucket_bytes / sizeof(T));
-    L.owned.assign(P, {});
-    std::vector<std::vector<std::size_t>> bucket_sizes(P);
-    for (std::size_t i = 0; i < entries_.size(); ++i) {
-      const auto r = static_cast<std::size_t>(owners[i]);
-      entry& e = entries_[i];
-      e.local = L.owned[r].size();
-      L.owned[r].push_back(i);
-      auto& buckets = bucket_sizes[r];
-      if (buckets.empty() || (buckets.back() > 0 && buckets.back() + e.elements > bucket_elements)) buckets.push_back(0);
-      e.bucket = buckets.size() - 1;
-      e.offset = buckets.back();
-      buckets.back() += e.elements;
-    }
-    std::size_t rounds = 0;
-    for (const auto& b : bucket_sizes) rounds = std::max(rounds, b.size());
-    L.round_counts.assign(rounds, std::vector<std::size_t>(P, 0));
-    L.round_mine.assign(rounds, std::vector<std::size_t>(P, 0));
-    L.bucket_start.assign(rounds, 0);
-    for (std::size_t r = 0; r < P; ++r) {
-      std::size_t start = 0;
-      for (std::size_t k = 0; k < bucket_sizes[r].size(); ++k) {
-        L.round_counts[k][r] = bucket_sizes[r][k];
-        if (r == me) L.bucket_start[k] = start;
-        start += bucket_sizes[r][k];
-      }
-      if (r == me) L.owned_elements = start;
-    }
-    for (std::size_t i = 0; i < entries_.size(); ++i) {
-      entry& e = entries_[i];
-      e.stream_offset = e.offset;
-      if (static_cast<std::size_t>(owners[i]) == me) e.stream_offset += L.bucket_start[e.bucket];
-    }
-    const bool averaging = averages();
-    const bool gathering = P > 1;
-    distributed_traffic& t = L.traffic;
-    t.collectives = averaging ? 2 : 1;
-    t.bytes_sent = t.bytes_received = static_cast<std::uint64_t>(t.collectives) * 8;
-    for (std::size_t k = 0; k < rounds; ++k) {
-      const auto& c = L.round_counts[k];
-      const std::size_t all = std::accumulate(c.begin(), c.end(), std::size_t{0});
-      std::fill(L.round_mine[k].begin(), L.round_mine[k].end(), c[me]);
-      if (averaging) {
-        L.send_elements = std::max(L.send_elements, all);
-        L.recv_elements = std::max(L.recv_elements, P * c[me]);
-        t.collectives += 1;
-        t.bytes_sent += (all - c[me]) * sizeof(T);
-        t.bytes_received += (P - 1) * c[me] * sizeof(T);
-      }
-      if (gathering) {
-        L.send_elements = std::max(L.send_elements, c[me]);
-        L.recv_elements = std::max(L.recv_elements, all);
-        t.collectives += 1;
-        t.bytes_sent += (P - 1) * c[me] * sizeof(T);
-        t.bytes_received += (all - c[me]) * sizeof(T);
-      }
-    }
-    averaged_ = be_.template allocate<T>(static_cast<index_t>(averaging ? std::max<std::size_t>(1, L.owned_elements) : 0));
-    send_ = be_.template allocate<T>(static_cast<index_t>(L.send_elements));
-    recv_ = be_.template allocate<T>(static_cast<index_t>(L.recv_elements));
-    return L;
-  }
-
-  /// Checks, agreement, averaging, updates, gathering: see the file comment.
+  /// Checks, agreement, averaging, updates, gathering: see the file comment. `failure`: a refusal
+  /// found before (a wrong gradient count), which this rank contributes to the agreement.
   template <class GradientAt>
   void step_impl(std::exception_ptr failure, GradientAt gradient_at) {
     const char* who = "orthopt::distributed_optimizer::step";
-    if (!failure) {
-      try {
-        for (std::size_t i = 0; i < entries_.size(); ++i) check_host_gradient(entries_[i], gradient_at(i));
-      } catch (...) {
-        failure = std::current_exception();
-      }
-    }
-    const auto owned_gradient = [&](std::size_t k) { return gradient_at(layout_.owned[static_cast<std::size_t>(rank_)][k]); };
-    const auto averaged_gradient = [&](std::size_t k) {
-      const entry& e = entries_[layout_.owned[static_cast<std::size_t>(rank_)][k]];
-      return packed(e, averaged_.data() + e.stream_offset).as_const_batch();
-    };
     if (averages()) {
+      // What every rank can check of its own gradients without reading values, agreed on before any
+      // is sent; the owners check the values of the averages.
+      if (!failure) {
+        try {
+          this->check_gradient_views(gradient_at);
+        } catch (...) {
+          failure = std::current_exception();
+        }
+      }
       agree(failure, who);
       average_gradients(gradient_at);
-      run_owned_step(averaged_gradient, who);
+      run_checked_step(
+          [&](std::size_t i) {
+            return placement_[i].owner == rank_ ? packed(i, averaged_.data() + placement_[i].stream_offset).as_const_batch()
+                                                : gradient_at(i);
+          },
+          who, nullptr);
     } else {
-      run_owned_step(owned_gradient, who, failure);
+      run_checked_step(gradient_at, who, failure);
     }
     if (ranks_ > 1) gather_parameters();
   }
 
-  /// The owner's checks, an agreement, and the owner's updates.
-  template <class OwnedGradient>
-  void run_owned_step(OwnedGradient owned_gradient, const char* who, std::exception_ptr failure = nullptr) {
+  /// The registry's step transaction with an agreement between the check and the updates: every rank
+  /// checks the learning rates and the gradients' views, the owners the values; then all apply or none.
+  template <class GradientAt>
+  void run_checked_step(GradientAt gradient_at, const char* who, std::exception_ptr failure) {
     bool checked = false;
     if (!failure) {
       try {
-        local_.check_step(owned_gradient);
+        this->check_step(gradient_at);
         checked = true;
       } catch (...) {
         failure = std::current_exception();
@@ -753,17 +631,10 @@ class distributed_optimizer {
     try {
       agree(failure, who);
     } catch (...) {
-      if (checked) local_.abandon_checked_step();
+      if (checked) this->abandon_checked_step();
       throw;
     }
-    local_.apply_step(owned_gradient);
-  }
-
-  /// What every rank can check of every gradient without reading its values.
-  void check_host_gradient(const entry& e, const gradient_view& grad) const {
-    detail::check_gradient_view("orthopt::distributed_optimizer::step", e.name, grad, e.param, [this](auto&& visit) {
-      for (const entry& q : entries_) visit(q.name, q.param);
-    });
+    this->apply_checked_step(gradient_at);
   }
 
   /// Round by round: every rank packs, for each owner, its gradients of the owner's bucket; one
@@ -780,8 +651,8 @@ class distributed_optimizer {
       std::size_t base = 0;
       for (std::size_t q = 0; q < P; ++q) {
         for (std::size_t i : layout_.owned[q]) {
-          const entry& e = entries_[i];
-          if (e.bucket == k) copy_batch(gradient_at(i), packed(e, send + base + e.offset));
+          const placement& e = placement_[i];
+          if (e.bucket == k) copy_batch(gradient_at(i), packed(i, send + base + e.offset));
         }
         base += counts[q];
       }
@@ -808,18 +679,19 @@ class distributed_optimizer {
     for (std::size_t k = 0; k < layout_.round_counts.size(); ++k) {
       const auto& counts = layout_.round_counts[k];
       for (std::size_t i : layout_.owned[me]) {
-        const entry& e = entries_[i];
-        if (e.bucket == k) copy_batch(e.param.as_const_batch(), packed(e, send + e.offset));
+        const placement& e = placement_[i];
+        if (e.bucket == k) copy_batch(this->params_[i].param.as_const_batch(), packed(i, send + e.offset));
       }
       comm_->allgatherv(send, recv, counts, element_kind_of<T>());
       std::size_t base = 0;
       for (std::size_t q = 0; q < P; ++q) {
         if (q != me) {
           for (std::size_t i : layout_.owned[q]) {
-            const entry& e = entries_[i];
+            const placement& e = placement_[i];
             if (e.bucket != k) continue;
-            const batch_view<T> src = packed(e, recv + base + e.offset);
-            for (index_t b = 0; b < e.param.count; ++b) transform(be_, src[b].as_const(), e.param[b], functors::identity{});
+            const batch_view<T> src = packed(i, recv + base + e.offset);
+            const batch_view<T>& param = this->params_[i].param;
+            for (index_t b = 0; b < param.count; ++b) transform(be_, src[b].as_const(), param[b], functors::identity{});
           }
         }
         base += counts[q];
@@ -832,11 +704,12 @@ class distributed_optimizer {
   /// are handed to the rules in this layout: reductions over a matrix (NAMO's norms, the Frobenius
   /// normalization) then visit the elements in the order the host's dense gradients would, so the
   /// results are the bits one process gets.
-  static batch_view<T> packed(const entry& e, T* at) {
-    const index_t rows = e.param.rows(), cols = e.param.cols();
-    const bool column_major = rows > 1 && cols > 1 && e.param.first.col_stride > e.param.first.row_stride;
+  batch_view<T> packed(std::size_t i, T* at) const {
+    const batch_view<T>& param = this->params_[i].param;
+    const index_t rows = param.rows(), cols = param.cols();
+    const bool column_major = rows > 1 && cols > 1 && param.first.col_stride > param.first.row_stride;
     const matrix_view<T> first = column_major ? matrix_view<T>(at, rows, cols, 1, rows) : row_major_view(at, rows, cols);
-    return {first, e.param.count, rows * cols};
+    return {first, param.count, rows * cols};
   }
   void copy_batch(const gradient_view& src, const batch_view<T>& dst) {
     for (index_t b = 0; b < src.count; ++b) transform(be_, src[b], dst[b], functors::identity{});
@@ -884,50 +757,13 @@ class distributed_optimizer {
     }
   }
 
-  /// Every parameter of the checkpoint is registered and every registered parameter is in it, with the
-  /// same rule kind and shape (the owners check the slots).
-  void check_against_registration(const detail::parsed_checkpoint& parsed) const {
-    std::unordered_map<std::string_view, std::size_t> by_name;
-    for (std::size_t i = 0; i < parsed.params.size(); ++i) {
-      if (!by_name.emplace(parsed.params[i].name, i).second) {
-        detail::load_fail_value("the checkpoint holds parameter '" + parsed.params[i].name + "' twice");
-      }
-    }
-    for (const entry& e : entries_) {
-      const auto it = by_name.find(e.name);
-      if (it == by_name.end()) {
-        detail::load_fail_value("parameter '" + e.name + "' of the optimizer is not in the checkpoint (" +
-                                std::to_string(parsed.params.size()) + " parameters there, " +
-                                std::to_string(entries_.size()) + " in the optimizer)");
-      }
-      const detail::parsed_param& p = parsed.params[it->second];
-      const rule_kind kind = local_.group(e.group).kind();
-      if (p.kind != static_cast<std::uint32_t>(kind)) {
-        detail::load_fail_value("parameter '" + e.name + "': rule in the checkpoint = " + detail::rule_code_name(p.kind) +
-                                ", in the optimizer = " + rule_name(kind));
-      }
-      if (p.rows != static_cast<std::uint64_t>(e.param.rows()) || p.cols != static_cast<std::uint64_t>(e.param.cols()) ||
-          p.count != static_cast<std::uint64_t>(e.param.count)) {
-        detail::load_fail_shape("parameter '" + e.name + "': shape in the checkpoint = " + std::to_string(p.count) + " x " +
-                                std::to_string(p.rows) + " x " + std::to_string(p.cols) + ", in the optimizer = " +
-                                detail::batch_shape(e.param));
-      }
-    }
-    if (parsed.params.size() != entries_.size()) {
-      for (const auto& p : parsed.params) {
-        if (!find_param(p.name)) {
-          detail::load_fail_value("the checkpoint holds parameter '" + p.name + "', which the optimizer does not have");
-        }
-      }
-    }
-  }
-
   /// The root writes the checkpoint from every rank's records, in registration order.
   void write_gathered(std::ostream& out, const std::vector<std::vector<unsigned char>>& records,
                       const std::vector<std::vector<std::uint64_t>>& sizes) const {
     namespace fmt = checkpoint_format;
-    if (entries_.size() > std::numeric_limits<std::uint32_t>::max()) {
-      throw value_error("orthopt::distributed_optimizer::save_checkpoint: " + std::to_string(entries_.size()) +
+    const std::size_t n = this->params_.size();
+    if (n > std::numeric_limits<std::uint32_t>::max()) {
+      throw value_error("orthopt::save_checkpoint: " + std::to_string(n) +
                         " parameters exceed the format's limit");
     }
     std::vector<std::vector<std::uint64_t>> offsets(sizes.size());
@@ -945,16 +781,18 @@ class distributed_optimizer {
     w.u32(fmt::version);
     w.u32(fmt::element_code<T>());
     w.u64(payload);
-    w.u64(static_cast<std::uint64_t>(local_.steps_taken()));
-    w.u32(static_cast<std::uint32_t>(entries_.size()));
-    for (const entry& e : entries_) {
-      const auto r = static_cast<std::size_t>(e.owner);
-      w.bytes(records[r].data() + offsets[r][e.local], static_cast<std::size_t>(sizes[r][e.local]));
+    w.u64(static_cast<std::uint64_t>(this->steps_taken()));
+    w.u32(static_cast<std::uint32_t>(n));
+    std::vector<std::size_t> next(records.size(), 0);  // per rank: its next record, in registration order
+    for (std::size_t i = 0; i < n; ++i) {
+      const auto r = static_cast<std::size_t>(placement_[i].owner);
+      const std::size_t k = next[r]++;
+      w.bytes(records[r].data() + offsets[r][k], static_cast<std::size_t>(sizes[r][k]));
     }
     w.u32(static_cast<std::uint32_t>(ns_budget_phase::none));
     w.u64(0);
     w.write_checksum();
-    if (!out) throw value_error("orthopt::distributed_optimizer::save_checkpoint: writing to the stream failed");
+    if (!out) throw value_error("orthopt::save_checkpoint: writing to the stream failed");
   }
 
   void send_bytes(const unsigned char* data, std::size_t n, int dest) {
@@ -986,40 +824,47 @@ class distributed_optimizer {
                         ": owners are assigned by finalize() (collective), or by the first step, save or load");
     }
   }
-  void check_group(group_id g, const char* who) const {
-    if (g.index >= local_.group_count()) {
-      throw value_error(std::string("orthopt::distributed_optimizer::") + who + ": group index " + std::to_string(g.index) +
-                        " but the optimizer has " + std::to_string(local_.group_count()) + " groups");
-    }
-  }
-  void check_param(param_id p, const char* who) const {
-    if (p.index >= entries_.size()) {
-      throw value_error(std::string("orthopt::distributed_optimizer::") + who + ": parameter index " +
-                        std::to_string(p.index) + " but the optimizer has " + std::to_string(entries_.size()) + " parameters");
-    }
-  }
-
   communicator* comm_;
   distributed_options options_;
   Backend be_;
   int rank_;
   int ranks_;
-  local_optimizer local_;
-  std::vector<entry> entries_;
+  std::vector<placement> placement_;
   layout layout_;
   bool finalized_ = false;
   typename Backend::template buffer<T> averaged_, send_, recv_;
 };
 
-/// Collective: see distributed_optimizer::save_checkpoint (only rank 0 writes `out`).
+/// Collective. Writes one checkpoint of the whole optimizer to `out`, which only rank `root` uses (the
+/// others may pass nullptr). The file is exactly what an optimizer's save_checkpoint writes for the same
+/// parameters (orthopt/checkpoint.hpp), so it loads into a distributed_optimizer on any number of ranks
+/// or into a single-process optimizer. Each rank serializes its own parameters; the root receives them
+/// rank by rank and writes them in registration order. Memory on the root: the whole checkpoint for the
+/// duration of the call; elsewhere, the rank's own records. A failure anywhere (a failing stream on the
+/// root) throws the same exception on every rank.
 template <class T, class Backend>
-void save_checkpoint(distributed_optimizer<T, Backend>& opt, std::ostream* out) {
-  opt.save_checkpoint(out);
+void save_checkpoint(distributed_optimizer<T, Backend>& opt, std::ostream* out, int root) {
+  opt.save_to(out, root);
 }
-/// Collective: see distributed_optimizer::load_checkpoint (only rank 0 reads `in`).
+/// The same, with a stream on every rank (only the root's is written).
 template <class T, class Backend>
-void load_checkpoint(distributed_optimizer<T, Backend>& opt, std::istream* in) {
-  opt.load_checkpoint(in);
+void save_checkpoint(distributed_optimizer<T, Backend>& opt, std::ostream& out, int root = 0) {
+  save_checkpoint(opt, &out, root);
+}
+/// Collective. Replaces the state with a checkpoint read from `in` by rank `root` (the others may pass
+/// nullptr): one written on any number of ranks, or by a single-process optimizer with the same
+/// parameters. The root reads and verifies it, broadcasts the bytes, and every rank checks the whole
+/// checkpoint against the registration and takes the states of the parameters it owns: loading on
+/// another rank count reshards. All-or-nothing across ranks. Memory: every rank holds the checkpoint's
+/// bytes for the duration of the call.
+template <class T, class Backend>
+void load_checkpoint(distributed_optimizer<T, Backend>& opt, std::istream* in, int root) {
+  opt.load_from(in, root);
+}
+/// The same, with a stream on every rank (only the root's is read).
+template <class T, class Backend>
+void load_checkpoint(distributed_optimizer<T, Backend>& opt, std::istream& in, int root = 0) {
+  load_checkpoint(opt, &in, root);
 }
 
 }  // namespace orthopt

@@ -75,7 +75,7 @@
 #include "orthopt/backend.hpp"
 #include "orthopt/distributed/communicator.hpp"
 #include "orthopt/errors.hpp"
-#include "orthopt/newton_schulz.hpp"
+#include "orthopt/detail/ns_functors.hpp"
 #include "orthopt/ns_schedule.hpp"
 #include "orthopt/view.hpp"
 

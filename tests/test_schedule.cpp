@@ -1,8 +1,8 @@
-// Learning-rate schedules: values at the key steps of each phase, exactly as orthopt/schedule.hpp
+// Learning-rate schedules: values at the key steps of each phase, exactly as orthopt/lr_schedule.hpp
 // defines them, and the validation of their parameters.
 #include <catch2/catch.hpp>
 
-#include <orthopt/schedule.hpp>
+#include <orthopt/lr_schedule.hpp>
 
 #include <cmath>
 #include <cstdint>

@@ -22,7 +22,7 @@
 #include <orthopt/mpi.hpp>  // MPI itself, through its C interface
 
 #include <Eigen/Dense>
-#include <orthopt/schedule.hpp>
+#include <orthopt/lr_schedule.hpp>
 
 #include <algorithm>
 #include <chrono>

@@ -57,7 +57,7 @@
 #include "orthopt/checkpoint_format.hpp"
 #include "orthopt/errors.hpp"
 #include "orthopt/optimizer.hpp"
-#include "orthopt/rules/rules.hpp"
+#include "orthopt/rules/rule_list.hpp"
 
 namespace orthopt {
 

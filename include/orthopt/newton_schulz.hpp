@@ -21,7 +21,7 @@
 #include "orthopt/backend.hpp"
 #include "orthopt/detail/ns_functors.hpp"
 #include "orthopt/errors.hpp"
-#include "orthopt/ns_schedule.hpp"
+#include "orthopt/ns_config.hpp"
 #include "orthopt/view.hpp"
 
 #if defined(_OPENMP)

@@ -47,7 +47,7 @@
 #include "orthopt/errors.hpp"
 #include "orthopt/name_pattern.hpp"
 #include "orthopt/newton_schulz.hpp"
-#include "orthopt/ns_schedule.hpp"
+#include "orthopt/ns_config.hpp"
 #include "orthopt/view.hpp"
 
 namespace orthopt {

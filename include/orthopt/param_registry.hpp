@@ -33,16 +33,12 @@
 #include "orthopt/backend.hpp"
 #include "orthopt/errors.hpp"
 #include "orthopt/routing.hpp"
-#include "orthopt/rules/rules.hpp"
-#include "orthopt/schedule.hpp"
+#include "orthopt/rules/rule_list.hpp"
+#include "orthopt/lr_schedule.hpp"
 #include "orthopt/tensor_views.hpp"
 #include "orthopt/view.hpp"
 
 namespace orthopt {
-
-/// A learning-rate schedule: the multiplier of the base lr at a 0-based step (orthopt/schedule.hpp).
-/// Called once per group per step; it must not allocate if step() is to allocate nothing.
-using lr_schedule = std::function<double(std::int64_t)>;
 
 /// A group: a rule with its hyper-parameters, a base learning rate and a schedule. Each step uses
 /// lr = lr × schedule(steps_taken) for every parameter of the group.

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "orthopt/name_pattern.hpp"
-#include "orthopt/rules/rules.hpp"
+#include "orthopt/rules/rule_kind.hpp"
 #include "orthopt/view.hpp"
 
 namespace orthopt {

@@ -4,7 +4,7 @@
 
 // The single source of the version: CMakeLists.txt parses these three lines.
 #define ORTHOPT_VERSION_MAJOR 0
-#define ORTHOPT_VERSION_MINOR 1
+#define ORTHOPT_VERSION_MINOR 2
 #define ORTHOPT_VERSION_PATCH 0
 
-#define ORTHOPT_VERSION_STRING "0.1.0"
+#define ORTHOPT_VERSION_STRING "0.2.0"

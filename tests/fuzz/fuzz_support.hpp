@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "orthopt/backend.hpp"
-#include "orthopt/ns_schedule.hpp"
+#include "orthopt/ns_config.hpp"
 #include "orthopt/view.hpp"
 
 /// A property the target checks; on failure it prints where and aborts (libFuzzer saves the input).

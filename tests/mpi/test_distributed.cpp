@@ -8,7 +8,7 @@
 #include <orthopt/checkpoint.hpp>
 #include <orthopt/eigen.hpp>
 #include <orthopt/mpi.hpp>
-#include <orthopt/schedule.hpp>
+#include <orthopt/lr_schedule.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "../support/optimizer_test_util.hpp"
 #include "mpi_test_support.hpp"
 
 namespace {
@@ -149,32 +150,11 @@ std::vector<unsigned char> bytes_of(const model<T>& m) {
   return out;
 }
 
-/// Every state byte of a single-process optimizer's parameter `name`.
+/// Everything a refused step must leave alone on this rank: parameters, owned states, step count and
+/// the groups' lrs (testing::snapshot, tests/support/optimizer_test_util.hpp).
 template <class T>
-std::vector<unsigned char> state_bytes(const orthopt::param_registry<T, backend>& opt, std::size_t index) {
-  std::vector<unsigned char> out;
-  const auto& s = opt.state(orthopt::param_id{index});
-  const std::int64_t t = s.step();
-  out.insert(out.end(), reinterpret_cast<const unsigned char*>(&t), reinterpret_cast<const unsigned char*>(&t) + 8);
-  for (const auto& slot : s.slots()) {
-    const auto* p = static_cast<const unsigned char*>(slot.data);
-    out.insert(out.end(), p, p + slot.element_bytes * slot.elements);
-  }
-  return out;
-}
-
-/// Everything a refused step must leave alone on this rank: parameters, owned states, step count.
-template <class T>
-std::vector<unsigned char> snapshot(const orthopt::distributed_optimizer<T, backend>& opt, const model<T>& m) {
-  std::vector<unsigned char> out = bytes_of(m);
-  for (std::size_t k = 0; k < opt.param_count(); ++k) {
-    if (!opt.has_state(orthopt::param_id{k})) continue;
-    const auto s = state_bytes(opt, k);
-    out.insert(out.end(), s.begin(), s.end());
-  }
-  const std::int64_t n = opt.steps_taken();
-  out.insert(out.end(), reinterpret_cast<const unsigned char*>(&n), reinterpret_cast<const unsigned char*>(&n) + 8);
-  return out;
+std::vector<unsigned char> snapshot(const orthopt::distributed_optimizer<T, backend>& opt, const model<T>&) {
+  return testing::snapshot(opt);
 }
 
 /// The tree average of the ranks' local gradients, as the distributed optimizer forms it: pairwise in
@@ -222,7 +202,7 @@ int compare_trajectories(const rule_case& c, orthopt::gradient_averaging averagi
     if (std::memcmp(dm.values[t].data(), rm.values[t].data(), dm.values[t].size() * sizeof(T)) != 0) ++differences;
   }
   for (std::size_t i = 0; i < dist.param_count(); ++i) {
-    if (dist.has_state(orthopt::param_id{i}) && state_bytes(dist, i) != state_bytes(ref, i)) ++differences;
+    if (dist.has_state(orthopt::param_id{i}) && testing::state_bytes(dist, i) != testing::state_bytes(ref, i)) ++differences;
   }
   if (dist.steps_taken() != ref.steps_taken()) ++differences;
   return differences;
@@ -694,7 +674,7 @@ TEST_CASE("the per-parameter API is the single-process optimizer's, before and a
       continue;
     }
     ++owned_checked;
-    if (state_bytes(dist, i) != state_bytes(ref, i)) ++differences;
+    if (testing::state_bytes(dist, i) != testing::state_bytes(ref, i)) ++differences;
     if (dist.group_of(p) == hidden) {
       if (dist.state(p).ns_plan()->steps() != ref.state(p).ns_plan()->steps()) ++differences;
       if (dist.ns_residuals(p) != ref.ns_residuals(p)) ++differences;

@@ -6,12 +6,8 @@
 // Every rank runs every test case in declaration order, and every collective a case makes (the plan's
 // and the test's own) is reached on every rank unconditionally: assertions are CHECKs (they never end a
 // case early) and come after the collectives, so one rank's failure cannot leave the others waiting.
-// main() reduces the failure count over the ranks, so every rank exits with the same status.
-//
-// tests/CMakeLists.txt links the MPI tests' shared main (tests/mpi/mpi_catch_main.cpp). Built alone,
-// ORTHOPT_TP_NS_OWN_MAIN supplies the same main from the bottom of this file:
-//   mpicxx -std=c++20 -DORTHOPT_TP_NS_OWN_MAIN -I include -I /usr/include/eigen3
-//          tests/mpi/test_tensor_parallel_ns.cpp -o test_tensor_parallel_ns
+// The MPI tests' shared main (tests/mpi/mpi_catch_main.cpp) reduces the failure count over the ranks,
+// so every rank exits with the same status.
 
 // Open MPI's and MPICH's deprecated C++ bindings do not compile warning-free (-Wcast-function-type);
 // only the C API is used.
@@ -23,9 +19,6 @@
 #endif
 #include <mpi.h>
 
-#if defined(ORTHOPT_TP_NS_OWN_MAIN)
-#define CATCH_CONFIG_RUNNER
-#endif
 #include <catch2/catch.hpp>
 
 #include <Eigen/Dense>
@@ -42,6 +35,9 @@
 #include "orthopt/eigen.hpp"
 #include "orthopt/mpi/communicator.hpp"
 
+#include "../support/test_util.hpp"
+#include "mpi_test_support.hpp"
+
 namespace {
 
 using orthopt::index_t;
@@ -55,10 +51,7 @@ using MatRM = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 template <class T>
 using plan = orthopt::tensor_parallel_newton_schulz<T, orthopt::eigen_backend>;
 
-orthopt::mpi_communicator& world() {
-  static orthopt::mpi_communicator comm(MPI_COMM_WORLD);  // made after MPI_Init: the first case runs after it
-  return comm;
-}
+using testing::world;
 
 // ---------------------------------------------------------------------------------------------------
 // Data every rank can generate for itself: entry (i, j) of a seeded matrix is a function of (seed, i, j)
@@ -139,26 +132,9 @@ Mat<T> single_process_ns(const Mat<T>& x, const ns_config& cfg) {
 // Tolerances
 // ---------------------------------------------------------------------------------------------------
 
-/// How much a schedule can amplify a perturbation of X: the largest product of the slopes |p_k'(σ_k)|
-/// along a singular-value trajectory σ_{k+1} = p_k(σ_k), p_k(σ) = a_k·σ + b_k·σ³ + c_k·σ⁵, over normalized
-/// starting values σ ∈ [0, 1] and over the step at which the perturbation enters. (First-order error
-/// propagation through the scalar map each singular value follows; keller: ≈ 485, cubic: ≈ 58.)
-double schedule_gain(const ns_config& cfg) {
-  double gain = 1.0;
-  for (int start = 1; start <= cfg.steps; ++start) {
-    for (int g = 0; g <= 1000; ++g) {
-      double sigma = g / 1000.0, product = 1.0;
-      for (int k = 1; k <= cfg.steps; ++k) {
-        const auto& c = cfg.step(k);
-        const double s2 = sigma * sigma;
-        if (k >= start) product *= std::abs(c.a + 3 * c.b * s2 + 5 * c.c * s2 * s2);
-        sigma = sigma * (c.a + s2 * (c.b + c.c * s2));
-      }
-      gain = std::max(gain, product);
-    }
-  }
-  return gain;
-}
+// testing::schedule_gain (tests/support/test_util.hpp): how much a schedule can amplify a perturbation
+// of X (keller: ≈ 485, cubic: ≈ 58).
+using testing::schedule_gain;
 
 /// The largest entrywise difference allowed between two NS results in T of the same m × n matrix that
 /// differ only in rounding (the order of the Gram matrix's and the norm's sums).
@@ -187,8 +163,9 @@ double ns_tolerance(const ns_config& cfg, index_t m, index_t n) {
 /// The presets with a normalization the tensor-parallel plan supports: all but aol (refused; see the
 /// error case below).
 std::vector<ns_config> supported_presets() {
-  return {presets::keller(),  presets::polar_express(), presets::polar_express_nanogpt(), presets::quintic(),
-          presets::cans(),    presets::you(),           presets::cubic()};
+  std::vector<ns_config> all = testing::all_presets();
+  std::erase_if(all, [](const ns_config& c) { return c.normalization == orthopt::ns_normalization::aol; });
+  return all;
 }
 
 struct shape {
@@ -560,15 +537,3 @@ TEST_CASE("with check_finite off a NaN on one rank reaches every rank's output",
   tp.run(orthopt::make_view(x), orthopt::make_view(q));
   CHECK(q.array().isNaN().all());
 }
-
-#if defined(ORTHOPT_TP_NS_OWN_MAIN)
-int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);
-  int failed = Catch::Session().run(argc, argv);
-  // Every rank exits with the worst status, so mpirun and CTest see a failure on any rank.
-  int worst = failed;
-  MPI_Allreduce(&failed, &worst, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  MPI_Finalize();
-  return worst;
-}
-#endif

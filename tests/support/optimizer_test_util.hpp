@@ -7,7 +7,8 @@
 #include <orthopt/checkpoint.hpp>
 #include <orthopt/eigen.hpp>
 #include <orthopt/optimizer.hpp>
-#include <orthopt/schedule.hpp>
+#include <orthopt/param_registry.hpp>
+#include <orthopt/lr_schedule.hpp>
 
 #include <algorithm>
 #include <cstdint>
@@ -47,23 +48,34 @@ inline void append_raw(std::vector<unsigned char>& out, const void* data, std::s
   out.insert(out.end(), p, p + n);
 }
 
-/// Every byte a step or a checkpoint load may change: parameters, every state slot and step count, the
-/// optimizer's step count, and each group's rule lr (step() writes it).
-template <class T>
-std::vector<unsigned char> snapshot(orthopt::optimizer<T, backend_under_test>& opt) {
+/// The bytes of parameter `index`'s state: its step count and every slot.
+template <class T, class Backend>
+std::vector<unsigned char> state_bytes(const orthopt::param_registry<T, Backend>& opt, std::size_t index) {
+  std::vector<unsigned char> out;
+  const auto& s = opt.state(orthopt::param_id{index});
+  const std::int64_t t = s.step();
+  append_raw(out, &t, sizeof t);
+  for (const auto& slot : s.slots()) append_raw(out, slot.data, slot.element_bytes * slot.elements);
+  return out;
+}
+
+/// Every byte a step or a checkpoint load may change in either optimizer (on this rank, for a
+/// distributed one): parameters, every state slot and step count that lives here, the optimizer's step
+/// count, and each group's rule lr (step() writes it).
+template <class T, class Backend>
+std::vector<unsigned char> snapshot(const orthopt::param_registry<T, Backend>& opt) {
   std::vector<unsigned char> out;
   for (std::size_t i = 0; i < opt.param_count(); ++i) {
     const orthopt::param_id p{i};
     append_bytes(out, opt.param_view(p));
-    auto& s = opt.state(p);
-    const std::int64_t t = s.step();
-    append_raw(out, &t, sizeof t);
-    for (const auto& slot : s.slots()) append_raw(out, slot.data, slot.element_bytes * slot.elements);
+    if (!opt.has_state(p)) continue;
+    const auto s = state_bytes(opt, i);
+    out.insert(out.end(), s.begin(), s.end());
   }
   const std::int64_t n = opt.steps_taken();
   append_raw(out, &n, sizeof n);
   for (std::size_t g = 0; g < opt.group_count(); ++g) {
-    const double lr = std::visit([](auto& r) { return r.options().lr; }, opt.group(orthopt::group_id{g}).rule);
+    const double lr = std::visit([](const auto& r) { return r.options().lr; }, opt.group(orthopt::group_id{g}).rule);
     append_raw(out, &lr, sizeof lr);
   }
   return out;

@@ -10,7 +10,7 @@
 #include <math.h>  // ::ldexp, ::ilogb, ::sqrt, INFINITY, NAN: the names a CUDA device function can call too
 
 #include "orthopt/backend.hpp"
-#include "orthopt/ns_schedule.hpp"
+#include "orthopt/ns_config.hpp"
 #include "orthopt/view.hpp"
 
 namespace orthopt::detail {

@@ -76,7 +76,7 @@
 #include "orthopt/distributed/communicator.hpp"
 #include "orthopt/errors.hpp"
 #include "orthopt/detail/ns_functors.hpp"
-#include "orthopt/ns_schedule.hpp"
+#include "orthopt/ns_config.hpp"
 #include "orthopt/view.hpp"
 
 namespace orthopt {

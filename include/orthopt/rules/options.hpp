@@ -9,7 +9,7 @@
 #include <string>
 
 #include "orthopt/errors.hpp"
-#include "orthopt/ns_schedule.hpp"
+#include "orthopt/ns_config.hpp"
 
 namespace orthopt {
 

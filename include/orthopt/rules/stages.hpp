@@ -170,7 +170,7 @@ class orthogonalizer_plan {
       polar_.emplace(rows, cols, be, /*check_finite=*/false);
     } else {
       ns_config cfg = o.ns;
-      // The step's value check (step_limits, orthopt/rules/rules.hpp) has bounded the gradient and the
+      // The step's value check (step_limits, orthopt/rules/param_state.hpp) has bounded the gradient and the
       // state so that the direction is finite; with the rule's check_finite off nothing is checked and a
       // NaN or Inf propagates to the parameter.
       cfg.check_finite = false;

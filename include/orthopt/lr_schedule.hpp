@@ -16,12 +16,18 @@
 
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <numbers>
 #include <string>
 
 #include "orthopt/errors.hpp"
 
 namespace orthopt {
+
+/// A group's learning-rate schedule in an optimizer: the multiplier of the base lr at a 0-based step.
+/// Any of the types below, or any callable double(std::int64_t). Called once per group per step; it must
+/// not allocate if step() is to allocate nothing.
+using lr_schedule = std::function<double(std::int64_t)>;
 
 namespace detail {
 [[noreturn]] inline void schedule_fail(const char* who, const std::string& what) {

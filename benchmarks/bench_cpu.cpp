@@ -53,6 +53,8 @@
 #include <utility>
 #include <vector>
 
+#include "bench_common.hpp"
+
 #if defined(_OPENMP)
 #include <omp.h>
 #endif
@@ -392,13 +394,7 @@ struct orthopt_step final : fixture_base {
   }
 };
 
-/// A GPT-style transformer's parameters (d_model 512, 4 layers, MLP 4×, vocabulary 8192, context 256):
-/// fused QKV registered as three 512×512 blocks (split_rows), attention output, both MLP matrices to the
-/// rule; embeddings, head, norms and biases to AdamW, by orthopt's router.
-struct gpt_shape {
-  static constexpr Eigen::Index d = 512, layers = 4, vocab = 8192, context = 256;
-};
-
+/// The GPT-style model of bench_common.hpp, stepped by orthopt's optimizer.
 template <class T, class Backend, class Rule>
 struct orthopt_optimizer final : fixture_base {
   struct tensor {
@@ -413,26 +409,11 @@ struct orthopt_optimizer final : fixture_base {
 
   template <class Options>
   explicit orthopt_optimizer(Options options) {
-    using g = gpt_shape;
-    const auto add = [&](std::string name, Eigen::Index r, Eigen::Index c, Eigen::Index blocks = 1) {
-      tensors.push_back({std::move(name), r, c, blocks, gaussian<T>(r, c, static_cast<unsigned>(tensors.size())) * T(0.02),
-                         gaussian<T>(r, c, 1000u + static_cast<unsigned>(tensors.size()))});
-    };
-    add("embed_tokens", g::vocab, g::d);
-    add("embed_positions", g::context, g::d);
-    for (Eigen::Index l = 0; l < g::layers; ++l) {
-      const std::string p = "layers." + std::to_string(l) + ".";
-      add(p + "ln1.weight", 1, g::d);
-      add(p + "ln1.bias", 1, g::d);
-      add(p + "attn.qkv", 3 * g::d, g::d, 3);
-      add(p + "attn.out", g::d, g::d);
-      add(p + "ln2.weight", 1, g::d);
-      add(p + "ln2.bias", 1, g::d);
-      add(p + "mlp.fc1", 4 * g::d, g::d);
-      add(p + "mlp.fc2", g::d, 4 * g::d);
+    for (const bench::gpt_tensor& spec : bench::gpt_tensors()) {
+      const auto seed = static_cast<unsigned>(tensors.size());
+      tensors.push_back({spec.name, spec.rows, spec.cols, spec.blocks, gaussian<T>(spec.rows, spec.cols, seed) * T(0.02),
+                         gaussian<T>(spec.rows, spec.cols, 1000u + seed)});
     }
-    add("ln_f.weight", 1, g::d);
-    add("lm_head", g::vocab, g::d);
     const auto rule_group = opt.add_group("rule", Rule(std::move(options)));
     const auto adamw_group = opt.add_group("adamw", orthopt::adamw<T, Backend>(orthopt::adamw_presets::torch()));
     const orthopt::param_router router(rule_group, adamw_group);
@@ -656,9 +637,9 @@ std::unique_ptr<fixture_base> make_optimizer_fixture(const std::string& rule) {
 template <class T>
 void register_optimizer() {
   // Per step: 4 layers × (3 + 1 blocks of 512², 2048×512 and 512×2048), keller, 5 NS steps.
-  const double d = gpt_shape::d;
-  const double naive = gpt_shape::layers * 5 * (4 * naive_step_flops(d, d) + 2 * naive_step_flops(d, 4 * d));
-  const double effective = gpt_shape::layers * (4 * standard_flops(orthopt::ns_presets::keller(), d, d) +
+  const double d = bench::gpt_dims::d;
+  const double naive = bench::gpt_dims::layers * 5 * (4 * naive_step_flops(d, d) + 2 * naive_step_flops(d, 4 * d));
+  const double effective = bench::gpt_dims::layers * (4 * standard_flops(orthopt::ns_presets::keller(), d, d) +
                                                 2 * standard_flops(orthopt::ns_presets::keller(), d, 4 * d));
   for (const std::string rule : {"muon", "adamuon"}) {
     for (const auto& [impl, backend] : backends) {

@@ -33,6 +33,8 @@
 #include <string>
 #include <vector>
 
+#include "bench_common.hpp"
+
 namespace {
 
 using backend = orthopt::eigen_backend;
@@ -51,10 +53,9 @@ matrix gaussian(Eigen::Index r, Eigen::Index c, unsigned seed, float scale) {
   return m;
 }
 
-/// The transformer's tensors and their registration (the router sends embeddings, head and vectors to
-/// AdamW, the hidden matrices to the rule; the fused QKV as three 512×512 blocks).
+/// The GPT-style model of bench_common.hpp and its registration (the router sends embeddings, head and
+/// vectors to AdamW, the hidden matrices to the rule; the fused QKV as three 512×512 blocks).
 struct gpt_model {
-  static constexpr Eigen::Index d = 512, layers = 4, vocab = 8192, context = 256;
   struct tensor {
     std::string name;
     Eigen::Index blocks;
@@ -62,23 +63,11 @@ struct gpt_model {
   };
   std::vector<tensor> tensors;
   gpt_model() {
-    const auto add = [&](std::string name, Eigen::Index r, Eigen::Index c, Eigen::Index blocks = 1) {
+    for (const bench::gpt_tensor& spec : bench::gpt_tensors()) {
       const auto seed = static_cast<unsigned>(tensors.size());
-      tensors.push_back({std::move(name), blocks, gaussian(r, c, seed, 0.02f), gaussian(r, c, 1000u + seed, 1.0f)});
-    };
-    add("embed_tokens", vocab, d);
-    add("embed_positions", context, d);
-    for (Eigen::Index l = 0; l < layers; ++l) {
-      const std::string p = "layers." + std::to_string(l) + ".";
-      add(p + "ln1.weight", 1, d);
-      add(p + "attn.qkv", 3 * d, d, 3);
-      add(p + "attn.out", d, d);
-      add(p + "ln2.weight", 1, d);
-      add(p + "mlp.fc1", 4 * d, d);
-      add(p + "mlp.fc2", d, 4 * d);
+      tensors.push_back({spec.name, spec.blocks, gaussian(spec.rows, spec.cols, seed, 0.02f),
+                         gaussian(spec.rows, spec.cols, 1000u + seed, 1.0f)});
     }
-    add("ln_f.weight", 1, d);
-    add("lm_head", vocab, d);
   }
   template <class Opt, class Rule>
   std::vector<orthopt::batch_view<const float>> register_with(Opt& opt, Rule rule) {

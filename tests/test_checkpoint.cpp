@@ -20,18 +20,8 @@ namespace {
 
 using B = backend_under_test;
 
-template <class T>
-std::string save_bytes(const orthopt::optimizer<T, B>& opt) {
-  std::ostringstream out(std::ios::binary);
-  orthopt::save_checkpoint(opt, out);
-  return out.str();
-}
-
-template <class T>
-void load_bytes(orthopt::optimizer<T, B>& opt, const std::string& bytes) {
-  std::istringstream in(bytes, std::ios::binary);
-  orthopt::load_checkpoint(opt, in);
-}
+using testing::checkpoint_bytes;
+using testing::load_checkpoint_bytes;
 
 std::uint64_t le(const std::string& s, std::size_t at, int width) {
   std::uint64_t v = 0;
@@ -69,14 +59,14 @@ struct fixture {
   std::string bytes;
   fixture() {
     source_model.run(source, 0, 3);
-    bytes = save_bytes(source);
+    bytes = checkpoint_bytes(source);
   }
 };
 
 template <class T>
 void check_load_fails_unchanged(orthopt::optimizer<T, B>& target, const std::string& bytes, const std::string& expected) {
   const auto before = snapshot(target);
-  const std::string message = error_of([&] { load_bytes(target, bytes); });
+  const std::string message = error_of([&] { load_checkpoint_bytes(target, bytes); });
   INFO("message: " << message);
   CHECK_FALSE(message.empty());
   CHECK_THAT(message, Catch::Contains(expected));
@@ -156,7 +146,7 @@ TEMPLATE_TEST_CASE("resuming from a checkpoint is bit-exact", "[checkpoint]", fl
     toy_model<T> first_model;
     auto first = first_model.make_optimizer();
     first_model.run(first, 0, k);
-    const std::string bytes = save_bytes(first);
+    const std::string bytes = checkpoint_bytes(first);
 
     // A fresh process: a new model with the saved parameter values, a new optimizer, the checkpoint.
     toy_model<T> resumed_model;
@@ -165,9 +155,9 @@ TEMPLATE_TEST_CASE("resuming from a checkpoint is bit-exact", "[checkpoint]", fl
                 resumed_model.tensors[i].value.begin());
     }
     auto resumed = resumed_model.make_optimizer();
-    load_bytes(resumed, bytes);
+    load_checkpoint_bytes(resumed, bytes);
     CHECK(resumed.steps_taken() == k);
-    CHECK(save_bytes(resumed) == bytes);  // the state round-trips exactly
+    CHECK(checkpoint_bytes(resumed) == bytes);  // the state round-trips exactly
     resumed_model.run(resumed, k, total);
     CHECK(snapshot(resumed) == expected);
   }
@@ -179,13 +169,13 @@ TEMPLATE_TEST_CASE("parameters are matched by name, not by registration order", 
   toy_model<T> a;
   auto opt_a = a.make_optimizer();
   a.run(opt_a, 0, 2);
-  const std::string bytes = save_bytes(opt_a);
+  const std::string bytes = checkpoint_bytes(opt_a);
 
   toy_model<T> b;
   std::reverse(b.tensors.begin(), b.tensors.end());
   for (std::size_t i = 0; i < b.tensors.size(); ++i) b.tensors[i].value = a.tensors[b.tensors.size() - 1 - i].value;
   auto opt_b = b.make_optimizer();
-  load_bytes(opt_b, bytes);
+  load_checkpoint_bytes(opt_b, bytes);
   a.run(opt_a, 2, 4);
   const std::size_t n = b.tensors.size();
   for (std::int64_t t = 2; t < 4; ++t) {
@@ -225,8 +215,8 @@ TEMPLATE_TEST_CASE("a flipped bit anywhere fails loudly and changes nothing", "[
     check_load_fails_unchanged(target, bad, expected);
   }
   // The untouched checkpoint loads (the failures above were about the flipped bit).
-  load_bytes(target, f.bytes);
-  CHECK(save_bytes(target) == f.bytes);
+  load_checkpoint_bytes(target, f.bytes);
+  CHECK(checkpoint_bytes(target) == f.bytes);
 }
 
 TEMPLATE_TEST_CASE("a truncated checkpoint fails loudly and changes nothing", "[checkpoint]", float, double) {
@@ -263,12 +253,12 @@ TEMPLATE_TEST_CASE("a checkpoint of another format version or element type is re
   toy_model<Other> other_model;
   auto other = other_model.make_optimizer();
   other_model.run(other, 0, 3);
-  const std::string other_bytes = save_bytes(other);
+  const std::string other_bytes = checkpoint_bytes(other);
   const std::string mine = sizeof(T) == 4 ? "float32" : "float64", theirs = sizeof(T) == 4 ? "float64" : "float32";
   check_load_fails_unchanged(target, other_bytes,
                              "element type in the checkpoint = " + theirs + " (code " + (sizeof(T) == 4 ? "2" : "1") +
                                  "), in the optimizer = " + mine);
-  CHECK_THROWS_AS(load_bytes(target, other_bytes), orthopt::value_error);
+  CHECK_THROWS_AS(load_checkpoint_bytes(target, other_bytes), orthopt::value_error);
 }
 
 TEMPLATE_TEST_CASE("a checkpoint that does not match the optimizer is refused, naming the field", "[checkpoint]", float,
@@ -284,13 +274,13 @@ TEMPLATE_TEST_CASE("a checkpoint that does not match the optimizer is refused, n
   SECTION("a parameter of another shape") {
     auto [m, opt] = target_for({.wider_fc = true});
     check_load_fails_unchanged(opt, f.bytes, "parameter 'blocks.0.mlp.fc.weight': cols in the checkpoint = 8, in the optimizer = 9");
-    CHECK_THROWS_AS(load_bytes(opt, f.bytes), orthopt::shape_error);
+    CHECK_THROWS_AS(load_checkpoint_bytes(opt, f.bytes), orthopt::shape_error);
   }
   SECTION("a parameter under another rule") {
     auto [m, opt] = target_for({.namo_group_runs_adamuon = true});
     check_load_fails_unchanged(opt, f.bytes,
                                "parameter 'blocks.0.conv.weight': rule in the checkpoint = namo (3), in the optimizer = adamuon");
-    CHECK_THROWS_AS(load_bytes(opt, f.bytes), orthopt::value_error);
+    CHECK_THROWS_AS(load_checkpoint_bytes(opt, f.bytes), orthopt::value_error);
   }
   SECTION("the optimizer lacks a parameter of the checkpoint") {
     auto [m, opt] = target_for({.drop_head = true});
@@ -380,11 +370,11 @@ TEMPLATE_TEST_CASE("a version 1 checkpoint still loads, leaving the Newton-Schul
   auto target = target_model.make_optimizer();
   const auto hidden = *target.find_param("blocks.0.mlp.fc.weight");
   target.set_ns_steps(hidden, 7);
-  load_bytes(target, v1);
+  load_checkpoint_bytes(target, v1);
   CHECK(target.ns_steps(hidden) == 7);
   // Everything else is the source's: saving again gives the source's version 2 bytes but for that count.
   target.set_ns_steps(hidden, f.source.ns_steps(hidden));
-  CHECK(save_bytes(target) == f.bytes);
+  CHECK(checkpoint_bytes(target) == f.bytes);
 }
 
 // Streams that throw (exceptions() set) and lengths that would make the loader read
@@ -408,7 +398,7 @@ TEMPLATE_TEST_CASE("streams with exceptions set and absurd payload lengths give 
     std::istringstream in(f.bytes, std::ios::binary);
     in.exceptions(std::ios::failbit | std::ios::badbit);
     orthopt::load_checkpoint(target, in);  // a whole checkpoint loads with exceptions on
-    CHECK(save_bytes(target) == f.bytes);
+    CHECK(checkpoint_bytes(target) == f.bytes);
   }
   // Saving to a stream that fails by throwing.
   struct full_disk : std::streambuf {
@@ -474,7 +464,7 @@ TEMPLATE_TEST_CASE("a checkpoint whose state is not finite or has a negative mom
     auto& st = f.source.state(id);
     if (std::string_view(c.slot) == "momentum") st.momentum(0).data[5] = static_cast<T>(c.value);
     else st.second_moment(0).data[5] = static_cast<T>(c.value);
-    const std::string bytes = save_bytes(f.source);
+    const std::string bytes = checkpoint_bytes(f.source);
     check_load_fails_unchanged(target, bytes, "parameter '" + c.param + "': ");
     check_load_fails_unchanged(target, bytes, c.expected);
   }
@@ -487,5 +477,5 @@ TEMPLATE_TEST_CASE("a checkpoint whose state is not finite or has a negative mom
       break;
     }
   }
-  check_load_fails_unchanged(target, save_bytes(f.source), "slot 'column_moment' element 0 is -2; a second moment");
+  check_load_fails_unchanged(target, checkpoint_bytes(f.source), "slot 'column_moment' element 0 is -2; a second moment");
 }

@@ -103,16 +103,16 @@ enum class ns_budget_phase : std::uint32_t {
 
 /// The knobs of the adaptive budget (the rule is in the file comment).
 struct ns_budget_options {
-  std::int64_t start_step = 0;         ///< the first observation window opens at this optimizer step
-  std::int64_t observe_window = 50;     ///< optimizer steps per observation window (≥ 1)
-  int observe_ns_steps = 0;            ///< iterations per call while observing; 0: 2 × configured
-  double residual_target = 0.0;        ///< τ; 0: ns_auto_residual_target of each parameter's schedule
-  int min_ns_steps = 2;                   ///< the fewest iterations a role is committed
-  int max_ns_steps = 0;                   ///< the most; 0: the observation count
-  double budget_fraction = 1.0;        ///< B = round(fraction × the uniform cost), in (0, 4]
-  bool spend_whole_budget = true;      ///< hand out steps until B is reached (false: only what is needed)
-  std::int64_t reobserve_every = 0;    ///< > 0: observe again this many steps after each commit
-  std::vector<name_pattern> roles;     ///< parameters matching pattern j share one count (first match)
+  std::int64_t start_step = 0;       ///< the first observation window opens at this optimizer step
+  std::int64_t observe_window = 50;  ///< optimizer steps per observation window (≥ 1)
+  int observe_ns_steps = 0;          ///< iterations per call while observing; 0: 2 × configured
+  double residual_target = 0.0;      ///< τ; 0: ns_auto_residual_target of each parameter's schedule
+  int min_ns_steps = 2;              ///< the fewest iterations a role is committed
+  int max_ns_steps = 0;              ///< the most; 0: the observation count
+  double budget_fraction = 1.0;      ///< B = round(fraction × the uniform cost), in (0, 4]
+  bool spend_whole_budget = true;    ///< hand out steps until B is reached (false: only what is needed)
+  std::int64_t reobserve_every = 0;  ///< > 0: observe again this many steps after each commit
+  std::vector<name_pattern> roles;   ///< parameters matching pattern j share one count (first match)
   /// Called after each commit with what was observed and decided (on the stepping thread).
   std::function<void(const ns_budget_report&)> on_commit;
 
@@ -145,11 +145,11 @@ struct ns_budget_options {
 /// What the budget saw and decided for one parameter.
 struct ns_budget_param_report {
   std::string name;
-  std::string role;           ///< the matching role pattern, or the parameter's own name
-  index_t matrices = 1;       ///< matrices in the parameter (a batch counts each)
-  int configured_ns_steps = 0;   ///< the uniform count of its rule
+  std::string role;             ///< the matching role pattern, or the parameter's own name
+  index_t matrices = 1;         ///< matrices in the parameter (a batch counts each)
+  int configured_ns_steps = 0;  ///< the uniform count of its rule
   int observe_ns_steps = 0;     ///< iterations per call while observing
-  double target = 0.0;        ///< τ
+  double target = 0.0;          ///< τ
   ns_observation observed{};  ///< per-call needs and residuals over the window
   double role_need = 0.0;     ///< n_r of its role
   int committed_ns_steps = 0;    ///< c_r

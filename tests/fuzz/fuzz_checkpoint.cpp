@@ -50,12 +50,6 @@ class endless_buffer : public std::streambuf {
   char zeros_[4096] = {};
 };
 
-template <class T>
-std::string save(const orthopt::optimizer<T, B>& opt) {
-  std::ostringstream out(std::ios::binary);
-  orthopt::save_checkpoint(opt, out);
-  return out.str();
-}
 
 template <class T>
 void load(orthopt::optimizer<T, B>& opt, std::istream& in) {
@@ -72,7 +66,7 @@ struct fixture {
   std::string baseline;
   explicit fixture(int steps) {
     model.run(opt, 0, steps);
-    baseline = save(opt);
+    baseline = testing::checkpoint_bytes(opt);
   }
 };
 
@@ -106,19 +100,19 @@ void run(unsigned mode, const char* data, std::size_t size) {
     load(f.opt, in);
   } catch (const orthopt::error& e) {
     if (verbose()) std::fprintf(stderr, "refused: %s\n", e.what());
-    ORTHOPT_FUZZ_CHECK(save(f.opt) == f.baseline);  // nothing changed
+    ORTHOPT_FUZZ_CHECK(testing::checkpoint_bytes(f.opt) == f.baseline);  // nothing changed
     return;
   }
   if (verbose()) std::fprintf(stderr, "loaded\n");
   // Loaded: exactly (what the optimizer now holds round-trips through a second optimizer unchanged).
-  const std::string loaded = save(f.opt);
+  const std::string loaded = testing::checkpoint_bytes(f.opt);
   std::istringstream again(loaded, std::ios::binary);
   load(f.other, again);
-  ORTHOPT_FUZZ_CHECK(save(f.other) == loaded);
+  ORTHOPT_FUZZ_CHECK(testing::checkpoint_bytes(f.other) == loaded);
   // Back to the baseline for the next input.
   std::istringstream back(f.baseline, std::ios::binary);
   load(f.opt, back);
-  ORTHOPT_FUZZ_CHECK(save(f.opt) == f.baseline);
+  ORTHOPT_FUZZ_CHECK(testing::checkpoint_bytes(f.opt) == f.baseline);
 }
 
 template <class T>

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <functional>
 #include <random>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -46,6 +47,20 @@ void append_bytes(std::vector<unsigned char>& out, orthopt::batch_view<T> b) {
 inline void append_raw(std::vector<unsigned char>& out, const void* data, std::size_t n) {
   const auto* p = static_cast<const unsigned char*>(data);
   out.insert(out.end(), p, p + n);
+}
+
+/// A checkpoint of `opt` as bytes (orthopt::save_checkpoint to a string stream).
+template <class Optimizer>
+std::string checkpoint_bytes(const Optimizer& opt) {
+  std::ostringstream out(std::ios::binary);
+  orthopt::save_checkpoint(opt, out);
+  return out.str();
+}
+/// Loads checkpoint bytes into `opt` (orthopt::load_checkpoint from a string stream).
+template <class Optimizer>
+void load_checkpoint_bytes(Optimizer& opt, const std::string& bytes) {
+  std::istringstream in(bytes, std::ios::binary);
+  orthopt::load_checkpoint(opt, in);
 }
 
 /// The bytes of parameter `index`'s state: its step count and every slot.

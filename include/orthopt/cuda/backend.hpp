@@ -1,44 +1,17 @@
 // SPDX-License-Identifier: Apache-2.0
 //
-// The CUDA backend: the primitives of orthopt/backend.hpp on device memory, so that newton_schulz,
-// exact_polar, every rule and optimizer run on a GPU unchanged. Include <orthopt/cuda.cuh> from a .cu
-// file compiled by nvcc and link the CMake target orthopt::cuda.
+// The CUDA backend: the primitives of orthopt/backend.hpp on device memory (cuBLAS products, Thrust
+// element-wise work and reductions), so that newton_schulz, exact_polar, every rule and optimizer run on
+// a GPU unchanged. Include <orthopt/cuda.cuh> from a .cu file compiled by nvcc and link orthopt::cuda.
 //
-//   Products            cuBLAS: float and double gemm → cublas{S,D}gemm, syrk → cublas{S,D}syrk (lower
-//                       triangle, then mirrored by a kernel); bf16 (storage) → cublasGemmEx with
-//                       CUDA_R_16BF operands and CUBLAS_COMPUTE_32F (fp32 accumulation on tensor cores;
-//                       cuBLAS has no bf16 syrk, so A·Aᵀ is a full GemmEx, mirrored for exact symmetry).
-//                       Operands with no unit stride go to a plain (slow, correct) kernel.
-//   Element-wise maps,  Thrust: thrust::for_each_n over an index range with orthopt's functors, on the
-//   norms, reductions   backend's stream with the no-sync policy (thrust::cuda::par_nosync). Reductions
-//                       are fixed-shape passes (three for one matrix, two for a batch; no atomics), so
-//                       results are deterministic and identical between eager execution and a
-//                       CUDA-graph replay.
-//   Batches             gemm_batched / syrk_batched: one cublas{S,D}gemmStridedBatched or
-//                       cublasGemmStridedBatchedEx launch for a whole batch_view; norms and maps of a
-//                       batch are one launch each too. Norms, reductions,
-//                       NAMO's moments and every computed scalar are doubles; element arithmetic on bf16
-//                       runs in float (compute_t<bf16> = float), never in bf16.
-//   Scalars             stay on the device: a norm is written to device memory and consumed there by the
-//                       next kernel. α and β of the products are host constants (cuBLAS host pointer
-//                       mode reads them at launch: no synchronization).
-//
-// The context (made once per handle; copies of a handle share it): a cuBLAS handle bound to the stream
-// given at construction, a cuBLAS workspace (cublasSetWorkspace, so cuBLAS allocates nothing itself and
-// a step can be captured in a CUDA graph), the reductions' scratch and a device status record. Plans
-// and states allocate their buffers when they are made; a Newton–Schulz call, a rule step and
-// optimizer::step then allocate nothing and never synchronize with the host, except:
-//   - find_nonfinite, the NaN/Inf check of inputs, reads its result back (a synchronization) when the
-//     handle's nonfinite_check is throw_on_host (the default, which throws before anything is written,
-//     as on the CPU). With nonfinite_check::flag_on_device it records the first bad entry in the
-//     device status record instead and returns at once; the host reads it when it chooses
-//     (read_status()). Set check_finite = false on a rule or plan to skip the check entirely.
-//   - checkpoints (copy_to_host / copy_from_host) wait for their copies.
-//
-// The same source compiles with g++ for the host emulation the tests run in CI (no GPU there):
-// ORTHOPT_CUDA_HOST_EMULATION, Thrust's OpenMP device system, and a host implementation of the few
-// CUDA runtime / cuBLAS / cuSOLVER entry points used here (tests/support/cuda_host). Only nvcc builds
-// run on a GPU; an ordinary program includes <orthopt/cuda.cuh>.
+// The contract, in short (docs/cuda.md is the master of the long form: which cuBLAS call serves which
+// product, batches, precision, the device status flag, errors, streams, the host emulation):
+// - Plans and states allocate when they are made; a Newton–Schulz call, a rule step and
+//   optimizer::step then allocate nothing and do not synchronize with the host, except the NaN/Inf
+//   check of inputs in its default mode (nonfinite_check::throw_on_host) and checkpoint copies.
+// - Norms, reductions and every computed scalar are doubles; bf16 is storage only (arithmetic in float).
+// - Reductions are fixed-shape passes without atomics: results do not depend on scheduling.
+// - The same source compiles with g++ as the host emulation CI tests (ORTHOPT_CUDA_HOST_EMULATION).
 #pragma once
 
 #if !defined(__CUDACC__) && !defined(ORTHOPT_CUDA_HOST_EMULATION)

@@ -2,8 +2,9 @@
 //
 // The list of update rules an optimizer group can run (any_rule). A new rule is a header in this folder
 // (its options, its class deriving from detail::rule_base with a kind code, a name, a state layout and
-// its limits) and one entry in this list; the optimizers, their checkpoints and the distributed cost
-// model learn about it from the rule (make_state, slots, step_cost).
+// its limits), one entry in this list, and its kind code and name in orthopt/rules/rule_kind.hpp (the
+// one table of the codes checkpoints store, so two rules cannot claim one). The optimizers, their
+// checkpoints and the distributed cost model learn the rest from the rule (make_state, slots, step_cost).
 #pragma once
 
 #include <variant>
@@ -16,7 +17,7 @@
 
 namespace orthopt {
 
-/// The list of rules: every rule an optimizer group can run. A new rule is its header and one entry here.
+/// The list of rules: every rule an optimizer group can run.
 template <class T, class Backend>
 using any_rule = std::variant<muon<T, Backend>, adamuon<T, Backend>, namo<T, Backend>, namo_d<T, Backend>,
                               adamw<T, Backend>>;

@@ -270,21 +270,43 @@ std::uint64_t payload_bytes_of(const param_registry<T, Backend>& reg) {
   }
   return payload;
 }
-/// Writes the checkpoint (save_checkpoint minus its error translation).
-template <class T, class Backend>
-void save_checkpoint_unchecked(const optimizer<T, Backend>& opt, std::ostream& out, std::uint64_t payload);
+/// Writes a whole checkpoint of element type T to `out`: the header, the `n` parameter records that
+/// `write_records(writer)` writes in registration order, the budget phase and its start, the checksum.
+/// Throws value_error before writing anything when n exceeds the format's limit.
+template <class T, class WriteRecords>
+void write_checkpoint(std::ostream& out, std::uint64_t payload, std::int64_t steps_taken, std::size_t n,
+                      WriteRecords write_records, ns_budget_phase phase, std::int64_t phase_start) {
+  namespace fmt = checkpoint_format;
+  if (n > std::numeric_limits<std::uint32_t>::max()) {
+    throw value_error("orthopt::save_checkpoint: " + std::to_string(n) + " parameters exceed the format's limit");
+  }
+  checkpoint_writer w(out);
+  w.bytes(fmt::magic, sizeof(fmt::magic));
+  w.u32(fmt::version);
+  w.u32(fmt::element_code<T>());
+  w.u64(payload);
+  w.u64(static_cast<std::uint64_t>(steps_taken));
+  w.u32(static_cast<std::uint32_t>(n));
+  write_records(w);
+  w.u32(static_cast<std::uint32_t>(phase));
+  w.u64(static_cast<std::uint64_t>(phase_start));
+  w.write_checksum();
+}
 }  // namespace detail
 
 /// Writes the optimizer's whole state to `out` (format above). Throws value_error if the stream fails,
 /// whether it reports that by its state or, with exceptions() set, by throwing std::ios_base::failure.
 template <class T, class Backend>
 void save_checkpoint(const optimizer<T, Backend>& opt, std::ostream& out) {
-  const std::size_t n = opt.param_count();
-  if (n > std::numeric_limits<std::uint32_t>::max()) {
-    throw value_error("orthopt::save_checkpoint: " + std::to_string(n) + " parameters exceed the format's limit");
-  }
   try {
-    detail::save_checkpoint_unchecked(opt, out, detail::payload_bytes_of(opt));
+    const auto write_records = [&](detail::checkpoint_writer& w) {
+      std::vector<unsigned char> staging;  // one slot at a time, in host memory
+      for (std::size_t i = 0; i < opt.param_count(); ++i) {
+        detail::write_param_record(w, opt.param_name(param_id{i}), opt.state(param_id{i}), staging);
+      }
+    };
+    detail::write_checkpoint<T>(out, detail::payload_bytes_of(opt), opt.steps_taken(), opt.param_count(), write_records,
+                                opt.ns_budget_state(), opt.ns_budget_phase_start());
   } catch (const std::ios_base::failure& e) {
     throw value_error(std::string("orthopt::save_checkpoint: writing to the stream failed (") + e.what() + ")");
   }
@@ -297,25 +319,6 @@ void save_checkpoint(const optimizer<T, Backend>& opt, std::ostream* out) {
   save_checkpoint(opt, *out);
 }
 
-namespace detail {
-template <class T, class Backend>
-void save_checkpoint_unchecked(const optimizer<T, Backend>& opt, std::ostream& out, std::uint64_t payload) {
-  namespace fmt = checkpoint_format;
-  const std::size_t n = opt.param_count();
-  detail::checkpoint_writer w(out);
-  w.bytes(fmt::magic, sizeof(fmt::magic));
-  w.u32(fmt::version);
-  w.u32(fmt::element_code<T>());
-  w.u64(payload);
-  w.u64(static_cast<std::uint64_t>(opt.steps_taken()));
-  w.u32(static_cast<std::uint32_t>(n));
-  std::vector<unsigned char> staging;  // one slot at a time, in host memory
-  for (std::size_t i = 0; i < n; ++i) write_param_record(w, opt.param_name(param_id{i}), opt.state(param_id{i}), staging);
-  w.u32(static_cast<std::uint32_t>(opt.ns_budget_state()));
-  w.u64(static_cast<std::uint64_t>(opt.ns_budget_phase_start()));
-  w.write_checksum();
-}
-}  // namespace detail
 
 namespace detail {
 /// A checkpoint's verified bytes: its format version and payload.

@@ -145,15 +145,27 @@ void check_gradient_view(const char* who, const std::string& name, const batch_v
   });
 }
 
-/// Whether a rule orthogonalizes by Newton–Schulz (not AdamW, not the exact polar factor).
+/// A rule's orthogonalizer settings when it orthogonalizes by Newton–Schulz; nullptr for AdamW and for
+/// the exact polar factor.
 template <class Rule>
-bool rule_runs_newton_schulz(const Rule& rule) {
+const orthogonalizer* newton_schulz_settings(const Rule& rule) {
   return std::visit(
       [](const auto& r) {
         const orthogonalizer* o = r.ortho();
-        return o != nullptr && !o->exact;
+        return o != nullptr && !o->exact ? o : nullptr;
       },
       rule);
+}
+/// Whether a rule orthogonalizes by Newton–Schulz.
+template <class Rule>
+bool rule_runs_newton_schulz(const Rule& rule) {
+  return newton_schulz_settings(rule) != nullptr;
+}
+/// The Newton–Schulz iterations a rule's options configure (0 without Newton–Schulz).
+template <class Rule>
+int rule_ns_steps(const Rule& rule) {
+  const orthogonalizer* o = newton_schulz_settings(rule);
+  return o != nullptr ? o->ns.steps : 0;
 }
 }  // namespace detail
 
@@ -491,12 +503,7 @@ class param_registry {
   [[nodiscard]] int current_ns_steps(std::size_t i) const {
     if (params_[i].state && params_[i].state->ns_plan() != nullptr) return params_[i].state->ns_plan()->steps();
     if (params_[i].ns.steps > 0) return params_[i].ns.steps;
-    return std::visit(
-        [](const auto& r) {
-          const orthogonalizer* o = r.ortho();
-          return o != nullptr && !o->exact ? o->ns.steps : 0;
-        },
-        groups_[params_[i].group.index].rule);
+    return detail::rule_ns_steps(groups_[params_[i].group.index].rule);
   }
   void set_ns_steps_of(std::size_t i, int steps) {
     if (auto* ns = plan_of(i)) ns->set_steps(steps);

@@ -150,13 +150,6 @@ std::vector<unsigned char> bytes_of(const model<T>& m) {
   return out;
 }
 
-/// Everything a refused step must leave alone on this rank: parameters, owned states, step count and
-/// the groups' lrs (testing::snapshot, tests/support/optimizer_test_util.hpp).
-template <class T>
-std::vector<unsigned char> snapshot(const orthopt::distributed_optimizer<T, backend>& opt, const model<T>&) {
-  return testing::snapshot(opt);
-}
-
 /// The tree average of the ranks' local gradients, as the distributed optimizer forms it: pairwise in
 /// rank order (stride 1, 2, 4, …), then divided by P in the element type.
 template <class T>
@@ -174,16 +167,13 @@ void tree_average(model<T>& into, std::int64_t step, int ranks) {
     for (std::size_t i = 0; i < into.grads[t].size(); ++i) into.grads[t][i] = parts[0].grads[t][i] / static_cast<T>(ranks);
 }
 
-/// Runs `steps` steps of the distributed optimizer and of the reference on the same model; returns the
-/// number of parameters (on this rank) and owned states that differ in any bit.
+/// `steps` steps of the distributed optimizer and of the reference, each on its own copy of the model:
+/// the same gradients, or with averaging this rank's local ones for `dist` and their rank-order tree
+/// average for `ref`.
 template <class T>
-int compare_trajectories(const rule_case& c, orthopt::gradient_averaging averaging, int steps) {
+void step_both(orthopt::distributed_optimizer<T, backend>& dist, model<T>& dm, orthopt::optimizer<T, backend>& ref,
+               model<T>& rm, orthopt::gradient_averaging averaging, int steps) {
   auto& comm = testing::world();
-  model<T> dm, rm;
-  orthopt::distributed_optimizer<T, backend> dist(comm, {averaging, std::size_t{4096}});
-  orthopt::optimizer<T, backend> ref;
-  register_model(dist, dm, c);
-  register_model(ref, rm, c);
   for (std::int64_t s = 0; s < steps; ++s) {
     if (averaging == orthopt::gradient_averaging::average) {
       dm.fill_gradients(s, comm.rank());
@@ -197,6 +187,12 @@ int compare_trajectories(const rule_case& c, orthopt::gradient_averaging averagi
     dist.step(dg);
     ref.step(rg);
   }
+}
+
+/// The parameters (on this rank), owned states and step counts in which the two differ in any bit.
+template <class T>
+int count_differences(const orthopt::distributed_optimizer<T, backend>& dist, const model<T>& dm,
+                      const orthopt::optimizer<T, backend>& ref, const model<T>& rm) {
   int differences = 0;
   for (std::size_t t = 0; t < dm.values.size(); ++t) {
     if (std::memcmp(dm.values[t].data(), rm.values[t].data(), dm.values[t].size() * sizeof(T)) != 0) ++differences;
@@ -206,6 +202,19 @@ int compare_trajectories(const rule_case& c, orthopt::gradient_averaging averagi
   }
   if (dist.steps_taken() != ref.steps_taken()) ++differences;
   return differences;
+}
+
+/// Runs `steps` steps of the distributed optimizer and of the reference on the same model; returns
+/// count_differences.
+template <class T>
+int compare_trajectories(const rule_case& c, orthopt::gradient_averaging averaging, int steps) {
+  model<T> dm, rm;
+  orthopt::distributed_optimizer<T, backend> dist(testing::world(), {averaging, std::size_t{4096}});
+  orthopt::optimizer<T, backend> ref;
+  register_model(dist, dm, c);
+  register_model(ref, rm, c);
+  step_both(dist, dm, ref, rm, averaging, steps);
+  return count_differences(dist, dm, ref, rm);
 }
 
 std::uint64_t text_hash(const std::string& s) {
@@ -355,7 +364,7 @@ TEST_CASE("a refused step throws the same exception on every rank and changes no
     m.fill_gradients(0, comm.rank());
     auto grads = m.gradient_list();
     dist.step(grads);  // one good step first, so there is state to protect
-    const auto before = snapshot(dist, m);
+    const auto before = testing::snapshot(dist);
 
     const auto expect_same_everywhere = [&](auto&& run, bool shape) {
       std::string message;
@@ -373,7 +382,7 @@ TEST_CASE("a refused step throws the same exception on every rank and changes no
       CHECK(testing::all_ranks_min(kind) == testing::all_ranks_max(kind));
       const auto h = static_cast<std::int64_t>(text_hash(message) >> 1);
       CHECK(testing::all_ranks_min(h) == testing::all_ranks_max(h));
-      CHECK(snapshot(dist, m) == before);
+      CHECK(testing::snapshot(dist) == before);
       return message;
     };
 
@@ -560,7 +569,7 @@ TEST_CASE("checkpoints: saved on every rank count, resumed on fewer ranks and in
     orthopt::distributed_optimizer<float, backend> dist(comm);
     register_model(dist, m, c);
     dist.finalize();
-    const auto before = snapshot(dist, m);
+    const auto before = testing::snapshot(dist);
     std::ifstream in(path, std::ios::binary);
     std::string file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     file[file.size() / 2] = static_cast<char>(file[file.size() / 2] ^ 0x10);
@@ -573,7 +582,7 @@ TEST_CASE("checkpoints: saved on every rank count, resumed on fewer ranks and in
     }
     CHECK(refused == 1);
     CHECK(testing::all_ranks_min(refused) == 1);
-    CHECK(snapshot(dist, m) == before);
+    CHECK(testing::snapshot(dist) == before);
 
     // A checkpoint of another model (one parameter fewer) is refused by name.
     model<float> other;
@@ -591,7 +600,7 @@ TEST_CASE("checkpoints: saved on every rank count, resumed on fewer ranks and in
       refused = 1;
     }
     CHECK(testing::all_ranks_min(refused) == 1);
-    CHECK(snapshot(dist, m) == before);
+    CHECK(testing::snapshot(dist) == before);
   }
   comm_barrier();
   if (comm.rank() == 0) std::filesystem::remove(path);
@@ -647,18 +656,8 @@ TEST_CASE("the per-parameter API is the single-process optimizer's, before and a
   }
   const bool routing_same = dist.routing_table() == ref.routing_table();
   const bool state_before = dist.has_state(fc);
-  for (std::int64_t s = 0; s < 3; ++s) {
-    dm.fill_gradients(s);
-    rm.fill_gradients(s);
-    const auto dg = dm.gradient_list();
-    const auto rg = rm.gradient_list();
-    dist.step(dg);
-    ref.step(rg);
-  }
-  int differences = 0;
-  for (std::size_t t = 0; t < dm.values.size(); ++t) {
-    if (std::memcmp(dm.values[t].data(), rm.values[t].data(), dm.values[t].size() * sizeof(double)) != 0) ++differences;
-  }
+  step_both(dist, dm, ref, rm, orthopt::gradient_averaging::none, 3);
+  int differences = count_differences(dist, dm, ref, rm);
   int owned_checked = 0, residuals_recorded = 0;
   std::string foreign_refusal;
   bool saw_foreign = false;
@@ -674,7 +673,6 @@ TEST_CASE("the per-parameter API is the single-process optimizer's, before and a
       continue;
     }
     ++owned_checked;
-    if (testing::state_bytes(dist, i) != testing::state_bytes(ref, i)) ++differences;
     if (dist.group_of(p) == hidden) {
       if (dist.state(p).ns_plan()->steps() != ref.state(p).ns_plan()->steps()) ++differences;
       if (dist.ns_residuals(p) != ref.ns_residuals(p)) ++differences;

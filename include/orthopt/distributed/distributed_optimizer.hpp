@@ -760,12 +760,7 @@ class distributed_optimizer : public param_registry<T, Backend> {
   /// The root writes the checkpoint from every rank's records, in registration order.
   void write_gathered(std::ostream& out, const std::vector<std::vector<unsigned char>>& records,
                       const std::vector<std::vector<std::uint64_t>>& sizes) const {
-    namespace fmt = checkpoint_format;
     const std::size_t n = this->params_.size();
-    if (n > std::numeric_limits<std::uint32_t>::max()) {
-      throw value_error("orthopt::save_checkpoint: " + std::to_string(n) +
-                        " parameters exceed the format's limit");
-    }
     std::vector<std::vector<std::uint64_t>> offsets(sizes.size());
     std::uint64_t payload = detail::payload_fixed_bytes;
     for (std::size_t r = 0; r < sizes.size(); ++r) {
@@ -776,22 +771,15 @@ class distributed_optimizer : public param_registry<T, Backend> {
       }
       payload += at;
     }
-    detail::checkpoint_writer w(out);
-    w.bytes(fmt::magic, sizeof(fmt::magic));
-    w.u32(fmt::version);
-    w.u32(fmt::element_code<T>());
-    w.u64(payload);
-    w.u64(static_cast<std::uint64_t>(this->steps_taken()));
-    w.u32(static_cast<std::uint32_t>(n));
-    std::vector<std::size_t> next(records.size(), 0);  // per rank: its next record, in registration order
-    for (std::size_t i = 0; i < n; ++i) {
-      const auto r = static_cast<std::size_t>(placement_[i].owner);
-      const std::size_t k = next[r]++;
-      w.bytes(records[r].data() + offsets[r][k], static_cast<std::size_t>(sizes[r][k]));
-    }
-    w.u32(static_cast<std::uint32_t>(ns_budget_phase::none));
-    w.u64(0);
-    w.write_checksum();
+    const auto write_records = [&](detail::checkpoint_writer& w) {
+      std::vector<std::size_t> next(records.size(), 0);  // per rank: its next record, in registration order
+      for (std::size_t i = 0; i < n; ++i) {
+        const auto r = static_cast<std::size_t>(placement_[i].owner);
+        const std::size_t k = next[r]++;
+        w.bytes(records[r].data() + offsets[r][k], static_cast<std::size_t>(sizes[r][k]));
+      }
+    };
+    detail::write_checkpoint<T>(out, payload, this->steps_taken(), n, write_records, ns_budget_phase::none, 0);
     if (!out) throw value_error("orthopt::save_checkpoint: writing to the stream failed");
   }
 

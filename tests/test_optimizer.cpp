@@ -446,6 +446,38 @@ TEMPLATE_TEST_CASE("bound gradients and gradient_like give the same steps as pas
   CHECK(opt_b.steps_taken() == 3);
 }
 
+TEMPLATE_TEST_CASE("an empty gradient view skips its parameter: value, state and step count stay", "[optimizer]", float,
+                   double) {
+  using T = TestType;
+  toy_model<T> b;
+  auto opt_b = b.make_optimizer();
+  const std::size_t n = b.tensors.size();
+  for (std::size_t skipped = 0; skipped < n; ++skipped) {
+    b.fill_gradients(static_cast<std::int64_t>(skipped));
+    std::vector<std::vector<T>> values_before;
+    std::vector<std::vector<unsigned char>> states_before;
+    std::vector<std::int64_t> counts_before;
+    for (std::size_t i = 0; i < n; ++i) {
+      values_before.push_back(b.tensors[i].value);
+      states_before.push_back(state_bytes(opt_b, i));
+      counts_before.push_back(opt_b.state(orthopt::param_id{i}).step());
+    }
+    auto grads = b.gradient_views();
+    grads[skipped] = {};  // no gradient for this parameter this step
+    opt_b.step(grads);
+    for (std::size_t i = 0; i < n; ++i) {
+      INFO("parameter " << b.tensors[i].name << ", skipped " << b.tensors[skipped].name);
+      const bool stepped = i != skipped;
+      CHECK((b.tensors[i].value != values_before[i]) == stepped);
+      CHECK((state_bytes(opt_b, i) != states_before[i]) == stepped);
+      CHECK(opt_b.state(orthopt::param_id{i}).step() == counts_before[i] + (stepped ? 1 : 0));
+    }
+  }
+  CHECK(opt_b.steps_taken() == static_cast<std::int64_t>(n));
+  // Bound gradients cannot say "none": step() without arguments still refuses a missing binding.
+  CHECK_THROWS_WITH(opt_b.step(), Catch::Contains("has no bound gradient"));
+}
+
 TEMPLATE_TEST_CASE("a step that fails a check changes no parameter, no state and no step count", "[optimizer]", float,
                    double) {
   using T = TestType;

@@ -94,7 +94,9 @@ class optimizer : public param_registry<T, Backend> {
   // ---- Stepping (allocates nothing) ------------------------------------------------------------
 
   /// One step of every parameter, gradients[i] for the i-th registered parameter. All-or-nothing: see
-  /// the file comment.
+  /// the file comment. An empty view (gradient_view{}, count 0) skips its parameter: the parameter, its
+  /// state and its step count stay as they are (a parameter that got no gradient this step, as PyTorch's
+  /// optimizers skip a parameter whose .grad is None). The optimizer's steps_taken() counts the step.
   void step(std::span<const gradient_view> gradients) {
     if (gradients.size() != this->params_.size()) {
       throw value_error("orthopt::optimizer::step: " + std::to_string(gradients.size()) + " gradients for " +

@@ -414,7 +414,10 @@ class param_registry {
   /// `name`: the owning class in messages ("orthopt::optimizer"). `states_at_registration`: whether
   /// add_param makes the state (else the owner calls make_state).
   param_registry(const char* name, bool states_at_registration)
-      : name_(name), step_who_(std::string(name) + "::step"), states_at_registration_(states_at_registration) {}
+      : name_(name),
+        step_who_(std::string(name) + "::step"),
+        states_at_registration_(states_at_registration),
+        skips_missing_gradients_(states_at_registration) {}
   // The states own backend memory: a registry moves, it does not copy.
   param_registry(const param_registry&) = delete;
   param_registry& operator=(const param_registry&) = delete;
@@ -642,6 +645,7 @@ class param_registry {
       param_entry& p = params_[i];
       if (!p.state) continue;
       const gradient_view grad = gradient_at(i);
+      if (skips_missing_gradients_ && grad.count == 0) continue;
       std::visit([&](auto& r) { r.step(p.param, grad, *p.state); }, groups_[p.group.index].rule);
     }
     ++steps_taken_;
@@ -672,6 +676,7 @@ class param_registry {
                         g.name + "' now runs " + rule_name(kind) +
                         " (a group's rule kind cannot change after registration); nothing was changed");
     }
+    if (skips_missing_gradients_ && grad.count == 0) return;  // no gradient this step: p is skipped
     detail::check_gradient_view(who.c_str(), p.name, grad, p.param, [this](auto&& visit) {
       for (const param_entry& q : params_) visit(q.name, q.param);
     });
@@ -699,6 +704,10 @@ class param_registry {
   const char* name_;
   std::string step_who_;  // name_ + "::step"
   bool states_at_registration_;
+  // An empty gradient view (count 0) skips its parameter: the single-process optimizer's way of saying
+  // "no gradient this step". A distributed step needs every rank's gradient of every parameter, so there
+  // an empty view is refused as a shape mismatch.
+  bool skips_missing_gradients_;
   std::vector<double> saved_lr_;                   // per group, scratch of a step: sized at add_group
   std::vector<unsigned char> saved_check_finite_;  // per group, likewise
 };

@@ -5,7 +5,9 @@
 #   bash tests/run.sh              every test, each built once: a Release build in ./build (warnings as
 #                                  errors; test programs at -O1) of the benchmarks, examples, header, compile-fail, package,
 #                                  allocation, concurrency and the remaining BLAS and host-emulation tests,
-#                                  then the sanitizer build (--sanitize) of the core tests
+#                                  the Python package (pip install . in build-python/venv) and its pytest
+#                                  suite (tests/python/run.sh), then the sanitizer build (--sanitize) of
+#                                  the core tests
 #   bash tests/run.sh --sanitize   the core tests only (ORTHOPT_SANITIZE; tests/CMakeLists.txt lists them),
 #                                  built at -O1 -g1 (those that run for seconds at -O0) in
 #                                  ./build-sanitize with AddressSanitizer and UndefinedBehaviorSanitizer,
@@ -152,8 +154,11 @@ fi
 # the benchmark (without OpenBLAS, libtorch would run on the reference BLAS); fortunes: the GPT demo's
 # corpus (its smoke test, example.gpt_quick); libopenmpi-dev and openmpi-bin: the distributed optimizer
 # (orthopt::mpi) and its tests, which ctest runs under mpirun at 1 to 4 ranks (label mpi).
+# python3-venv, python3-dev, python3-numpy, python3-torch, python3-pytest: the Python package's build
+# (pip install . in a virtual environment) and its pytest suite (tests/python/run.sh).
 packages=(cmake g++ make python3 libeigen3-dev catch2 libbenchmark-dev zlib1g-dev dataset-fashion-mnist
-          libopenblas-openmp-dev libtorch-dev fortunes libopenmpi-dev openmpi-bin)
+          libopenblas-openmp-dev libtorch-dev fortunes libopenmpi-dev openmpi-bin
+          python3-venv python3-dev python3-numpy python3-torch python3-pytest)
 step install bash cmake/install-debian-packages.sh "tests/run.sh" "${packages[@]}"
 
 # ---- Configure, build, test ----------------------------------------------------------------------
@@ -208,8 +213,10 @@ if ((sanitize)); then
   build_and_test sanitize build-sanitize "${sanitize_args[@]}"
 elif ((release)); then
   build_and_test plain build "${release_args[@]}" -DORTHOPT_CORE_TESTS=ON
+  mode=python step python bash tests/python/run.sh
 else
   # Each test built once: the core tests only in the sanitizer build.
   build_and_test plain build "${release_args[@]}" -DORTHOPT_CORE_TESTS=OFF
+  mode=python step python bash tests/python/run.sh
   build_and_test sanitize build-sanitize "${sanitize_args[@]}"
 fi

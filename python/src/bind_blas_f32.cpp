@@ -1,0 +1,14 @@
+// SPDX-License-Identifier: Apache-2.0
+// The blas backend, float storage: one translation unit of the extension module (see instantiate.hpp).
+#include <orthopt/blas.hpp>
+
+#include "binding.hpp"
+#include "instantiate.hpp"
+
+namespace orthopt::python {
+namespace {
+blas_backend make_blas(int threads) { return threads > 0 ? blas_backend(threads) : blas_backend(); }
+}  // namespace
+ORTHOPT_PY_BACKEND_TU(bind_blas_float32, float, blas_backend, element::float32, false, "Optimizer_blas_float32",
+                      make_blas)
+}  // namespace orthopt::python

@@ -1,0 +1,14 @@
+// SPDX-License-Identifier: Apache-2.0
+// The eigen backend, float storage: one translation unit of the extension module (see instantiate.hpp).
+#include <orthopt/eigen.hpp>
+
+#include "binding.hpp"
+#include "instantiate.hpp"
+
+namespace orthopt::python {
+namespace {
+eigen_backend make_eigen(int threads) { return threads > 0 ? eigen_backend(threads) : eigen_backend(); }
+}  // namespace
+ORTHOPT_PY_BACKEND_TU(bind_eigen_float32, float, eigen_backend, element::float32, false, "Optimizer_eigen_float32",
+                      make_eigen)
+}  // namespace orthopt::python

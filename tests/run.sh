@@ -32,8 +32,9 @@
 #   bash tests/run.sh --cuda       with nvcc (the CUDA toolkit): Release build in ./build-cuda with
 #                                  ORTHOPT_ENABLE_CUDA=ON; builds the CUDA targets (GPU suite, bench_cuda,
 #                                  the GPT demo's CUDA trainer,
-#                                  the package's CUDA consumer) and runs the `gpu` tests, which report
-#                                  "skipped" without a GPU. Without nvcc it says so and exits 0.
+#                                  the package's CUDA consumer, one CUDA translation unit of the Python
+#                                  module) and runs the `gpu` tests, which report "skipped" without a
+#                                  GPU. Without nvcc it says so and exits 0.
 #
 # Works from any directory; exits non-zero when any step fails.
 set -euo pipefail
@@ -175,6 +176,9 @@ if ((cuda)); then
   # Only the CUDA targets: the rest is what the plain run builds and tests.
   step build cmake --build build-cuda -j "$jobs" --target test_gpu bench_cuda orthopt_gpt_cuda_trainer
   step test ctest --test-dir build-cuda --output-on-failure -L gpu "${junit_args[@]}"
+  # The Python module's CUDA code under nvcc (one translation unit; tests/python/run.sh runs the same
+  # code on the host emulation).
+  step python-cuda bash tests/python/run.sh --cuda-object
   exit 0
 fi
 if ((tsan)); then

@@ -42,6 +42,8 @@ __all__ = [
 
 has_cuda: bool = _core.has_cuda
 """Whether this build has the CUDA backend (it steps and orthogonalizes CUDA tensors)."""
+cuda_host_emulation: bool = _core.cuda_host_emulation
+"""A test build whose "CUDA" backend runs on the host (tests/python only)."""
 
 _lock = threading.Lock()
 _choice: tuple[str, str] | None = None
@@ -130,16 +132,32 @@ def _plain(x):
 
 
 def _run(x, out, config):
-    backend = cpu_backend()[0] if not _is_cuda(x) else "cuda"
     x = _plain(x)
     if out is None:
         out = _like(x)
-    _core.orthogonalize(x, _plain(out), backend, _threads, config)
+    target = _plain(out)
+    if _is_torch_cuda(x):
+        # Through torch's own DLPack export (no stream synchronization on import), on the tensor's device
+        # and torch's current stream there, without waiting for the device.
+        import torch
+        from torch.utils.dlpack import to_dlpack
+
+        with torch.cuda.device(x.device):
+            stream = torch.cuda.current_stream(x.device).cuda_stream
+            _core.orthogonalize(to_dlpack(x), to_dlpack(target), "cuda", _threads, config, stream)
+        return out
+    backend = "cuda" if _dlpack_on_cuda(x) else cpu_backend()[0]
+    _core.orthogonalize(x, target, backend, _threads, config, 0)
     return out
 
 
-def _is_cuda(x) -> bool:
-    return bool(getattr(x, "is_cuda", False))
+def _is_torch_cuda(x) -> bool:
+    return type(x).__module__.startswith("torch") and bool(getattr(x, "is_cuda", False))
+
+
+def _dlpack_on_cuda(x) -> bool:
+    device = getattr(x, "__dlpack_device__", None)
+    return device is not None and device()[0] == 2  # kDLCUDA
 
 
 def newton_schulz(
@@ -163,7 +181,8 @@ def newton_schulz(
     "you", "cubic"; steps: iterations (the schedule's own count by default); coefficients: an (a, b, c)
     triple or a table of them, replacing the schedule's; normalization: "frobenius",
     "frobenius_clamp", "safety", "aol"; algorithm: "standard" or "gram". out: an array like x (x itself
-    for in place); made with x's library when None. float32 and float64 CPU arrays. Strided inputs are read in place. The GIL is released while it runs. Each call makes a plan
+    for in place); made with x's library when None. float32 and float64; on CUDA (a build with
+    the CUDA backend) also bfloat16, on torch's current stream without waiting for the device. Strided inputs are read in place. The GIL is released while it runs. Each call makes a plan
     (allocates); an optimizer keeps its plans.
     """
     config: dict = {"ns": schedule}

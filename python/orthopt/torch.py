@@ -19,17 +19,20 @@ group is made, but ns_steps). The learning rate and the other hyper-parameters a
 all-or-nothing: a refused step (NaN gradient, wrong shape, ...) raises an orthopt error (a ValueError or
 TypeError) naming the parameter and changes no parameter and no state.
 
-All parameters of one optimizer share one dtype (float32 or float64) and live in CPU memory (the
-module has no CUDA backend yet); they must keep their storage (make the optimizer after ``model.to(...)``).
+All parameters of one optimizer share one dtype (float32 or float64; bfloat16 on CUDA) and one device;
+they must keep their storage (make the optimizer after ``model.to(...)``). On CUDA the step runs on
+torch's current stream (the one current when the optimizer was made) without waiting for the device.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from typing import Any, Iterable
 
 import torch
+import torch.utils.dlpack
 
 import orthopt as _orthopt
 from orthopt import BadTypeError, BadValueError, _core
@@ -66,14 +69,19 @@ _DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "
 
 def _core_class(dtype: torch.dtype, device: torch.device, name: str):
     if dtype not in _DTYPES:
-        raise BadTypeError(f"orthopt: parameter '{name}' is {dtype}; orthopt steps float32 and float64")
+        raise BadTypeError(
+            f"orthopt: parameter '{name}' is {dtype}; orthopt steps float32 and float64 (and bfloat16 on CUDA)"
+        )
     if device.type == "cuda":
         if not _core.has_cuda:
-            raise BadTypeError(f"orthopt: parameter '{name}' is on {device}; the Python module has no CUDA backend yet")
+            raise BadTypeError(
+                f"orthopt: parameter '{name}' is on {device}, but this build of orthopt has no CUDA backend "
+                "(reinstall where nvcc is on PATH, or with --config-settings=cmake.define.ORTHOPT_PYTHON_CUDA=ON)"
+            )
         backend = "cuda"
     elif device.type == "cpu":
         if dtype == torch.bfloat16:
-            raise BadTypeError(f"orthopt: parameter '{name}' is bfloat16; orthopt's CPU backends store float32 and float64")
+            raise BadTypeError(f"orthopt: parameter '{name}' is bfloat16; bfloat16 storage is supported on CUDA only")
         backend = _orthopt.cpu_backend()[0]
     else:
         raise BadTypeError(f"orthopt: parameter '{name}' is on {device}; orthopt runs on the CPU and on CUDA")
@@ -113,9 +121,12 @@ class OrthoptOptimizer(torch.optim.Optimizer):
             raise BadValueError(f"orthopt: group rule '{rule}' is not one of {', '.join(_RULE_KEYS)}")
         preset = group.get("preset") or (self._class_preset if rule == self.rule else None) or _DEFAULT_PRESET[rule]
         known = _RULE_KEYS[rule]
-        unknown = [k for k in explicit if k not in known and k != "betas"]
+        def foreign(k):  # not an option of this rule ("betas" is AdamW's, as torch spells beta1 and beta2)
+            return k not in known and not (k == "betas" and rule == "adamw")
+
+        unknown = [k for k in explicit if foreign(k)]
         if rule == self.rule:
-            unknown += [k for k in self.defaults if k not in known and k != "betas" and k not in unknown]
+            unknown += [k for k in self.defaults if foreign(k) and k not in unknown]
         if unknown:
             raise BadTypeError(f"orthopt: a {rule} group has no option {', '.join(repr(k) for k in sorted(unknown))}")
         index = len(self.param_groups)
@@ -155,9 +166,13 @@ class OrthoptOptimizer(torch.optim.Optimizer):
         # Everything is checked; now the core optimizer and its group.
         if self._core is None and params:
             cls, self._backend = _core_class(params[0].dtype, params[0].device, names[0])
-            self._core = cls(self._threads)
             self._device = params[0].device
             self._dtype = params[0].dtype
+            self._stream = 0
+            with self._on_device():
+                if self._backend == "cuda":
+                    self._stream = torch.cuda.current_stream(self._device).cuda_stream
+                self._core = cls(self._threads, self._stream)
         for p, name in zip(params, names):
             if p.dtype != self._dtype or p.device != self._device:
                 raise BadTypeError(
@@ -168,7 +183,8 @@ class OrthoptOptimizer(torch.optim.Optimizer):
         gid = self._core.add_group(f"group{index}", rule, preset, core_options) if self._core is not None else -1
         for p, name, blocks, b in zip(params, names, row_blocks, batch):
             try:
-                self._core.add_param(name, gid, p.detach(), b, int(blocks))
+                with self._on_device():
+                    self._core.add_param(name, gid, self._export(p.detach()), b, int(blocks))
             except Exception as e:
                 # The core keeps what it registered before the refusal: this optimizer cannot step.
                 self._broken = f"parameter '{name}' was refused when its group was added ({e})"
@@ -242,10 +258,27 @@ class OrthoptOptimizer(torch.optim.Optimizer):
                 continue
             if g.is_sparse:
                 raise BadTypeError(f"orthopt: the gradient of '{self._names[i]}' is sparse; orthopt steps dense gradients")
-            grads.append(g.detach() if g.requires_grad else g)
+            grads.append(self._export(g.detach() if g.requires_grad else g))
+        if self._backend == "cuda" and torch.cuda.current_stream(self._device).cuda_stream != self._stream:
+            raise BadValueError(
+                "orthopt: torch's current stream is not the one this optimizer was made on; step on that stream "
+                "(with torch.cuda.stream(...)) or make the optimizer on this one"
+            )
         self._sync_groups()
-        self._core.step(grads)
+        with self._on_device():
+            self._core.step(grads)
         return loss
+
+    def _export(self, t: torch.Tensor):
+        """CUDA tensors go through torch's DLPack export (no stream synchronization), CPU tensors as they are."""
+        if self._backend == "cuda":
+            return torch.utils.dlpack.to_dlpack(t)
+        return t
+
+    def _on_device(self):
+        if self._backend == "cuda":
+            return torch.cuda.device(self._device)
+        return contextlib.nullcontext()
 
     # ---- Newton–Schulz settings, the adaptive budget ---------------------------------------------
 
@@ -382,12 +415,11 @@ class OrthoptOptimizer(torch.optim.Optimizer):
                 "params": params,
             }
         )
-        for saved, group in zip(groups, self.param_groups):
+        for index, (saved, group) in enumerate(zip(groups, self.param_groups)):
             for key, value in saved.items():
                 if key not in ("params", "names"):
                     group[key] = value
-            ortho = self._ortho[self.param_groups.index(group)]
-            ortho["ns_steps"] = group.get("ns_steps")
+            self._ortho[index]["ns_steps"] = group.get("ns_steps")
         self._pushed = [None] * len(self.param_groups)
 
 

@@ -10,6 +10,7 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -117,15 +118,17 @@ std::vector<double> residuals_on_host(ro_array x) {
 template <class T, class Backend, element Want, bool Cuda>
 class py_optimizer {
  public:
-  explicit py_optimizer(int threads) : be_(make_backend(threads)) {}
+  explicit py_optimizer(Backend be) : be_(std::move(be)) {}
 
   int add_group(const std::string& name, const std::string& rule, const std::string& preset, nb::dict kw) {
+    idle();
     auto g = opt_.add_group(name, make_rule(rule, preset, kw));
     return static_cast<int>(g.index);
   }
 
   /// Hyper-parameters of group g from keywords (the orthogonalizer's are refused: fixed at registration).
   void set_group_options(int g, nb::dict kw) {
+    idle();
     auto& grp = opt_.group(gid(g));
     std::visit(
         [&](auto& r) {
@@ -139,6 +142,7 @@ class py_optimizer {
   double group_lr(int g) { return opt_.group(gid(g)).lr; }
 
   int add_param(const std::string& name, int g, array a, bool batch, int row_blocks) {
+    idle();
     require_element<T>(a, want_, cuda_, "orthopt: parameter '" + name + "'");
     const batch_view<T> view = param_matrices<T>(name, a, static_cast<T*>(a.data()), batch, row_blocks);
     const auto p = opt_.add_param(name, gid(g), view);
@@ -148,21 +152,17 @@ class py_optimizer {
     return static_cast<int>(p.index);
   }
 
-  /// Whether parameter i's registered memory is still at the address of `a` with its shape and strides.
-  bool same_memory(int i, array a) {
-    check_index(i);
-    const array& r = arrays_[static_cast<std::size_t>(i)];
-    if (a.data() != r.data() || a.ndim() != r.ndim() || a.dtype() != r.dtype() || a.device_type() != r.device_type() ||
-        a.device_id() != r.device_id()) {
-      return false;
-    }
-    for (std::size_t d = 0; d < a.ndim(); ++d)
-      if (a.shape(d) != r.shape(d) || a.stride(d) != r.stride(d)) return false;
-    return true;
-  }
-
   /// One step; gradients[i] is parameter i's gradient array or None (skipped). All-or-nothing.
   void step(nb::list gradients) {
+    // The step runs without the GIL: a second thread stepping the same optimizer meanwhile is refused
+    // (an optimizer is not synchronized; two optimizers may step on two threads).
+    if (busy_.exchange(true)) {
+      throw value_error("orthopt: this optimizer is being stepped on another thread; nothing was changed");
+    }
+    struct release_busy {
+      std::atomic<bool>& flag;
+      ~release_busy() { flag = false; }
+    } done{busy_};
     if (nb::len(gradients) != arrays_.size()) {
       throw value_error("orthopt: step got " + std::to_string(nb::len(gradients)) + " gradients for " +
                         std::to_string(arrays_.size()) + " parameters; nothing was changed");
@@ -199,19 +199,43 @@ class py_optimizer {
 
   // ---- Inspection and Newton–Schulz settings ------------------------------------------------------
   std::int64_t steps_taken() const { return opt_.steps_taken(); }
-  void set_steps_taken(std::int64_t n) { opt_.set_steps_taken(n); }
+  void set_steps_taken(std::int64_t n) {
+    idle();
+    opt_.set_steps_taken(n);
+  }
   std::size_t param_count() const { return opt_.param_count(); }
   std::string routing_table() const { return opt_.routing_table(); }
   int ns_steps(int p) { return opt_.ns_steps(pid(p)); }
-  void set_ns_steps_param(int p, int n) { opt_.set_ns_steps(pid(p), n); }
-  void set_ns_steps_group(int g, int n) { opt_.set_ns_steps(gid(g), n); }
-  void record_ns_residuals(int g, bool on) { opt_.record_ns_residuals(gid(g), on); }
-  std::vector<double> ns_residuals(int p, int k) { return opt_.ns_residuals(pid(p), k); }
-  void set_ns_stop_tolerance(int g, double t) { opt_.set_ns_stop_tolerance(gid(g), t); }
+  void set_ns_steps_param(int p, int n) {
+    idle();
+    opt_.set_ns_steps(pid(p), n);
+  }
+  void set_ns_steps_group(int g, int n) {
+    idle();
+    opt_.set_ns_steps(gid(g), n);
+  }
+  void record_ns_residuals(int g, bool on) {
+    idle();
+    opt_.record_ns_residuals(gid(g), on);
+  }
+  std::vector<double> ns_residuals(int p, int k) {
+    idle();
+    return opt_.ns_residuals(pid(p), k);
+  }
+  void set_ns_stop_tolerance(int g, double t) {
+    idle();
+    opt_.set_ns_stop_tolerance(gid(g), t);
+  }
   std::int64_t state_step(int p) { return opt_.state(pid(p)).step(); }
 
-  void set_ns_budget(nb::dict kw) { opt_.set_ns_budget(budget_options(kw)); }
-  void clear_ns_budget() { opt_.clear_ns_budget(); }
+  void set_ns_budget(nb::dict kw) {
+    idle();
+    opt_.set_ns_budget(budget_options(kw));
+  }
+  void clear_ns_budget() {
+    idle();
+    opt_.clear_ns_budget();
+  }
   std::string budget_phase() const {
     switch (opt_.ns_budget_state()) {
       case orthopt::ns_budget_phase::none: return "none";
@@ -257,6 +281,7 @@ class py_optimizer {
   /// rule, rows, cols, count, step, ns_steps, slots: {name: (bytes, element_bytes)}}]}. The Python side
   /// turns the bytes into tensors.
   nb::dict export_state() const {
+    idle();
     nb::dict d;
     d["steps_taken"] = opt_.steps_taken();
     d["ns_budget_phase"] = static_cast<std::uint32_t>(opt_.ns_budget_state());
@@ -290,6 +315,7 @@ class py_optimizer {
   /// Replaces the state with `d` (export_state's layout): written as a checkpoint and loaded through
   /// orthopt's checkpoint loader, so every check it makes applies and a refusal changes nothing.
   void import_state(nb::dict d) {
+    idle();
     const auto need = [&](nb::handle obj, const char* key) -> nb::object {
       nb::dict m = nb::borrow<nb::dict>(obj);
       if (!m.contains(key)) throw value_error(std::string("orthopt: the state has no '") + key + "'");
@@ -363,12 +389,14 @@ class py_optimizer {
   }
 
   nb::bytes save_checkpoint_bytes() const {
+    idle();
     std::ostringstream out;
     save_checkpoint(opt_, out);
     const std::string s = out.str();
     return nb::bytes(s.data(), s.size());
   }
   void load_checkpoint_bytes(nb::bytes b) {
+    idle();
     std::istringstream in(std::string(b.c_str(), b.size()));
     load_checkpoint(opt_, in);
   }
@@ -379,13 +407,9 @@ class py_optimizer {
     int row_blocks;
   };
 
-  static Backend make_backend(int threads) {
-    if constexpr (std::is_constructible_v<Backend, int>) {
-      return threads > 0 ? Backend(threads) : Backend();
-    } else {
-      (void)threads;
-      return Backend();
-    }
+  /// Refuses a call while a step runs on another thread (the step releases the GIL).
+  void idle() const {
+    if (busy_) throw value_error("orthopt: this optimizer is being stepped on another thread");
   }
 
   static std::uint32_t rule_code(const std::string& rule) {
@@ -447,20 +471,23 @@ class py_optimizer {
   std::vector<array> arrays_;
   std::vector<param_layout> layout_;
   std::vector<batch_view<const T>> grads_;
+  std::atomic<bool> busy_{false};
 };
 
-/// Registers the class py_optimizer<T, Backend> as `name` in module m.
-template <class T, class Backend, element Want, bool Cuda>
+/// Registers the class py_optimizer<T, Backend> as `name` in module m; its constructor takes the CPU
+/// thread count and the CUDA stream (an integer handle), and makes its backend with `make`.
+template <class T, class Backend, element Want, bool Cuda, Backend (*Make)(int, std::uintptr_t)>
 void bind_optimizer(nb::module_& m, const char* name) {
   using P = py_optimizer<T, Backend, Want, Cuda>;
   nb::class_<P>(m, name)
-      .def(nb::init<int>(), nb::arg("threads"))
+      .def(
+          "__init__", [](P* self, int threads, std::uintptr_t stream) { new (self) P(Make(threads, stream)); },
+          nb::arg("threads"), nb::arg("stream") = 0)
       .def("add_group", &P::add_group, nb::arg("name"), nb::arg("rule"), nb::arg("preset"), nb::arg("options"))
       .def("set_group_options", &P::set_group_options)
       .def("group_lr", &P::group_lr)
       .def("add_param", &P::add_param, nb::arg("name"), nb::arg("group"), nb::arg("array").noconvert(),
            nb::arg("batch") = false, nb::arg("row_blocks") = 1)
-      .def("same_memory", &P::same_memory, nb::arg("index"), nb::arg("array").noconvert())
       .def("step", &P::step)
       .def("steps_taken", &P::steps_taken)
       .def("set_steps_taken", &P::set_steps_taken)

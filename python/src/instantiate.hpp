@@ -5,6 +5,7 @@
 
 #include <nanobind/nanobind.h>
 
+#include <cstdint>
 #include <vector>
 
 #include "arrays.hpp"
@@ -14,7 +15,7 @@ namespace orthopt::python {
 /// The entry points of one backend and element type.
 struct backend_entry {
   /// Newton–Schulz or the exact polar factor of x into out (config: orthogonalizer keywords).
-  void (*orthogonalize)(ro_array x, array out, nanobind::dict config, int threads) = nullptr;
+  void (*orthogonalize)(ro_array x, array out, nanobind::dict config, int threads, std::uintptr_t stream) = nullptr;
   /// ‖XXᵀ − I‖_F/√m per matrix (host arrays).
   std::vector<double> (*residuals)(ro_array x) = nullptr;
 };
@@ -33,17 +34,17 @@ ORTHOPT_PY_DECLARE(bind_cuda_bfloat16);
 #endif
 #undef ORTHOPT_PY_DECLARE
 
-/// The body of a backend translation unit: the optimizer class `Optimizer_<backend>_<element>` and the
-/// array functions, for element type T (storage) on Backend.
-#define ORTHOPT_PY_BACKEND_TU(FN, T, BACKEND, ELEMENT, CUDA, CLASS_NAME, MAKE_BACKEND)                 \
-  backend_entry FN(nanobind::module_& m) {                                                           \
-    bind_optimizer<T, BACKEND, ELEMENT, CUDA>(m, CLASS_NAME);                                       \
-    backend_entry e;                                                                                 \
-    e.orthogonalize = [](ro_array x, array out, nanobind::dict config, int threads) {                \
-      orthogonalize_arrays<T, BACKEND>(x, out, config, MAKE_BACKEND(threads), ELEMENT, CUDA);        \
-    };                                                                                               \
-    if constexpr (!CUDA) e.residuals = [](ro_array x) { return residuals_on_host<T>(x); };          \
-    return e;                                                                                        \
+/// The body of a backend translation unit: the optimizer class `CLASS_NAME` and the array functions,
+/// for element type T (storage) on BACKEND, whose handle MAKE_BACKEND(threads, stream) makes.
+#define ORTHOPT_PY_BACKEND_TU(FN, T, BACKEND, ELEMENT, CUDA, CLASS_NAME, MAKE_BACKEND)                     \
+  backend_entry FN(nanobind::module_& m) {                                                               \
+    bind_optimizer<T, BACKEND, ELEMENT, CUDA, &MAKE_BACKEND>(m, CLASS_NAME);                            \
+    backend_entry e;                                                                                     \
+    e.orthogonalize = [](ro_array x, array out, nanobind::dict config, int threads, std::uintptr_t stream) { \
+      orthogonalize_arrays<T, BACKEND>(x, out, config, MAKE_BACKEND(threads, stream), ELEMENT, CUDA);     \
+    };                                                                                                   \
+    if constexpr (!CUDA) e.residuals = [](ro_array x) { return residuals_on_host<T>(x); };              \
+    return e;                                                                                            \
   }
 
 }  // namespace orthopt::python

@@ -18,6 +18,9 @@
 
 #include "arrays.hpp"
 #include "instantiate.hpp"
+#ifdef ORTHOPT_PY_CUDA_HOST_EMULATION
+#include "cuda_host_control.hpp"
+#endif
 #include "options.hpp"
 #include "orthopt/errors.hpp"
 #include "orthopt/name_pattern.hpp"
@@ -55,14 +58,15 @@ const backend_entry& entry_for(const ro_array& x, const std::string& backend) {
     if (e == element::bfloat16) return table.cudabf16;
     throw type_problem("orthopt: the input is " + dtype_text(x) + "; CUDA arrays may be float32, float64 or bfloat16");
 #else
-    throw type_problem("orthopt: the input is in CUDA memory; the Python module has no CUDA backend yet");
+    throw type_problem("orthopt: the input is in CUDA memory, but this build of orthopt has no CUDA backend "
+                       "(reinstall where nvcc is on PATH, or with --config-settings=cmake.define.ORTHOPT_PYTHON_CUDA=ON)");
 #endif
   }
   if (!on_cpu(x)) throw type_problem("orthopt: the input is on a device orthopt does not support (DLPack device type " +
                                      std::to_string(x.device_type()) + ")");
   if (e != element::float32 && e != element::float64) {
     throw type_problem("orthopt: the input is " + dtype_text(x) + "; CPU arrays may be float32 or float64" +
-                       (e == element::bfloat16 ? " (bfloat16 storage is the C++ CUDA backend's only)" : ""));
+                       (e == element::bfloat16 ? " (bfloat16 storage is supported on CUDA only)" : ""));
   }
   const bool f32 = e == element::float32;
   if (backend == "eigen") return f32 ? table.eigen32 : table.eigen64;
@@ -122,6 +126,16 @@ NB_MODULE(_core, m) {
   m.attr("has_cuda") = false;
 #endif
   m.attr("cpu_backends") = cpu_backends;
+#ifdef ORTHOPT_PY_CUDA_HOST_EMULATION
+  m.attr("cuda_host_emulation") = true;  // a test build: "CUDA" arrays are host memory
+  // What the emulated runtime counted: stream synchronizations, live "device" allocations, cuBLAS calls.
+  m.def("cuda_host_counters", [] {
+    return std::make_tuple(orthopt_cuda_host::stream_synchronizations(), orthopt_cuda_host::live_allocations(),
+                           orthopt_cuda_host::cublas_calls());
+  });
+#else
+  m.attr("cuda_host_emulation") = false;
+#endif
   m.attr("version") = ORTHOPT_VERSION_STRING;
 #ifdef _OPENMP
   m.attr("openmp") = true;
@@ -131,10 +145,11 @@ NB_MODULE(_core, m) {
 
   m.def(
       "orthogonalize",
-      [](ro_array x, array out, const std::string& backend, int threads, nb::dict config) {
-        entry_for(x, backend).orthogonalize(x, out, config, threads);
+      [](ro_array x, array out, const std::string& backend, int threads, nb::dict config, std::uintptr_t stream) {
+        entry_for(x, backend).orthogonalize(x, out, config, threads, stream);
       },
-      nb::arg("x").noconvert(), nb::arg("out").noconvert(), nb::arg("backend"), nb::arg("threads"), nb::arg("config"));
+      nb::arg("x").noconvert(), nb::arg("out").noconvert(), nb::arg("backend"), nb::arg("threads"), nb::arg("config"),
+      nb::arg("stream") = 0);
   m.def(
       "orthogonality_residual",
       [](ro_array x) {

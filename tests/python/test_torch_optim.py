@@ -393,3 +393,43 @@ def test_route_splits_fused_qkv_and_applies_overrides():
     assert "qkv.weight" in opt.routing_table()
     with pytest.raises(orthopt.BadValueError, match="name no parameter"):
         ot.route(m, overrides={"nope": "adamw"}, verbose=False)
+
+
+def test_groups_of_one_rule_with_their_own_options_round_trip():
+    def make(model):
+        hidden = [model[0].weight, model[2].weight]
+        rest = [p for n, p in model.named_parameters() if n not in ("0.weight", "2.weight")]
+        return ot.Muon(
+            [
+                {"params": [hidden[0]], "lr": torch.tensor(0.01)},  # torch allows a one-element tensor lr
+                {"params": [hidden[1]], "lr": 0.005, "momentum": 0.9, "ns_steps": 6},
+                {"params": rest, "rule": "adamw", "lr": 3e-3, "betas": (0.8, 0.99)},
+            ],
+            preset="keller",
+        )
+
+    a, b = mlp(13), mlp(13)
+    opt_a, opt_b = make(a), make(b)
+    train(a, opt_a, 4)
+    train(b, opt_b, 2)
+    assert opt_b.ns_steps(b[2].weight) == 6 and opt_b.ns_steps(b[0].weight) == 5
+    buffer = io.BytesIO()
+    torch.save(opt_b.state_dict(), buffer)
+    buffer.seek(0)
+    c = mlp(13)
+    c.load_state_dict(b.state_dict())
+    opt_c = make(c)
+    opt_c.param_groups[1]["momentum"] = 0.5  # overwritten by the load, as torch's load_state_dict does
+    opt_c.load_state_dict(torch.load(buffer))
+    assert opt_c.param_groups[1]["momentum"] == 0.9
+    train(c, opt_c, 2, start=2)
+    for p, q in zip(a.parameters(), c.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_an_option_for_another_rule_is_refused():
+    model = mlp(14)
+    with pytest.raises(orthopt.BadTypeError, match="betas"):
+        ot.Muon([{"params": [model[0].weight], "betas": (0.9, 0.95)}])
+    with pytest.raises(orthopt.BadTypeError, match="momentum"):
+        ot.Muon([{"params": [model[0].bias], "rule": "adamw", "momentum": 0.9}])

@@ -524,7 +524,7 @@ FUSED_QKV = (re.compile(r"(^|\.)(qkv|qkv_proj|Wqkv|query_key_value|in_proj_weigh
 def route(
     model: torch.nn.Module,
     *,
-    rule: str = "muon",
+    rule: str | None = None,
     adamw: dict | None = None,
     matrix: dict | None = None,
     embedding_patterns: Iterable[tuple[str, bool]] | None = None,
@@ -534,7 +534,7 @@ def route(
     verbose: bool = True,
 ) -> list[dict]:
     """Parameter groups for an orthopt optimizer, decided as orthopt's C++ router decides: hidden
-    matrices (and N-D filters) to `rule`; vectors, embeddings (names with "embed", "wte", "wpe") and
+    matrices (and N-D filters) to `rule` (None: the rule of the optimizer that takes the groups); vectors, embeddings (names with "embed", "wte", "wpe") and
     the output head ("lm_head", "head") to AdamW. Fused QKV matrices (FUSED_QKV names, rows divisible by
     3) are split into their three row blocks. `overrides` maps exact names to "matrix" or "adamw";
     `adamw` and `matrix` add options to the two groups. Prints the table unless verbose is False.
@@ -543,8 +543,10 @@ def route(
     embed = list(embedding_patterns) if embedding_patterns is not None else default_embed
     head = list(head_patterns) if head_patterns is not None else default_head
     overrides = dict(overrides or {})
-    groups = {"matrix": {"params": [], "names": [], "row_blocks": [], "rule": rule},
+    groups = {"matrix": {"params": [], "names": [], "row_blocks": []},
               "adamw": {"params": [], "names": [], "row_blocks": [], "rule": "adamw"}}
+    if rule is not None:  # else the optimizer's own rule (Muon for ot.Muon, AdaMuon for ot.AdaMuon ...)
+        groups["matrix"]["rule"] = rule
     lines = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -567,7 +569,7 @@ def route(
         g["params"].append(p)
         g["names"].append(name)
         g["row_blocks"].append(blocks)
-        lines.append(f"{name:40s} {str(tuple(p.shape)):18s} -> {g['rule']}: {why}")
+        lines.append(f"{name:40s} {str(tuple(p.shape)):18s} -> {g.get('rule', 'matrix rule')}: {why}")
     if overrides:
         raise BadValueError(f"orthopt.route: overrides name no parameter of the model: {', '.join(sorted(overrides))}")
     groups["adamw"].update(adamw or {})

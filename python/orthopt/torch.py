@@ -121,6 +121,7 @@ class OrthoptOptimizer(torch.optim.Optimizer):
             raise BadValueError(f"orthopt: group rule '{rule}' is not one of {', '.join(_RULE_KEYS)}")
         preset = group.get("preset") or (self._class_preset if rule == self.rule else None) or _DEFAULT_PRESET[rule]
         known = _RULE_KEYS[rule]
+
         def foreign(k):  # not an option of this rule ("betas" is AdamW's, as torch spells beta1 and beta2)
             return k not in known and not (k == "betas" and rule == "adamw")
 
@@ -209,6 +210,8 @@ class OrthoptOptimizer(torch.optim.Optimizer):
     def _sync_groups(self) -> None:
         """Pushes changed hyper-parameters of every group to the core (read at every step)."""
         for index, group in enumerate(self.param_groups):
+            if self._group_ids[index] < 0:  # an empty group added before any parameter: nothing to step
+                continue
             rule = group["rule"]
             ortho = self._ortho[index]
             for key in _ORTHO_KEYS:

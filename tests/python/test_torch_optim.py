@@ -469,3 +469,13 @@ def test_float64_steps_equal_the_extensions_optimizer_bit_for_bit(cls, rule, pre
         core.set_group_options(1, {"lr": opt.param_groups[1]["lr"]})
     for p, v in zip(opt._params, values):
         assert np.array_equal(p.detach().numpy(), v)
+
+
+def test_an_empty_first_group_is_allowed():
+    w = torch.nn.Parameter(torch.randn(6, 4, dtype=torch.float64))
+    opt = ot.Muon([{"params": []}, {"params": [w], "lr": 0.01}])
+    w.grad = torch.ones_like(w)
+    before = w.detach().clone()
+    opt.step()
+    assert not torch.equal(before, w)
+    assert opt.state_dict()["param_groups"][0]["params"] == []

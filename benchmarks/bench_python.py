@@ -64,9 +64,9 @@ def fill_gradients(model, seed):
 
 
 def hidden_and_rest(model):
-    hidden = [p for n, p in model.named() if p.dim() == 2 and "embed" not in n and "lm_head" not in n]
-    rest = [p for n, p in model.named() if not (p.dim() == 2 and "embed" not in n and "lm_head" not in n)]
-    return hidden, rest
+    """The hidden matrices and the rest, as route() splits them (the torch peer gets the same split)."""
+    matrix, adamw = ot.route(model, verbose=False)
+    return matrix["params"], adamw["params"]
 
 
 class TorchOpsMuon:

@@ -32,14 +32,15 @@ namespace orthopt::python {
 
 namespace nb = nanobind;
 
-/// Checks that an array can be read as T on this backend's device; TypeError naming `what` otherwise.
-template <class T, class A>
-void require_element(const A& a, element want, bool cuda, const std::string& what) {
+/// Checks that an array can be read as T on this backend's device; TypeError naming `what()` otherwise
+/// (the description is built only when the check fails: the optimizer's step calls this per gradient).
+template <class T, class A, class Describe>
+void require_element(const A& a, element want, bool cuda, Describe what) {
   if (element_of(a) != want) {
-    throw type_problem(what + " is " + dtype_text(a) + "; this call needs " + element_name(want));
+    throw type_problem(what() + " is " + dtype_text(a) + "; this call needs " + element_name(want));
   }
   if (cuda ? !on_cuda(a) : !on_cpu(a)) {
-    throw type_problem(what + " is not in " + (cuda ? "CUDA" : "CPU") + " memory");
+    throw type_problem(what() + " is not in " + (cuda ? "CUDA" : "CPU") + " memory");
   }
 }
 
@@ -49,8 +50,8 @@ void require_element(const A& a, element want, bool cuda, const std::string& wha
 /// be x itself). `config_kw`: the orthogonalizer keywords (options.hpp). Allocates a plan per call.
 template <class T, class Backend>
 void orthogonalize_arrays(ro_array x, array out, nb::dict config_kw, Backend be, element want, bool cuda) {
-  require_element<T>(x, want, cuda, "orthopt: the input");
-  require_element<T>(out, want, cuda, "orthopt: out");
+  require_element<T>(x, want, cuda, [] { return std::string("orthopt: the input"); });
+  require_element<T>(out, want, cuda, [] { return std::string("orthopt: out"); });
   if (x.ndim() < 2) throw shape_error("orthopt: the input has shape " + shape_text(x) + "; it needs [..., m, n]");
   if (out.ndim() != x.ndim()) throw shape_error("orthopt: out has shape " + shape_text(out) + ", the input " + shape_text(x));
   for (std::size_t d = 0; d < x.ndim(); ++d)
@@ -85,7 +86,6 @@ void orthogonalize_arrays(ro_array x, array out, nb::dict config_kw, Backend be,
 /// ‖X Xᵀ − I‖_F / √m for each matrix (m the smaller side; Xᵀ X when rows > cols), in double on the host.
 template <class T>
 std::vector<double> residuals_on_host(ro_array x) {
-  const std::size_t n = x.ndim();
   std::vector<double> out;
   for_each_batch<const T>(x, static_cast<const T*>(x.data()), [&](batch_view<const T> b) {
     for (index_t k = 0; k < b.count; ++k) {
@@ -107,9 +107,53 @@ std::vector<double> residuals_on_host(ro_array x) {
       out.push_back(std::sqrt(sum / static_cast<double>(small)));
     }
   });
-  (void)n;
   return out;
 }
+
+// ---- A state given by Python, as the checkpoint writer reads a state ------------------------------
+
+/// Host memory for the checkpoint writer's copies (found by argument-dependent lookup).
+struct host_memory {};
+inline void copy_to_host(host_memory&, void* dst, const void* src, std::size_t bytes) {
+  if (bytes > 0) std::memcpy(dst, src, bytes);
+}
+
+/// One parameter's state as Python hands it over (import_state), with the members
+/// detail::record_bytes_of and detail::write_param_record read from a param_state.
+struct host_record {
+  struct ns_steps_of {
+    std::uint32_t count = 0;
+    [[nodiscard]] std::uint32_t steps() const { return count; }
+  };
+  struct slot {
+    const char* name;
+    std::size_t element_bytes;
+    const void* data;
+    std::size_t elements;
+  };
+  std::string name;
+  std::uint32_t code = 0;
+  std::uint64_t rows_ = 0, cols_ = 0, count_ = 0, step_ = 0;
+  ns_steps_of ns;
+  std::vector<std::string> slot_names, slot_bytes;
+  std::vector<std::uint32_t> element_bytes;
+  mutable host_memory memory;
+
+  [[nodiscard]] rule_kind kind() const { return static_cast<rule_kind>(code); }
+  [[nodiscard]] std::uint64_t rows() const { return rows_; }
+  [[nodiscard]] std::uint64_t cols() const { return cols_; }
+  [[nodiscard]] std::uint64_t count() const { return count_; }
+  [[nodiscard]] std::uint64_t step() const { return step_; }
+  [[nodiscard]] const ns_steps_of* ns_plan() const { return ns.count != 0 ? &ns : nullptr; }
+  [[nodiscard]] host_memory& backend() const { return memory; }
+  [[nodiscard]] std::vector<slot> slots() const {
+    std::vector<slot> s;
+    for (std::size_t k = 0; k < slot_names.size(); ++k) {
+      s.push_back({slot_names[k].c_str(), element_bytes[k], slot_bytes[k].data(), slot_bytes[k].size() / element_bytes[k]});
+    }
+    return s;
+  }
+};
 
 // ---- The optimizer ---------------------------------------------------------------------------------
 
@@ -143,12 +187,13 @@ class py_optimizer {
 
   int add_param(const std::string& name, int g, array a, bool batch, int row_blocks) {
     idle();
-    require_element<T>(a, want_, cuda_, "orthopt: parameter '" + name + "'");
+    require_element<T>(a, want_, cuda_, [&] { return "orthopt: parameter '" + name + "'"; });
     const batch_view<T> view = param_matrices<T>(name, a, static_cast<T*>(a.data()), batch, row_blocks);
     const auto p = opt_.add_param(name, gid(g), view);
     arrays_.push_back(a);  // keeps the memory alive as long as the optimizer
     layout_.push_back({batch, row_blocks});
     grads_.emplace_back();
+    held_.reserve(arrays_.size());
     return static_cast<int>(p.index);
   }
 
@@ -159,17 +204,19 @@ class py_optimizer {
     if (busy_.exchange(true)) {
       throw value_error("orthopt: this optimizer is being stepped on another thread; nothing was changed");
     }
-    struct release_busy {
-      std::atomic<bool>& flag;
-      ~release_busy() { flag = false; }
-    } done{busy_};
+    // held_ keeps the gradient arrays (and so their memory) for the duration of the step; it is emptied
+    // after it, keeping its capacity.
+    struct end_of_step {
+      py_optimizer& self;
+      ~end_of_step() {
+        self.held_.clear();
+        self.busy_ = false;
+      }
+    } done{*this};
     if (nb::len(gradients) != arrays_.size()) {
       throw value_error("orthopt: step got " + std::to_string(nb::len(gradients)) + " gradients for " +
                         std::to_string(arrays_.size()) + " parameters; nothing was changed");
     }
-    // Hold the gradient arrays (and so their memory) for the duration of the step.
-    std::vector<ro_array> held;
-    held.reserve(arrays_.size());
     for (std::size_t i = 0; i < arrays_.size(); ++i) {
       nb::handle h = gradients[i];
       if (h.is_none()) {
@@ -181,17 +228,17 @@ class py_optimizer {
         throw type_problem("orthopt: the gradient of '" + opt_.param_name(param_id{i}) +
                               "' is not an array (DLPack or buffer protocol); nothing was changed");
       }
-      const std::string who = "orthopt: the gradient of '" + opt_.param_name(param_id{i}) + "'";
+      const auto who = [&] { return "orthopt: the gradient of '" + opt_.param_name(param_id{i}) + "'"; };
       require_element<T>(g, want_, cuda_, who);
       const array& p = arrays_[i];
       bool same_shape = g.ndim() == p.ndim();
       for (std::size_t d = 0; same_shape && d < g.ndim(); ++d) same_shape = g.shape(d) == p.shape(d);
       if (!same_shape) {
-        throw shape_error(who + " has shape " + shape_text(g) + ", the parameter " + shape_text(p) + "; nothing was changed");
+        throw shape_error(who() + " has shape " + shape_text(g) + ", the parameter " + shape_text(p) + "; nothing was changed");
       }
       grads_[i] = param_matrices<const T>(opt_.param_name(param_id{i}), g, static_cast<const T*>(g.data()),
                                           layout_[i].batch, layout_[i].row_blocks);
-      held.push_back(std::move(g));
+      held_.push_back(std::move(g));
     }
     nb::gil_scoped_release release;
     opt_.step(grads_);
@@ -226,7 +273,6 @@ class py_optimizer {
     idle();
     opt_.set_ns_stop_tolerance(gid(g), t);
   }
-  std::int64_t state_step(int p) { return opt_.state(pid(p)).step(); }
 
   void set_ns_budget(nb::dict kw) {
     idle();
@@ -321,30 +367,30 @@ class py_optimizer {
       if (!m.contains(key)) throw value_error(std::string("orthopt: the state has no '") + key + "'");
       return m[key];
     };
-    struct record {
-      std::string name;
-      std::uint32_t kind;
-      std::uint64_t rows, cols, count, step;
-      std::uint32_t ns_steps;
-      std::vector<std::pair<std::string, std::pair<std::string, std::uint32_t>>> slots;  // name, (bytes, size)
-    };
-    std::vector<record> records;
+    std::vector<host_record> records;
     nb::list params = nb::borrow<nb::list>(need(d, "params"));
     for (nb::handle h : params) {
-      record r;
+      host_record r;
       r.name = nb::cast<std::string>(need(h, "name"));
-      const std::string rule = nb::cast<std::string>(need(h, "rule"));
-      r.kind = rule_code(rule);
-      r.rows = nb::cast<std::uint64_t>(need(h, "rows"));
-      r.cols = nb::cast<std::uint64_t>(need(h, "cols"));
-      r.count = nb::cast<std::uint64_t>(need(h, "count"));
-      r.step = nb::cast<std::uint64_t>(need(h, "step"));
-      r.ns_steps = nb::cast<std::uint32_t>(need(h, "ns_steps"));
+      r.code = rule_code(nb::cast<std::string>(need(h, "rule")));
+      r.rows_ = nb::cast<std::uint64_t>(need(h, "rows"));
+      r.cols_ = nb::cast<std::uint64_t>(need(h, "cols"));
+      r.count_ = nb::cast<std::uint64_t>(need(h, "count"));
+      r.step_ = nb::cast<std::uint64_t>(need(h, "step"));
+      r.ns.count = nb::cast<std::uint32_t>(need(h, "ns_steps"));
       nb::dict slots = nb::borrow<nb::dict>(need(h, "slots"));
       for (auto [k, v] : slots) {
         nb::tuple t = nb::borrow<nb::tuple>(v);
         nb::bytes b = nb::borrow<nb::bytes>(t[0]);
-        r.slots.push_back({nb::cast<std::string>(k), {std::string(b.c_str(), b.size()), nb::cast<std::uint32_t>(t[1])}});
+        const auto size = nb::cast<std::uint32_t>(t[1]);
+        const std::string slot = nb::cast<std::string>(k);
+        if (size == 0 || b.size() % size != 0) {
+          throw value_error("orthopt: parameter '" + r.name + "': slot '" + slot + "' holds " + std::to_string(b.size()) +
+                            " bytes, not a whole number of " + std::to_string(size) + "-byte elements");
+        }
+        r.slot_names.push_back(slot);
+        r.slot_bytes.emplace_back(b.c_str(), b.size());
+        r.element_bytes.push_back(size);
       }
       records.push_back(std::move(r));
     }
@@ -353,35 +399,13 @@ class py_optimizer {
     const std::int64_t phase_start = nb::cast<std::int64_t>(need(d, "ns_budget_phase_start"));
     if (steps_taken < 0) throw value_error("orthopt: the state's steps_taken = " + std::to_string(steps_taken) + " < 0");
 
+    // The checkpoint's own record writer and length, so that this stays the format the loader reads.
     std::uint64_t payload = detail::payload_fixed_bytes;
-    for (const auto& r : records) {
-      payload += 4 + r.name.size() + 4 + 8 * 4 + 4 + 4;
-      for (const auto& s : r.slots) payload += 4 + s.first.size() + 4 + 8 + s.second.first.size();
-    }
+    for (const auto& r : records) payload += detail::record_bytes_of(r.name, r);
     std::ostringstream out;
     const auto write_records = [&](detail::checkpoint_writer& w) {
-      for (const auto& r : records) {
-        w.text(r.name);
-        w.u32(r.kind);
-        w.u64(r.rows);
-        w.u64(r.cols);
-        w.u64(r.count);
-        w.u64(r.step);
-        w.u32(static_cast<std::uint32_t>(r.slots.size()));
-        for (const auto& s : r.slots) {
-          const std::uint32_t size = s.second.second;
-          if (size == 0 || s.second.first.size() % size != 0) {
-            throw value_error("orthopt: parameter '" + r.name + "': slot '" + s.first + "' holds " +
-                              std::to_string(s.second.first.size()) + " bytes, not a whole number of " +
-                              std::to_string(size) + "-byte elements");
-          }
-          w.text(s.first);
-          w.u32(size);
-          w.u64(s.second.first.size() / size);
-          w.elements(reinterpret_cast<const unsigned char*>(s.second.first.data()), size, s.second.first.size() / size);
-        }
-        w.u32(r.ns_steps);
-      }
+      std::vector<unsigned char> staging;
+      for (const auto& r : records) detail::write_param_record(w, r.name, r, staging);
     };
     detail::write_checkpoint<T>(out, payload, steps_taken, records.size(), write_records, phase, phase_start);
     std::istringstream in(out.str());
@@ -471,6 +495,7 @@ class py_optimizer {
   std::vector<array> arrays_;
   std::vector<param_layout> layout_;
   std::vector<batch_view<const T>> grads_;
+  std::vector<ro_array> held_;
   std::atomic<bool> busy_{false};
 };
 
@@ -499,7 +524,6 @@ void bind_optimizer(nb::module_& m, const char* name) {
       .def("record_ns_residuals", &P::record_ns_residuals)
       .def("ns_residuals", &P::ns_residuals, nb::arg("param"), nb::arg("item") = 0)
       .def("set_ns_stop_tolerance", &P::set_ns_stop_tolerance)
-      .def("state_step", &P::state_step)
       .def("set_ns_budget", &P::set_ns_budget)
       .def("clear_ns_budget", &P::clear_ns_budget)
       .def("ns_budget_phase", &P::budget_phase)

@@ -240,3 +240,46 @@ TEMPLATE_TEST_CASE("transform, scale_columns and run_scalar", "[backend][element
   orthopt::run_scalar(be, [&] { s = 42.0; });
   CHECK(s == 42.0);
 }
+
+TEMPLATE_TEST_CASE("for_each_entry: several views in one pass, every storage order, long passes split over threads",
+                   "[backend][elementwise]", float, double) {
+  using T = TestType;
+  // f reads G (const), updates M and writes U: what a fused momentum and Nesterov pass does.
+  const auto f = [](const T& g, T& m, T& u) {
+    m = T(0.5) * m + g;
+    u = g + T(2) * m;
+  };
+  for (const index_t rows : {7, 300}) {  // 300×301: long enough for the Eigen backend to split it
+    const index_t cols = rows == 7 ? 5 : 301;
+    for (const bool g_rm : {false, true}) {
+      for (const bool u_rm : {false, true}) {
+        INFO(rows << "x" << cols << ", G " << (g_rm ? "row" : "column") << "-major, U " << (u_rm ? "row" : "column")
+                  << "-major");
+        const MatD g = gaussian(rows, cols, 61), m0 = gaussian(rows, cols, 62);
+        any_order<T> G(g, g_rm), M(m0, false), U(MatD::Zero(rows, cols), u_rm);
+        auto be = make_backend(2);
+        orthopt::for_each_entry(be, f, G.view().as_const(), M.view(), U.view());
+        const Mat<T> gt = g.cast<T>(), mt = m0.cast<T>();
+        bool all_equal = true;
+        for (index_t j = 0; j < cols; ++j) {
+          for (index_t i = 0; i < rows; ++i) {
+            const T m_new = T(0.5) * mt(i, j) + gt(i, j);
+            const T u_new = gt(i, j) + T(2) * m_new;
+            all_equal = all_equal && M.value()(i, j) == double(m_new) && U.value()(i, j) == double(u_new);
+          }
+        }
+        CHECK(all_equal);
+        CHECK(G.value() == MatD(g.cast<T>().template cast<double>()));  // the const view is only read
+      }
+    }
+  }
+  // A strided view (every other column of a wider matrix) takes the entry-by-entry path.
+  const MatD wide = gaussian(4, 6, 63);
+  any_order<T> W(wide, false);
+  orthopt::matrix_view<T> every_other(W.view().data, 4, 3, 1, 8);
+  auto be = make_backend(1);
+  orthopt::for_each_entry(be, [](T& x) { x = -x; }, every_other);
+  for (index_t j = 0; j < 6; ++j)
+    for (index_t i = 0; i < 4; ++i)
+      CHECK(W.value()(i, j) == (j % 2 == 0 ? -1.0 : 1.0) * double(T(wide(i, j))));
+}

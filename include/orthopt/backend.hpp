@@ -12,6 +12,9 @@
 //   column_norms(be, X, kind, out)                     out[j] ← ‖X[:,j]‖₁ or ‖X[:,j]‖₂  (doubles)
 //   transform(be, X, Y, f)                             Y(i,j) ← f(X(i,j))            (Y may be X)
 //   transform(be, X, Y, Z, f)                          Z(i,j) ← f(X(i,j), Y(i,j))    (Z may be X or Y)
+//   for_each_entry(be, f, X0, X1, …)                   f(X0(i,j), X1(i,j), …) with references: several
+//                                                      element-wise stages in one pass (a mutable view's
+//                                                      entries may be written; no partial overlap)
 //   scale_columns(be, d, X)                            X(:,j) ← d[j]·X(:,j)          (d: doubles)
 //   run_scalar(be, f)                                  f() once, where backend memory lives
 //   find_nonfinite(be, X)                              the first NaN/Inf entry, read back to the host
@@ -180,6 +183,60 @@ ORTHOPT_HD constexpr auto bind_matrix(const F& f, index_t k) {
 }
 }  // namespace detail
 
+namespace detail {
+/// The views of a for_each_entry call, a plain recursive aggregate (no std::tuple) so that device code can
+/// hold and walk it too.
+template <class... T>
+struct view_pack {};
+template <class H, class... R>
+struct view_pack<H, R...> {
+  matrix_view<H> head;
+  view_pack<R...> rest;
+  view_pack() = default;
+  explicit view_pack(matrix_view<H> h, matrix_view<R>... r) : head(h), rest(r...) {}
+};
+/// The same views' data pointers, for a walk by linear offset (every view contiguous, strides alike).
+template <class... T>
+struct pointer_pack {};
+template <class H, class... R>
+struct pointer_pack<H, R...> {
+  H* head;
+  pointer_pack<R...> rest;
+};
+inline ORTHOPT_HD pointer_pack<> pointers_of(const view_pack<>&) { return {}; }
+template <class H, class... R>
+ORTHOPT_HD pointer_pack<H, R...> pointers_of(const view_pack<H, R...>& v) {
+  return {v.head.data, pointers_of(v.rest)};
+}
+/// f(X0(i,j), X1(i,j), …): the references gathered view by view, then the call.
+template <class F, class... A>
+ORTHOPT_HD void call_at_entry(const F& f, const view_pack<>&, index_t, index_t, A&... entries) {
+  f(entries...);
+}
+template <class F, class H, class... R, class... A>
+ORTHOPT_HD void call_at_entry(const F& f, const view_pack<H, R...>& v, index_t i, index_t j, A&... entries) {
+  call_at_entry(f, v.rest, i, j, entries..., v.head(i, j));
+}
+/// f(p0[k], p1[k], …)
+template <class F, class... A>
+ORTHOPT_HD void call_at_offset(const F& f, const pointer_pack<>&, index_t, A&... entries) {
+  f(entries...);
+}
+template <class F, class H, class... R, class... A>
+ORTHOPT_HD void call_at_offset(const F& f, const pointer_pack<H, R...>& p, index_t k, A&... entries) {
+  call_at_offset(f, p.rest, k, entries..., p.head[k]);
+}
+template <class V0, class... V>
+const V0& first_of(const V0& first, const V&...) {
+  return first;
+}
+/// A for_each_entry functor that does nothing: what the backend concept asks the primitive to accept.
+struct ignore_entries {
+  template <class... A>
+  ORTHOPT_HD void operator()(A&...) const {}
+};
+}  // namespace detail
+
 // clang-format off
 /// A type providing every primitive above for element type T.
 template <class Backend, class T>
@@ -197,6 +254,7 @@ concept backend_for = std::copy_constructible<Backend> &&
     prepare_syrk<T>(be, n, n);
     transform(be, c, m, functors::identity{});
     transform(be, c, c, m, functors::identity{});
+    for_each_entry(be, detail::ignore_entries{}, m, c, m);
     { find_nonfinite(be, c) } -> std::same_as<std::optional<nonfinite_entry>>;
     copy_to_host(be, bytes, const_bytes, std::size_t{1});
     copy_from_host(be, bytes, const_bytes, std::size_t{1});

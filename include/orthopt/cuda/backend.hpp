@@ -360,6 +360,23 @@ struct map2_kernel {
   }
 };
 
+/// for_each_entry: f on the entry p of every view (element_walk of the first).
+template <class F, class... T>
+struct entry_kernel {
+  F f;
+  view_pack<T...> views;
+  element_walk w;
+  ORTHOPT_HD void operator()(index_t p) const {
+    if (w.linear) {
+      call_at_offset(f, pointers_of(views), p);
+      return;
+    }
+    index_t i = 0, j = 0;
+    w.locate(p, i, j);
+    call_at_entry(f, views, i, j);
+  }
+};
+
 template <class T>
 struct scale_columns_kernel {
   const scalar_t* d;
@@ -901,6 +918,16 @@ void transform(cuda_backend& be, matrix_view<T> X, matrix_view<U> Y, F f) {
 template <class T, class U, class V, class F>
 void transform(cuda_backend& be, matrix_view<T> X, matrix_view<U> Y, matrix_view<V> Z, F f) {
   detail::cuda_launch(be, Z.size(), detail::map2_kernel<T, U, V, F>{X, Y, Z, f, detail::walk_of(Z, X, Y)});
+}
+
+/// f(X0(i,j), X1(i,j), …) once per entry, with references (a mutable view's entries may be written): several
+/// element-wise stages in one launch. No partial overlap between the views.
+template <class F, class... T>
+void for_each_entry(cuda_backend& be, F f, matrix_view<T>... Xs) {
+  static_assert(sizeof...(T) > 0, "for_each_entry needs at least one view");
+  const auto& first = detail::first_of(Xs...);
+  detail::cuda_launch(be, first.size(),
+                      detail::entry_kernel<F, T...>{f, detail::view_pack<T...>(Xs...), detail::walk_of(Xs...)});
 }
 
 /// X(:,j) ← d[j]·X(:,j), the product taken in double.

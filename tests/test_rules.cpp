@@ -479,6 +479,59 @@ TEMPLATE_TEST_CASE("AdamW presets match a float64 transcription of torch's and M
     check_rule<TestType, AdamW<TestType>, adamw_ref>("adamw " + o.preset, o, ++salt);
 }
 
+TEMPLATE_TEST_CASE("the one-pass AdamW and Nesterov-momentum stages equal the separate stages bit for bit",
+                   "[rules][adamw][fused]", float, double) {
+  // adamw's step and momentum_direction make one pass over memory; the separate stages (four passes for
+  // AdamW, two for the Nesterov momentum) are the definition they must reproduce exactly, rounding included.
+  using T = TestType;
+  namespace st = orthopt::stages;
+  auto be = make_backend(2);
+  const index_t rows = 300, cols = 257;  // long enough to be split over the backend's threads
+  for (const auto& o : {orthopt::adamw_presets::torch(), orthopt::adamw_presets::moonlight()}) {
+    INFO("adamw " << o.preset);
+    AdamW<T> rule(o, be);
+    auto state = rule.make_state(rows, cols);
+    Mat<T> w_fused = gaussian(rows, cols, 901).cast<T>(), w_staged = w_fused;
+    Mat<T> m(rows, cols), v(rows, cols), direction(rows, cols);
+    m.setZero();
+    v.setZero();
+    std::vector<orthopt::scalar_t> scalars(2);
+    for (std::int64_t t = 1; t <= 4; ++t) {
+      Mat<T> g = gaussian(rows, cols, 910 + static_cast<std::uint64_t>(t)).cast<T>();
+      if (t == 2) g(3, 4) = T(0);  // a zero gradient entry: v's root of a small value
+      rule.step(orthopt::make_view(w_fused), orthopt::make_view(g).as_const(), state);
+      const double c1 = 1.0 - std::pow(o.beta1, double(t)), c2 = 1.0 - std::pow(o.beta2, double(t));
+      st::accumulate_momentum(be, orthopt::momentum_kind::ema, o.beta1, orthopt::make_view(g).as_const(), orthopt::make_view(m));
+      st::accumulate_square(be, o.beta2, orthopt::make_view(g).as_const(), orthopt::make_view(v));
+      const bool torch_form = o.form == orthopt::adamw_form::torch;
+      st::divide_by_root_second_moment(be, orthopt::make_view(m).as_const(), orthopt::make_view(v).as_const(),
+                                       torch_form ? 1.0 / c1 : std::sqrt(c2) / c1, torch_form ? 1.0 / c2 : 1.0, o.eps,
+                                       orthopt::make_view(direction));
+      st::set_decay_and_step(be, scalars.data(), 1.0 - o.lr * o.weight_decay, o.lr);
+      st::decay_and_update(be, orthopt::make_view(w_staged), orthopt::make_view(direction).as_const(), scalars.data());
+      CHECK(w_fused == w_staged);
+      bool state_equal = true;
+      for (index_t i = 0; i < rows; ++i)
+        for (index_t j = 0; j < cols; ++j)
+          state_equal = state_equal && state.momentum(0)(i, j) == m(i, j) && state.second_moment(0)(i, j) == v(i, j);
+      CHECK(state_equal);
+    }
+  }
+  for (const auto kind : {orthopt::momentum_kind::ema, orthopt::momentum_kind::classical}) {
+    INFO("Nesterov momentum, " << (kind == orthopt::momentum_kind::ema ? "ema" : "classical"));
+    const Mat<T> g = gaussian(rows, cols, 920).cast<T>();
+    Mat<T> m_fused = gaussian(rows, cols, 921).cast<T>(), m_staged = m_fused, u_fused(rows, cols), u_staged(rows, cols);
+    const auto out = st::momentum_direction(be, kind, 0.95, true, orthopt::make_view(g).as_const(),
+                                            orthopt::make_view(m_fused), orthopt::make_view(u_fused));
+    CHECK(out.data == u_fused.data());
+    st::accumulate_momentum(be, kind, 0.95, orthopt::make_view(g).as_const(), orthopt::make_view(m_staged));
+    st::nesterov_direction(be, kind, 0.95, orthopt::make_view(g).as_const(), orthopt::make_view(m_staged).as_const(),
+                           orthopt::make_view(u_staged));
+    CHECK(m_fused == m_staged);
+    CHECK(u_fused == u_staged);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------
 // 4. Batches and schedules
 // ---------------------------------------------------------------------------------------------------

@@ -40,18 +40,14 @@ class adamw : public detail::rule_base<adamw<T, Backend>, T, Backend, adamw_opti
     Backend& be = this->backend_;
     const matrix_view<T> m = s.momentum(k);
     const matrix_view<T> v = s.second_moment(k);
-    stages::accumulate_momentum(be, momentum_kind::ema, o.beta1, G, m);
-    stages::accumulate_square(be, o.beta2, G, v);
     const double td = static_cast<double>(t);
     const double c1 = 1.0 - std::pow(o.beta1, td), c2 = 1.0 - std::pow(o.beta2, td);
-    const matrix_view<T> D = s.direction();
-    if (o.form == adamw_form::torch) {
-      stages::divide_by_root_second_moment(be, m.as_const(), v.as_const(), 1.0 / c1, 1.0 / c2, o.eps, D);
-    } else {
-      stages::divide_by_root_second_moment(be, m.as_const(), v.as_const(), std::sqrt(c2) / c1, 1.0, o.eps, D);
-    }
-    stages::set_decay_and_step(be, s.scalars(), 1.0 - o.lr * o.weight_decay, o.lr);
-    stages::decay_and_update(be, W, D.as_const(), s.scalars());
+    // torch: m̂ / (√v̂ + ε); Moonlight: ε added to √v before the bias corrections (√c2 / c1 on m).
+    const bool torch_form = o.form == adamw_form::torch;
+    const double c = torch_form ? 1.0 / c1 : std::sqrt(c2) / c1;
+    const double scale_v = torch_form ? 1.0 / c2 : 1.0;
+    // gradient → momentum and second moment → normalized direction → decay and update, in one pass.
+    stages::adamw_update(be, o.beta1, o.beta2, c, scale_v, o.eps, 1.0 - o.lr * o.weight_decay, o.lr, G, m, v, W);
   }
 };
 

@@ -131,8 +131,10 @@ class param_state {
     momentum_ = backend_.template allocate<T>(count * n);
     if (layout.second_moment) second_ = backend_.template allocate<T>(count * n);
     if (layout.column_moment != state_layout::columns::none) column_ = backend_.template allocate<scalar_t>(count * column_width());
-    direction_ = backend_.template allocate<T>(capacity_ * n);
-    ortho_out_ = backend_.template allocate<T>(capacity_ * n);
+    if (ortho != nullptr) {  // the direction and its polar factor: scratch of the orthogonalizing rules only
+      direction_ = backend_.template allocate<T>(capacity_ * n);
+      ortho_out_ = backend_.template allocate<T>(capacity_ * n);
+    }
     scalars_ = backend_.template allocate<scalar_t>(capacity_ * scalar_slot());
     if (ortho != nullptr) {
       plan_.emplace(rows, cols, *ortho, backend_, capacity_);
@@ -232,6 +234,7 @@ class param_state {
   // ---- The scratch of a step (what the rules write while stepping; meaningless between steps) ------
 
   /// Slot `slot` of a batch chunk (0 ≤ slot < batch_capacity()): the direction U, the orthogonalized O.
+  /// Only a rule with an orthogonalizer has them (AdamW's step writes no scratch).
   matrix_view<T> direction(index_t slot = 0) {
     return row_major_view(direction_.data() + slot * rows_ * cols_, rows_, cols_);
   }

@@ -12,6 +12,7 @@
 #include <math.h>  // ::sqrt for device code
 
 #include <optional>
+#include <type_traits>
 #include <utility>
 
 #include "orthopt/backend.hpp"
@@ -49,14 +50,50 @@ struct square_average {
     return static_cast<T>(beta * detail::widen(v) + (C(1) - beta) * cx * cx);
   }
 };
+/// √|x| in the compute type, for a second moment (a sum of squares: never negative, and −0 only as +0 is).
+/// Float's own square root for float: correctly rounded, so equal to the double square root rounded to
+/// float, without widening every entry to double. The magnitude lets the compiler see that the root never
+/// sets errno, so the loop around it vectorizes (a C math library's sqrt of a negative number must).
+template <class C>
+ORTHOPT_HD C root(C x) {
+  if constexpr (std::is_same_v<C, float>) {
+    return ::sqrtf(::fabsf(x));
+  } else {
+    return static_cast<C>(::sqrt(::fabs(static_cast<double>(x))));
+  }
+}
 /// out ← c·x / (√(v·s) + ε)
 template <class T>
 struct divide_by_root {
   compute_t<T> c, s, eps;
   ORTHOPT_HD T operator()(T x, T v) const {
-    using C = compute_t<T>;
-    return static_cast<T>(c * detail::widen(x) /
-                          (static_cast<C>(::sqrt(static_cast<double>(detail::widen(v) * s))) + eps));
+    return static_cast<T>(c * detail::widen(x) / (root(detail::widen(v) * s) + eps));
+  }
+};
+/// The Nesterov momentum step in one pass: m ← μm + w·g, u ← w·g + μm (the new m), each rounded to T as
+/// momentum_update and nesterov_mix round them.
+template <class T>
+struct momentum_and_nesterov {
+  compute_t<T> mu, g_weight;
+  ORTHOPT_HD void operator()(const T& g, T& m, T& u) const {
+    m = momentum_update<T>{mu, g_weight}(g, m);
+    u = nesterov_mix<T>{mu, g_weight}(g, m);
+  }
+};
+/// An AdamW step in one pass over g, m, v and w: the moments, the normalized direction and the decayed
+/// update, each rounded to T exactly where the separate stages round it, so the result is theirs bit
+/// for bit (decay and step as doubles, as decay_and_step takes them).
+template <class T>
+struct adamw_entry {
+  momentum_update<T> first;
+  square_average<T> second;
+  divide_by_root<T> direction;
+  double decay, step;
+  ORTHOPT_HD void operator()(const T& g, T& m, T& v, T& w) const {
+    m = first(g, m);
+    v = second(g, v);
+    const T d = direction(m, v);
+    w = static_cast<T>(static_cast<scalar_t>(w) * decay - step * static_cast<scalar_t>(d));
   }
 };
 /// w ← w·decay − step·o, decay and step doubles in backend memory
@@ -104,12 +141,17 @@ void nesterov_direction(Backend& be, momentum_kind kind, double mu, const_matrix
 }
 
 /// Momentum, then the direction the polar operator sees: the Nesterov mix (written to `scratch`) or M.
+/// With Nesterov, one pass writes both (the same values as accumulate_momentum, then nesterov_direction).
 template <class T, class Backend>
 matrix_view<T> momentum_direction(Backend& be, momentum_kind kind, double mu, bool nesterov, const_matrix_view<T> G,
                                   matrix_view<T> M, matrix_view<T> scratch) {
-  accumulate_momentum(be, kind, mu, G, M);
-  if (!nesterov) return M;
-  nesterov_direction(be, kind, mu, G, M.as_const(), scratch);
+  if (!nesterov) {
+    accumulate_momentum(be, kind, mu, G, M);
+    return M;
+  }
+  using C = compute_t<T>;
+  const C g_weight = kind == momentum_kind::ema ? static_cast<C>(1.0 - mu) : C(1);
+  for_each_entry(be, fn::momentum_and_nesterov<T>{static_cast<C>(mu), g_weight}, G, M, scratch);
   return scratch;
 }
 
@@ -136,6 +178,22 @@ void divide_by_root_second_moment(Backend& be, const_matrix_view<T> X, const_mat
                                   double eps, matrix_view<T> out) {
   transform(be, X, V, out, fn::divide_by_root<T>{static_cast<compute_t<T>>(c), static_cast<compute_t<T>>(s),
                                                          static_cast<compute_t<T>>(eps)});
+}
+
+/// One AdamW step in one pass: M ← β1·M + (1−β1)·G, V ← β2·V + (1−β2)·G⊙G, then
+/// W ← W·decay − step·(c·M ⊘ (√(V·s) + ε)); the values accumulate_momentum, accumulate_square,
+/// divide_by_root_second_moment and decay_and_update give in four passes, with decay and step host
+/// constants.
+template <class T, class Backend>
+void adamw_update(Backend& be, double beta1, double beta2, double c, double s, double eps, double decay, double step,
+                  const_matrix_view<T> G, matrix_view<T> M, matrix_view<T> V, matrix_view<T> W) {
+  using C = compute_t<T>;
+  const fn::adamw_entry<T> f{{static_cast<C>(beta1), static_cast<C>(1.0 - beta1)},
+                             {static_cast<C>(beta2)},
+                             {static_cast<C>(c), static_cast<C>(s), static_cast<C>(eps)},
+                             decay,
+                             step};
+  for_each_entry(be, f, G, M, V, W);
 }
 
 /// W ← W·decay − step·O with decay = scalars[0], step = scalars[1] in backend memory.

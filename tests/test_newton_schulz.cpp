@@ -561,6 +561,50 @@ TEMPLATE_TEST_CASE("Gram NS: batches, views, in place, AOL, restarts anywhere, r
   CHECK_THROWS_WITH(bad.validate(), Catch::Contains("gram_restart_after = -2"));
 }
 
+TEMPLATE_TEST_CASE("ns_algorithm::fastest runs Gram on wide matrices and the standard iteration elsewhere", "[ns][gram]",
+                   float, double) {
+  using T = TestType;
+  using plan_t = orthopt::newton_schulz<T, backend_under_test>;
+  // The multiply-add model: keller, 5 steps, restart after 2, at 1:4 is 20.5 m³ against 32.5 m³.
+  const ns_config keller = presets::keller();
+  CHECK(keller.gram_flops_ratio(64, 256, 2) == Approx(20.5 / 32.5).epsilon(1e-12));
+  CHECK(keller.gram_flops_ratio(64, 64, 2) > 1.0);
+  ns_config fastest = keller;
+  fastest.algorithm = orthopt::ns_algorithm::fastest;
+  for (const shape s : {shape{24, 24}, shape{40, 60}, shape{24, 96}, shape{96, 24}, shape{13, 104}}) {
+    const bool wide = std::max(s.rows, s.cols) >= 3 * std::min(s.rows, s.cols);
+    INFO("shape " << to_string(s));
+    plan_t plan(s.rows, s.cols, fastest);
+    CHECK(plan.algorithm() == (wide ? orthopt::ns_algorithm::gram : orthopt::ns_algorithm::standard));
+    // Bit for bit the algorithm it chose.
+    ns_config chosen = keller;
+    chosen.algorithm = plan.algorithm();
+    const MatD x = unit_norm_gaussian(s, 47);
+    CHECK(max_abs_diff(run_ns<T>(x, fastest), run_ns<T>(x, chosen)) == 0.0);
+  }
+  // Where the Gram algorithm would be refused (float: keller for 14 steps, restart after 1), fastest runs
+  // the standard iteration instead of refusing; set_steps to such a count leaves Gram the same way.
+  ns_config long_run = presets::keller(14);
+  long_run.algorithm = orthopt::ns_algorithm::fastest;
+  long_run.gram_restart_after = 1;
+  plan_t refused_gram(16, 128, long_run);
+  CHECK(refused_gram.algorithm() == (std::is_same_v<T, float> ? orthopt::ns_algorithm::standard : orthopt::ns_algorithm::gram));
+  ns_config restart_one = fastest;
+  restart_one.gram_restart_after = 1;
+  plan_t shortened(16, 128, restart_one);
+  CHECK(shortened.algorithm() == orthopt::ns_algorithm::gram);
+  shortened.set_steps(14);
+  CHECK(shortened.algorithm() == (std::is_same_v<T, float> ? orthopt::ns_algorithm::standard : orthopt::ns_algorithm::gram));
+  const MatD x = unit_norm_gaussian(shape{16, 128}, 48);
+  Mat<T> in = x.cast<T>(), out(16, 128);
+  shortened(orthopt::make_view(in).as_const(), orthopt::make_view(out));
+  CHECK(out.allFinite());
+  // A value outside the enumeration is refused by name.
+  ns_config bad = keller;
+  bad.algorithm = static_cast<orthopt::ns_algorithm>(7);
+  CHECK_THROWS_WITH(bad.validate(), Catch::Contains("algorithm = 7"));
+}
+
 TEMPLATE_TEST_CASE("a batch of small matrices split over threads equals the matrices one by one", "[ns][batch][threads]",
                    float, double) {
   using T = TestType;

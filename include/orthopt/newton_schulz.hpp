@@ -105,6 +105,8 @@ class newton_schulz {
     if (config_.algorithm == ns_algorithm::gram) check_gram_growth(config_, "orthopt::newton_schulz");
     small_ = rows < cols ? rows : cols;
     large_ = rows < cols ? cols : rows;
+    gram_ops_ = config_.algorithm == ns_algorithm::gram ||
+                (config_.algorithm == ns_algorithm::fastest && gram_is_faster(config_, small_, large_));
     detail::checked_extent_product("orthopt::newton_schulz", "a plan for " + std::to_string(batch_capacity) +
                                    " matrices of shape " + shape_string(rows, cols), batch_capacity, small_, large_,
                                    sizeof(T) > sizeof(scalar_t) ? sizeof(T) : sizeof(scalar_t));
@@ -112,7 +114,7 @@ class newton_schulz {
     x_next_ = backend_.template allocate<T>(capacity_ * small_ * large_);
     gram_ = backend_.template allocate<T>(capacity_ * small_ * small_);
     poly_ = backend_.template allocate<T>(capacity_ * small_ * small_);
-    if (config_.algorithm == ns_algorithm::gram) {
+    if (gram_ops_) {
       // The accumulated polynomial Q and one more m×m work matrix per batch item.
       accumulated_ = backend_.template allocate<T>(capacity_ * small_ * small_);
       work_ = backend_.template allocate<T>(capacity_ * small_ * small_);
@@ -158,10 +160,17 @@ class newton_schulz {
                         std::to_string(max_recorded_steps) + " iterations");
     }
     config_.steps = steps;
-    if (config_.algorithm == ns_algorithm::gram) gram_restart_ = config_.gram_restart_iteration(gram_unit_roundoff());
+    // ns_algorithm::fastest keeps the choice made with the plan, but leaves the Gram algorithm for the
+    // standard one (which needs no other memory) where the new count would make it refused.
+    if (gram_ops_ && config_.algorithm == ns_algorithm::fastest && !gram_within_precision(config_)) gram_ops_ = false;
+    if (gram_ops_) gram_restart_ = config_.gram_restart_iteration(gram_unit_roundoff());
     for (auto& w : workers_) w.set_steps(steps);
   }
   [[nodiscard]] int steps() const noexcept { return config_.steps; }
+  /// The algorithm a call runs: ns_algorithm::fastest resolved for this plan's shape (it never resolves
+  /// to itself).
+  [[nodiscard]] ns_algorithm algorithm() const noexcept { return gram_ops_ ? ns_algorithm::gram : ns_algorithm::standard; }
+
 
   /// Record r_0 … r_T of every call in backend memory (residual_view()).
   void record_residuals(bool on) {
@@ -277,6 +286,21 @@ class newton_schulz {
   /// refusal below are calibrated for, and its Gram configurations run as before.
   static constexpr double gram_unit_roundoff() noexcept {
     return sizeof(T) >= 4 ? storage_epsilon<T>::value / 2.0 : 0.0;
+  }
+
+  /// Whether the Gram algorithm's rounding growth stays within the element type's precision (what
+  /// check_gram_growth refuses otherwise).
+  static bool gram_within_precision(const ns_config& c) {
+    const double u = gram_unit_roundoff();
+    if (u <= 0.0) return false;  // 16-bit storage: outside what the growth model is calibrated for
+    return c.gram_rounding_growth(c.gram_restart_iteration(u)) * u < 1.0;
+  }
+  /// ns_algorithm::fastest: the Gram algorithm where it is within precision and needs under 0.8 of the
+  /// standard iteration's multiply-adds (the margin: its m×m products run less efficiently).
+  static bool gram_is_faster(const ns_config& c, index_t small, index_t large) {
+    if (!gram_within_precision(c)) return false;
+    return c.gram_flops_ratio(static_cast<double>(small), static_cast<double>(large),
+                              c.gram_restart_iteration(gram_unit_roundoff())) < 0.8;
   }
 
   /// The Gram algorithm diverges when a run of iterations between restarts grows a rounding error of its
@@ -456,7 +480,7 @@ class newton_schulz {
     };
 
     int done = config_.steps;
-    if (config_.algorithm == ns_algorithm::gram) {
+    if (gram_ops_) {
       done = gram_iterations(X, X_next, aol, measure, measure_residuals, all_within_tolerance);
     } else {
       done = standard_iterations(X, X_next, aol, measure, measure_residuals, all_within_tolerance);
@@ -589,6 +613,7 @@ class newton_schulz {
   double observe_target_ = 0.0;  // > 0 while observing
   double stop_tolerance_ = 0.0;  // > 0: stop at this residual
   int last_steps_ = 0;
+  bool gram_ops_ = false;  // the Gram algorithm runs (ns_algorithm::gram, or fastest resolved to it)
   int gram_restart_ = 0;  // ns_config::gram_restart_iteration(), resolved when the plan or its steps change
   std::vector<newton_schulz> workers_;  // one single-threaded plan per thread: batches split over threads
 };

@@ -48,6 +48,11 @@ enum class ns_algorithm {
   /// multiplies by the schedule's gain; a restart (X ← Q·X, R ← X·Xᵀ, Q ← I; see gram_restart_after)
   /// brings float results back near the standard iteration's accuracy (ns_config::gram_error_gain).
   gram,
+  /// Whichever of the two needs fewer flops for the plan's shape, decided when a plan is made
+  /// (ns_config::gram_flops_ratio below 0.8: the Gram algorithm from about 1:3 on, with keller's 5 steps),
+  /// never the Gram algorithm where it would be refused (16-bit storage types, or a schedule whose rounding
+  /// growth is beyond the element type's precision): the standard iteration there.
+  fastest,
 };
 
 /// A complete Newton–Schulz configuration: a coefficient table, a step count and a normalization.
@@ -145,6 +150,31 @@ struct ns_config {
     return best >= 0 ? best : best_any;
   }
 
+  /// The Gram algorithm's multiply-adds over the standard iteration's, for a small×large matrix
+  /// (small ≤ large) with restart after iteration `restart` (0: none), counting a rank-k update and a
+  /// product known to be symmetric at half a gemm's. Standard, per step: X·Xᵀ, A², P·X. Gram: R_0, then per
+  /// step P (one rank-k update), Q ← P·Q (after the first step of a run), R ← R·P² (but on the last step
+  /// and at a restart), a restart X ← Q·X and R ← X·Xᵀ, and Q·X at the end.
+  [[nodiscard]] double gram_flops_ratio(double small, double large, int restart) const {
+    const double m3 = small * small * small, mmn = small * small * large;
+    const double standard = steps * (1.5 * mmn + 0.5 * m3);
+    double gram = 0.5 * mmn + mmn;  // R_0, and Q·X at the end
+    bool q_identity = true;
+    for (int k = 1; k <= steps; ++k) {
+      gram += 0.5 * m3;               // P_k = a·I + b·R + c·R²
+      if (!q_identity) gram += m3;    // Q ← P·Q
+      q_identity = false;
+      if (k == steps) break;
+      if (k == restart) {
+        gram += 1.5 * mmn;            // X ← Q·X, R ← X·Xᵀ
+        q_identity = true;
+      } else {
+        gram += m3;                   // P² as a rank-k update, then R·P² as a symmetric product
+      }
+    }
+    return gram / standard;
+  }
+
   /// The Gram algorithm's worst growth of a rounding error in its Gram matrix R: near λ = 0 each
   /// iteration maps λ to λ·(a_k + b_k·λ + c_k·λ²)² ≈ a_k²·λ, so the iterations of a run between restarts
   /// multiply an error of R — which can make a zero eigenvalue slightly negative, a direction standard
@@ -176,7 +206,7 @@ struct ns_config {
         normalization != ns_normalization::safety && normalization != ns_normalization::aol) {
       fail("normalization = " + std::to_string(static_cast<int>(normalization)) + " is not an ns_normalization");
     }
-    if (algorithm != ns_algorithm::standard && algorithm != ns_algorithm::gram) {
+    if (algorithm != ns_algorithm::standard && algorithm != ns_algorithm::gram && algorithm != ns_algorithm::fastest) {
       fail("algorithm = " + std::to_string(static_cast<int>(algorithm)) + " is not an ns_algorithm");
     }
     if (gram_restart_after < -1) {

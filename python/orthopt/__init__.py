@@ -180,7 +180,7 @@ def newton_schulz(
     schedule: "polar_express" (default), "keller", "polar_express_nanogpt", "quintic", "cans", "aol",
     "you", "cubic"; steps: iterations (the schedule's own count by default); coefficients: an (a, b, c)
     triple or a table of them, replacing the schedule's; normalization: "frobenius",
-    "frobenius_clamp", "safety", "aol"; algorithm: "standard" or "gram". out: an array like x (x itself
+    "frobenius_clamp", "safety", "aol"; algorithm: "standard", "gram" or "fastest". out: an array like x (x itself
     for in place); made with x's library when None. float32 and float64; on CUDA (a build with
     the CUDA backend) also bfloat16, on torch's current stream without waiting for the device. Strided inputs are read in place. The GIL is released while it runs. Each call makes a plan
     (allocates); an optimizer keeps its plans.

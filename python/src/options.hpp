@@ -65,7 +65,8 @@ struct enum_names<ns_normalization> {
 template <>
 struct enum_names<ns_algorithm> {
   static constexpr std::pair<const char*, ns_algorithm> values[] = {{"standard", ns_algorithm::standard},
-                                                                    {"gram", ns_algorithm::gram}};
+                                                                    {"gram", ns_algorithm::gram},
+                                                                    {"fastest", ns_algorithm::fastest}};
 };
 
 template <class E>

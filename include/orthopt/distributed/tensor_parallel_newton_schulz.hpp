@@ -52,7 +52,8 @@
 // Limits. The standard algorithm with the frobenius, frobenius_clamp and safety normalizations
 // (relative or absolute ε, the factor pair computed exactly as newton_schulz does). The aol
 // normalization (its row scale would come from the first step's reduced Gram matrix; not implemented
-// here) and ns_algorithm::gram are refused with value_error rather than silently replaced. Residual recording,
+// here) and ns_algorithm::gram are refused with value_error rather than silently replaced;
+// ns_algorithm::fastest runs the standard algorithm, the only one this plan has. Residual recording,
 // observation and stopping (newton_schulz's record_residuals / observe / stop_at_residual) are not
 // offered. T is float or double (the element types the communicator carries). The communicator must
 // accept the backend's memory (host memory for mpi_communicator with a CPU backend): every buffer handed
@@ -306,7 +307,7 @@ class tensor_parallel_newton_schulz {
                         "' uses the aol normalization, which the tensor-parallel plan does not implement; use "
                         "frobenius, frobenius_clamp or safety");
     }
-    if (config_.algorithm != ns_algorithm::standard) {
+    if (config_.algorithm == ns_algorithm::gram) {
       throw value_error(std::string(who) + ": ns_config '" + config_.name +
                         "' asks for ns_algorithm::gram; the tensor-parallel plan runs ns_algorithm::standard only");
     }

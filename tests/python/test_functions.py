@@ -93,6 +93,12 @@ def test_gram_algorithm_and_schedules(rng):
     std = orthopt.newton_schulz(x, schedule="polar_express")
     gram = orthopt.newton_schulz(x, schedule="polar_express", algorithm="gram")
     assert np.abs(std - gram).max() < 1e-2
+    # "fastest": the Gram algorithm on a 1:4 matrix, the standard one on a square matrix, bit for bit.
+    keller_gram = orthopt.newton_schulz(x, algorithm="gram")
+    assert np.array_equal(orthopt.newton_schulz(x, algorithm="fastest"), keller_gram)
+    assert not np.array_equal(orthopt.newton_schulz(x), keller_gram)
+    square = rng.standard_normal((64, 64)).astype(np.float32)
+    assert np.array_equal(orthopt.newton_schulz(square, algorithm="fastest"), orthopt.newton_schulz(square))
 
 
 def test_torch_tensors_zero_copy():

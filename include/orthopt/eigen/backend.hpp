@@ -803,7 +803,7 @@ void run_scalar(eigen_backend&, F&& f) {
 /// The first entry in row-major order that is NaN or of magnitude above `limit` (Inf when limit is the
 /// type's largest value, the default), if any.
 template <class T>
-std::optional<nonfinite_entry> find_nonfinite(eigen_backend&, matrix_view<T> X,
+std::optional<nonfinite_entry> find_nonfinite(eigen_backend& be, matrix_view<T> X,
                                               double limit = std::numeric_limits<double>::infinity()) {
   // Every step scans every gradient, so the clean case is the one to make fast: one branch-free pass in
   // storage order (it vectorizes); only when it finds something is the first entry located in
@@ -816,10 +816,20 @@ std::optional<nonfinite_entry> find_nonfinite(eigen_backend&, matrix_view<T> X,
   if (static_cast<double>(largest) > limit) largest = std::nextafter(largest, value_t(0));
   bool any = false;
   if (X.is_contiguous()) {
+    // Split over the handle's threads like the other long passes (every step scans every gradient).
     const T* p = X.data;
-    int bad = 0;
-    for (index_t k = 0, size = X.rows * X.cols; k < size; ++k) bad |= !(std::abs(p[k]) <= largest);  // NaN: false
-    any = bad != 0;
+    const index_t size = X.rows * X.cols;
+    const int parts = detail::elementwise_threads(be, size);
+    int bad_in[64] = {};
+    const int used = parts < 64 ? parts : 64;
+    detail::parallel_for_threads(used, [&](int t) {
+      int bad = 0;
+      for (index_t k = detail::split_point(size, used, t), end = detail::split_point(size, used, t + 1); k < end; ++k) {
+        bad |= !(std::abs(p[k]) <= largest);  // NaN: false
+      }
+      bad_in[t] = bad;
+    });
+    for (int t = 0; t < used; ++t) any = any || bad_in[t] != 0;
   } else {
     const matrix_view<T> S = X.col_stride < X.row_stride ? X : X.transposed();  // unit stride innermost
     for (index_t i = 0; i < S.rows && !any; ++i) {

@@ -479,11 +479,16 @@ class newton_schulz {
       return true;
     };
 
+    // The last product may write the output directly (saving the copy out of the work buffer) when the
+    // output is laid out as the work buffer is: the same product, so the same result.
+    const bool last_into_output =
+        q.first.row_stride == X.first.row_stride && q.first.col_stride == X.first.col_stride;
+    const batch_view<T>* direct_out = last_into_output ? &q : nullptr;
     int done = config_.steps;
     if (gram_ops_) {
-      done = gram_iterations(X, X_next, aol, measure, measure_residuals, all_within_tolerance);
+      done = gram_iterations(X, X_next, direct_out, aol, measure, measure_residuals, all_within_tolerance);
     } else {
-      done = standard_iterations(X, X_next, aol, measure, measure_residuals, all_within_tolerance);
+      done = standard_iterations(X, X_next, direct_out, aol, measure, measure_residuals, all_within_tolerance);
     }
     if (measure && done == config_.steps) {
       // r_T of the result: the one product X·Xᵀ a measuring call adds.
@@ -497,7 +502,7 @@ class newton_schulz {
       }
     }
     last_steps_ = done;
-    transform_batched(backend_, X.as_const_batch(), q, functors::identity{});
+    if (X.first.data != q.first.data) transform_batched(backend_, X.as_const_batch(), q, functors::identity{});
   }
 
   /// P ← b·R + c·R·R + a·I for every matrix of the batch (R symmetric, so R·R = R·Rᵀ is a rank-k update).
@@ -515,8 +520,8 @@ class newton_schulz {
 
   /// The standard iteration: every step forms A = X·Xᵀ from X, then X ← P·X. Returns the iterations run.
   template <class Measure, class Within>
-  int standard_iterations(batch_view<T>& X, batch_view<T>& X_next, bool aol, bool measure, Measure& measure_residuals,
-                          Within& all_within_tolerance) {
+  int standard_iterations(batch_view<T>& X, batch_view<T>& X_next, const batch_view<T>* direct_out, bool aol, bool measure,
+                          Measure& measure_residuals, Within& all_within_tolerance) {
     using C = compute_t<T>;
     const index_t count = X.count, g_size = small_ * small_;
     const batch_view<T> G{row_major_view(gram_.data(), small_, small_), count, g_size};
@@ -529,6 +534,11 @@ class newton_schulz {
         if (stop_tolerance_ > 0.0 && all_within_tolerance(k - 1)) return k - 1;
       }
       form_polynomial(coef, count, gram_.data(), poly_.data());
+      if (k == config_.steps && direct_out != nullptr) {  // the last product, straight into the output
+        gemm_batched(backend_, C(1), P, op::none, X.as_const_batch(), op::none, C(0), *direct_out);
+        X = *direct_out;
+        break;
+      }
       gemm_batched(backend_, C(1), P, op::none, X.as_const_batch(), op::none, C(0), X_next);
       std::swap(X, X_next);
     }
@@ -541,8 +551,8 @@ class newton_schulz {
   /// after iteration j sets X ← Q_j·X, R ← X·Xᵀ, Q ← I. Residuals come from R_k, the Gram matrix of the
   /// current iterate Q_k·X (exactly so in exact arithmetic). Returns the iterations run.
   template <class Measure, class Within>
-  int gram_iterations(batch_view<T>& X, batch_view<T>& X_next, bool aol, bool measure, Measure& measure_residuals,
-                      Within& all_within_tolerance) {
+  int gram_iterations(batch_view<T>& X, batch_view<T>& X_next, const batch_view<T>* direct_out, bool aol, bool measure,
+                      Measure& measure_residuals, Within& all_within_tolerance) {
     using C = compute_t<T>;
     const index_t count = X.count, g_size = small_ * small_;
     const auto square = [&](T* p) { return batch_view<T>{row_major_view(p, small_, small_), count, g_size}; };
@@ -594,7 +604,12 @@ class newton_schulz {
         std::swap(R, P);
       }
     }
-    if (!q_is_identity) apply_accumulated();
+    if (!q_is_identity && direct_out != nullptr) {  // X_T = Q·X, straight into the output
+      gemm_batched(backend_, C(1), square_const(Q), op::none, X.as_const_batch(), op::none, C(0), *direct_out);
+      X = *direct_out;
+    } else if (!q_is_identity) {
+      apply_accumulated();
+    }
     return done;
   }
 

@@ -260,12 +260,13 @@ TEMPLATE_TEST_CASE("for_each_entry: several views in one pass, every storage ord
         auto be = make_backend(2);
         orthopt::for_each_entry(be, f, G.view().as_const(), M.view(), U.view());
         const Mat<T> gt = g.cast<T>(), mt = m0.cast<T>();
+        const MatD m_got = M.value(), u_got = U.value();
         bool all_equal = true;
         for (index_t j = 0; j < cols; ++j) {
           for (index_t i = 0; i < rows; ++i) {
             const T m_new = T(0.5) * mt(i, j) + gt(i, j);
             const T u_new = gt(i, j) + T(2) * m_new;
-            all_equal = all_equal && M.value()(i, j) == double(m_new) && U.value()(i, j) == double(u_new);
+            all_equal = all_equal && m_got(i, j) == double(m_new) && u_got(i, j) == double(u_new);
           }
         }
         CHECK(all_equal);
@@ -279,7 +280,7 @@ TEMPLATE_TEST_CASE("for_each_entry: several views in one pass, every storage ord
   orthopt::matrix_view<T> every_other(W.view().data, 4, 3, 1, 8);
   auto be = make_backend(1);
   orthopt::for_each_entry(be, [](T& x) { x = -x; }, every_other);
+  const MatD w_got = W.value();
   for (index_t j = 0; j < 6; ++j)
-    for (index_t i = 0; i < 4; ++i)
-      CHECK(W.value()(i, j) == (j % 2 == 0 ? -1.0 : 1.0) * double(T(wide(i, j))));
+    for (index_t i = 0; i < 4; ++i) CHECK(w_got(i, j) == (j % 2 == 0 ? -1.0 : 1.0) * double(T(wide(i, j))));
 }

@@ -147,8 +147,8 @@ TEST_CASE("invalid configurations are rejected with the offending field", "[erro
   cfg.normalization = static_cast<orthopt::ns_normalization>(4);
   CHECK_THROWS_WITH(NS<float>(3, 3, cfg), Contains("normalization = 4 is not an ns_normalization"));
   cfg = presets::keller();
-  cfg.algorithm = static_cast<orthopt::ns_algorithm>(2);
-  CHECK_THROWS_WITH(NS<float>(3, 3, cfg), Contains("algorithm = 2 is not an ns_algorithm"));
+  cfg.algorithm = static_cast<orthopt::ns_algorithm>(3);
+  CHECK_THROWS_WITH(NS<float>(3, 3, cfg), Contains("algorithm = 3 is not an ns_algorithm"));
   CHECK_THROWS_WITH(presets::by_name("kellr"), Contains("unknown schedule 'kellr'"));
   CHECK(presets::by_name("cans").name == "cans");
   NS<float> ns(3, 3, presets::keller());

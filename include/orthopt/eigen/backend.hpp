@@ -669,10 +669,17 @@ double stable_norm(Visit&& visit) {
 template <class TX>
 void frobenius_norm(eigen_backend& be, matrix_view<TX> X, scalar_t* out) {
   using T = std::remove_const_t<TX>;
+  // Sums of squares in eight interleaved accumulators (independent additions: the loop is not bound by
+  // one add's latency), entry p of the walk in storage order going to accumulator p mod 8, so that a
+  // strided view (a block of a larger matrix) gives exactly the norm of the same matrix stored
+  // contiguously. A long contiguous pass is split over the handle's threads into fixed ranges whose sums
+  // are added in order (deterministic for a thread count). The one-pass sum is accurate in
+  // [1e-280, 1e280]; outside it, the rescaling pass below takes over.
+  const auto finish = [](const double (&lanes)[8]) {
+    return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+  };
+  double ssq = 0.0;
   if (X.is_contiguous()) {
-    // Partial sums of squares over fixed ranges, added in order (deterministic for a thread count), each
-    // in eight interleaved accumulators (independent additions: the loop is not bound by one add's
-    // latency); the one-pass sum is accurate in [1e-280, 1e280], else the rescaling pass below takes over.
     const int parts = detail::elementwise_threads(be, X.size());
     double partial[64] = {};
     const int used = parts < 64 ? parts : 64;
@@ -685,14 +692,28 @@ void frobenius_norm(eigen_backend& be, matrix_view<TX> X, scalar_t* out) {
         for (int l = 0; l < 8; ++l) lanes[l] += double(X.data[p + l]) * double(X.data[p + l]);
       }
       for (int l = 0; p < end; ++p, ++l) lanes[l] += double(X.data[p]) * double(X.data[p]);
-      partial[t] = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+      partial[t] = finish(lanes);
     });
-    double ssq = 0.0;
     for (int t = 0; t < used; ++t) ssq += partial[t];
-    if (ssq > 1e-280 && ssq < 1e280) {
-      out[0] = std::sqrt(ssq);
-      return;
+  } else {
+    double lanes[8] = {};
+    int l = 0;
+    const auto add = [&](double x) {
+      lanes[l] += x * x;
+      l = (l + 1) & 7;
+    };
+    if (X.row_stride <= X.col_stride) {  // column-major storage order: i fastest
+      for (index_t j = 0; j < X.cols; ++j)
+        for (index_t i = 0; i < X.rows; ++i) add(double(X(i, j)));
+    } else {
+      for (index_t i = 0; i < X.rows; ++i)
+        for (index_t j = 0; j < X.cols; ++j) add(double(X(i, j)));
     }
+    ssq = finish(lanes);
+  }
+  if (ssq > 1e-280 && ssq < 1e280) {
+    out[0] = std::sqrt(ssq);
+    return;
   }
   out[0] = detail::stable_norm<T>([&](auto&& f) {
     if (X.is_contiguous()) {

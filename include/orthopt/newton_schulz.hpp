@@ -160,17 +160,18 @@ class newton_schulz {
                         std::to_string(max_recorded_steps) + " iterations");
     }
     config_.steps = steps;
-    // ns_algorithm::fastest keeps the choice made with the plan, but leaves the Gram algorithm for the
-    // standard one (which needs no other memory) where the new count would make it refused.
-    if (gram_ops_ && config_.algorithm == ns_algorithm::fastest && !gram_within_precision(config_)) gram_ops_ = false;
-    if (gram_ops_) gram_restart_ = config_.gram_restart_iteration(gram_unit_roundoff());
+    if (gram_ops_) {
+      gram_restart_ = config_.gram_restart_iteration(gram_unit_roundoff());
+      // ns_algorithm::fastest keeps the choice made with the plan, but leaves the Gram algorithm for the
+      // standard one (which needs no other memory) where the new count would make it refused.
+      if (config_.algorithm == ns_algorithm::fastest && !gram_within_precision(config_, gram_restart_)) gram_ops_ = false;
+    }
     for (auto& w : workers_) w.set_steps(steps);
   }
   [[nodiscard]] int steps() const noexcept { return config_.steps; }
   /// The algorithm a call runs: ns_algorithm::fastest resolved for this plan's shape (it never resolves
   /// to itself).
   [[nodiscard]] ns_algorithm algorithm() const noexcept { return gram_ops_ ? ns_algorithm::gram : ns_algorithm::standard; }
-
 
   /// Record r_0 … r_T of every call in backend memory (residual_view()).
   void record_residuals(bool on) {
@@ -288,19 +289,19 @@ class newton_schulz {
     return sizeof(T) >= 4 ? storage_epsilon<T>::value / 2.0 : 0.0;
   }
 
-  /// Whether the Gram algorithm's rounding growth stays within the element type's precision (what
-  /// check_gram_growth refuses otherwise).
-  static bool gram_within_precision(const ns_config& c) {
+  /// Whether the Gram algorithm with a restart after iteration `restart` keeps its rounding growth within
+  /// the element type's precision (check_gram_growth refuses it otherwise). False for a 16-bit storage
+  /// type, which the growth model is not calibrated for.
+  static bool gram_within_precision(const ns_config& c, int restart) {
     const double u = gram_unit_roundoff();
-    if (u <= 0.0) return false;  // 16-bit storage: outside what the growth model is calibrated for
-    return c.gram_rounding_growth(c.gram_restart_iteration(u)) * u < 1.0;
+    return u > 0.0 && c.gram_rounding_growth(restart) * u < 1.0;
   }
   /// ns_algorithm::fastest: the Gram algorithm where it is within precision and needs under 0.8 of the
   /// standard iteration's multiply-adds (the margin: its m×m products run less efficiently).
   static bool gram_is_faster(const ns_config& c, index_t small, index_t large) {
-    if (!gram_within_precision(c)) return false;
-    return c.gram_flops_ratio(static_cast<double>(small), static_cast<double>(large),
-                              c.gram_restart_iteration(gram_unit_roundoff())) < 0.8;
+    const int restart = c.gram_restart_iteration(gram_unit_roundoff());
+    return gram_within_precision(c, restart) &&
+           c.gram_flops_ratio(static_cast<double>(small), static_cast<double>(large), restart) < 0.8;
   }
 
   /// The Gram algorithm diverges when a run of iterations between restarts grows a rounding error of its
@@ -313,8 +314,8 @@ class newton_schulz {
     const double u = gram_unit_roundoff();
     if (u == 0.0) return;
     const int restart = c.gram_restart_iteration(u);
-    const double growth = c.gram_rounding_growth(restart);
-    if (growth * u >= 1.0) {
+    if (!gram_within_precision(c, restart)) {
+      const double growth = c.gram_rounding_growth(restart);
       throw value_error(std::string(who) + ": the Gram algorithm with '" + c.name + "' for " + std::to_string(c.steps) +
                         " iterations (restart after " + std::to_string(restart) + ") multiplies a rounding error of its " +
                         "Gram matrix by " + std::to_string(growth) + ", beyond the element type's precision (unit roundoff " +
@@ -604,11 +605,13 @@ class newton_schulz {
         std::swap(R, P);
       }
     }
-    if (!q_is_identity && direct_out != nullptr) {  // X_T = Q·X, straight into the output
-      gemm_batched(backend_, C(1), square_const(Q), op::none, X.as_const_batch(), op::none, C(0), *direct_out);
-      X = *direct_out;
-    } else if (!q_is_identity) {
-      apply_accumulated();
+    if (!q_is_identity) {
+      if (direct_out != nullptr) {  // X_T = Q·X, straight into the output
+        gemm_batched(backend_, C(1), square_const(Q), op::none, X.as_const_batch(), op::none, C(0), *direct_out);
+        X = *direct_out;
+      } else {
+        apply_accumulated();
+      }
     }
     return done;
   }

@@ -49,7 +49,7 @@ enum class ns_algorithm {
   /// brings float results back near the standard iteration's accuracy (ns_config::gram_error_gain).
   gram,
   /// Whichever of the two needs fewer flops for the plan's shape, decided when a plan is made
-  /// (ns_config::gram_flops_ratio below 0.8: the Gram algorithm from about 1:3 on, with keller's 5 steps),
+  /// (ns_config::gram_flops_ratio below 0.8: the Gram algorithm from about 1:2.2 on, with keller's 5 steps),
   /// never the Gram algorithm where it would be refused (16-bit storage types, or a schedule whose rounding
   /// growth is beyond the element type's precision): the standard iteration there.
   fastest,

@@ -38,6 +38,12 @@
 
 // The packed-buffer kernels below use Eigen 3.4's internal GEMM interface; another Eigen version uses
 // plain Eigen products instead (correct, but those may allocate inside a call).
+#if EIGEN_WORLD_VERSION == 3 && EIGEN_MAJOR_VERSION == 4
+#define ORTHOPT_EIGEN_PACKED_KERNELS 1
+#else
+#define ORTHOPT_EIGEN_PACKED_KERNELS 0
+#endif
+
 /// Before a loop whose iterations are independent: lets the compiler vectorize it without run-time alias
 /// checks (GCC, after inlining into a caller, may otherwise keep only a scalar loop).
 #if defined(__clang__)
@@ -51,12 +57,6 @@
 #define ORTHOPT_NOINLINE __attribute__((noinline))
 #else
 #define ORTHOPT_NOINLINE
-#endif
-
-#if EIGEN_WORLD_VERSION == 3 && EIGEN_MAJOR_VERSION == 4
-#define ORTHOPT_EIGEN_PACKED_KERNELS 1
-#else
-#define ORTHOPT_EIGEN_PACKED_KERNELS 0
 #endif
 
 namespace orthopt {

@@ -131,12 +131,10 @@ class param_state {
     momentum_ = backend_.template allocate<T>(count * n);
     if (layout.second_moment) second_ = backend_.template allocate<T>(count * n);
     if (layout.column_moment != state_layout::columns::none) column_ = backend_.template allocate<scalar_t>(count * column_width());
-    if (ortho != nullptr) {  // the direction and its polar factor: scratch of the orthogonalizing rules only
+    scalars_ = backend_.template allocate<scalar_t>(capacity_ * scalar_slot());
+    if (ortho != nullptr) {  // the direction, its polar factor and the plan: the orthogonalizing rules only
       direction_ = backend_.template allocate<T>(capacity_ * n);
       ortho_out_ = backend_.template allocate<T>(capacity_ * n);
-    }
-    scalars_ = backend_.template allocate<scalar_t>(capacity_ * scalar_slot());
-    if (ortho != nullptr) {
       plan_.emplace(rows, cols, *ortho, backend_, capacity_);
       if (!ortho->exact) configured_ns_steps_ = ortho->ns.steps;
     }

@@ -70,6 +70,11 @@ struct divide_by_root {
     return static_cast<T>(c * detail::widen(x) / (root(detail::widen(v) * s) + eps));
   }
 };
+/// w·decay − step·o in double, rounded to T: the last stage of every update.
+template <class T>
+ORTHOPT_HD T decayed_step(T w, T o, scalar_t decay, scalar_t step) {
+  return static_cast<T>(static_cast<scalar_t>(w) * decay - step * static_cast<scalar_t>(o));
+}
 /// The Nesterov momentum step in one pass: m ← μm + w·g, u ← w·g + μm (the new m), each rounded to T as
 /// momentum_update and nesterov_mix round them.
 template <class T>
@@ -92,8 +97,7 @@ struct adamw_entry {
   ORTHOPT_HD void operator()(const T& g, T& m, T& v, T& w) const {
     m = first(g, m);
     v = second(g, v);
-    const T d = direction(m, v);
-    w = static_cast<T>(static_cast<scalar_t>(w) * decay - step * static_cast<scalar_t>(d));
+    w = decayed_step(w, direction(m, v), decay, step);
   }
 };
 /// w ← w·decay − step·o, decay and step doubles in backend memory
@@ -102,7 +106,7 @@ struct decay_and_step {
   const scalar_t* step;
   template <class T>
   ORTHOPT_HD T operator()(T o, T w) const {
-    return static_cast<T>(static_cast<scalar_t>(w) * *decay - *step * static_cast<scalar_t>(o));
+    return decayed_step(w, o, *decay, *step);
   }
 };
 /// w ← w − o

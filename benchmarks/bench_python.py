@@ -6,12 +6,13 @@ float32, on the CPU, with the same threads.
     python3 benchmarks/bench_python.py [--rounds 5] [--steps 5] [--threads N]
 
 Pairs, each timed in the same round (ratios are medians over rounds of a / b in one round):
-  - orthopt.torch.Muon (Muon on the hidden matrices, AdamW on the rest, via route; keller NS5 with the
-    standard algorithm and with ns_algorithm="fastest", which runs the Gram algorithm on the 1:4 MLP
-    matrices) against a Muon in torch
-    operations with torch.optim.AdamW (its fastest form here) on the rest: torch.optim.Muon where the
-    installed torch has it (PyTorch >= 2.9; its Newton-Schulz runs in bfloat16), else a transcription
-    of its update with Newton-Schulz in float32;
+  - orthopt.torch.Muon (Muon on the hidden matrices, AdamW on the rest, via route, with the fused QKV
+    kept whole as torch.optim.Muon keeps it, so that every row computes the same update; keller NS5
+    with the standard algorithm, and with ns_algorithm="fastest", which runs the Gram algorithm on the
+    1:3 QKV and 1:4 MLP matrices, with parallel steps (the default) and without) against a Muon in
+    torch operations with torch.optim.AdamW (its fastest form here) on the rest: torch.optim.Muon where
+    the installed torch has it (PyTorch >= 2.9; its Newton-Schulz runs in bfloat16), else a
+    transcription of its update with Newton-Schulz in float32;
   - orthopt.torch.AdamW against torch.optim.AdamW's fastest form here (fused, foreach or the loop, each
     measured; the fastest is the peer);
   - the Python overhead per parameter: opt.step() against the extension's step on the same gradient
@@ -165,10 +166,17 @@ def main():
     lines = report_header()
 
     # The optimizers, each over its own copy of the parameters.
-    models = {k: Params() for k in ("orthopt_muon", "orthopt_muon_fastest", "torch_muon", "orthopt_adamw")}
-    o_muon = ot.Muon(ot.route(models["orthopt_muon"], verbose=False), preset="keller", lr=0.02, weight_decay=0.1)
-    o_fastest = ot.Muon(ot.route(models["orthopt_muon_fastest"], verbose=False), preset="keller", lr=0.02,
-                        weight_decay=0.1, ns_algorithm="fastest")
+    models = {k: Params() for k in ("orthopt_muon", "orthopt_muon_fastest", "orthopt_muon_in_turn", "torch_muon",
+                                    "orthopt_adamw")}
+    # The fused QKV stays one 1536x512 matrix, as torch.optim.Muon orthogonalizes it: every Muon row
+    # computes the same update.
+    o_muon = ot.Muon(ot.route(models["orthopt_muon"], split_qkv=False, verbose=False), preset="keller", lr=0.02,
+                     weight_decay=0.1)
+    o_fastest = ot.Muon(ot.route(models["orthopt_muon_fastest"], split_qkv=False, verbose=False), preset="keller",
+                        lr=0.02, weight_decay=0.1, ns_algorithm="fastest")
+    # The same, with the parameters stepped in turn and each product split over the threads instead.
+    o_in_turn = ot.Muon(ot.route(models["orthopt_muon_in_turn"], split_qkv=False, verbose=False), preset="keller",
+                        lr=0.02, weight_decay=0.1, ns_algorithm="fastest", parallel_parameters=False)
     hidden, rest = hidden_and_rest(models["torch_muon"])
     if hasattr(torch.optim, "Muon"):
         t_muon, muon_peer = torch.optim.Muon(hidden, lr=0.02), "torch.optim.Muon"
@@ -181,14 +189,16 @@ def main():
     t_adamw = {name: torch.optim.AdamW(adamw_models[name].plist, lr=1e-3, weight_decay=0.1, **kw)
                for name, kw in forms.items()}
 
-    results = {k: [] for k in ["orthopt_muon", "orthopt_muon_fastest", "torch_muon", "orthopt_adamw"] +
+    results = {k: [] for k in ["orthopt_muon", "orthopt_muon_fastest", "orthopt_muon_in_turn", "torch_muon",
+                               "orthopt_adamw"] +
                [f"adamw_{n}" for n in forms]}
-    muon_ratio, fastest_ratio, adamw_ratio = [], [], []
+    muon_ratio, fastest_ratio, in_turn_ratio, adamw_ratio = [], [], [], []
     for r in range(args.rounds):
         seed = 100 + r
         times = {}
         times["orthopt_muon"] = time_steps(o_muon.step, models["orthopt_muon"], args.steps, seed)
         times["orthopt_muon_fastest"] = time_steps(o_fastest.step, models["orthopt_muon_fastest"], args.steps, seed)
+        times["orthopt_muon_in_turn"] = time_steps(o_in_turn.step, models["orthopt_muon_in_turn"], args.steps, seed)
         for name in forms:
             times[f"adamw_{name}"] = time_steps(t_adamw[name].step, adamw_models[name], args.steps, seed)
         best = min(forms, key=lambda n: times[f"adamw_{n}"])
@@ -204,6 +214,7 @@ def main():
             results[k].append(v)
         muon_ratio.append(times["orthopt_muon"] / times["torch_muon"])
         fastest_ratio.append(times["orthopt_muon_fastest"] / times["torch_muon"])
+        in_turn_ratio.append(times["orthopt_muon_in_turn"] / times["torch_muon"])
         adamw_ratio.append(times["orthopt_adamw"] / times[f"adamw_{best}"])
 
     med = {k: statistics.median(v) * 1e3 for k, v in results.items()}
@@ -215,9 +226,11 @@ def main():
         "|---|---|---|---|",
         f"| orthopt.torch.Muon (keller NS5) + AdamW | {med['orthopt_muon']:.0f} | "
         f"{statistics.median(muon_ratio):.2f} | <= 0.6 |",
-        "| orthopt.torch.Muon (keller NS5, ns_algorithm=\"fastest\": Gram on the 1:4 MLP matrices) + AdamW | "
+        "| orthopt.torch.Muon (keller NS5, ns_algorithm=\"fastest\": Gram on the 1:3 QKV and 1:4 MLP matrices) + AdamW | "
         f"{med['orthopt_muon_fastest']:.0f} | "
         f"{statistics.median(fastest_ratio):.2f} | <= 0.6 |",
+        "| the same with parallel_parameters=False (parameters in turn, each product split over the threads) | "
+        f"{med['orthopt_muon_in_turn']:.0f} | {statistics.median(in_turn_ratio):.2f} | |",
         f"| {muon_peer} + torch.optim.AdamW ({best}) | {med['torch_muon']:.0f} | 1 | |",
         f"| orthopt.torch.AdamW | {med['orthopt_adamw']:.1f} | {statistics.median(adamw_ratio):.2f} | <= 1.0 |",
     ]

@@ -2,6 +2,10 @@
 // counting malloc (every thread, every allocator that ends in malloc).
 #include <catch2/catch.hpp>
 
+#include <array>
+#include <string>
+#include <vector>
+
 #include "counting_malloc.hpp"
 #include <orthopt/distributed.hpp>
 #include "optimizer_test_util.hpp"
@@ -145,6 +149,44 @@ TEMPLATE_TEST_CASE("an optimizer step allocates nothing after the first step", "
   }
   CHECK(opt.steps_taken() == 4);
   CHECK(n == 0);
+}
+
+TEMPLATE_TEST_CASE("a parallel optimizer step allocates nothing after the first step", "[alloc][optimizer]", float,
+                   double) {
+  using T = TestType;
+  using B = backend_under_test;
+  if constexpr (!orthopt::detail::runs_concurrent_lanes<B>) {
+    SUCCEED("this backend steps parameters in turn");
+  } else {
+    // Two-thread handles: the Muon matrices run in lanes (products of every shape on either lane), the
+    // largest AdamW tensor too; a stacked batch beside them.
+    const B handle = make_backend(2);
+    orthopt::optimizer<T, B> opt;
+    const auto muon_g = opt.add_group("muon", orthopt::muon<T, B>(orthopt::muon_presets::moonlight(), handle));
+    const auto adamw_g = opt.add_group("adamw", orthopt::adamw<T, B>(orthopt::adamw_presets::moonlight(), handle));
+    const std::vector<std::array<index_t, 3>> shapes = {{1, 96, 128}, {1, 128, 96}, {1, 112, 112}, {3, 40, 72}, {1, 80, 200}};
+    std::vector<std::vector<T>> values, grads;
+    std::vector<orthopt::batch_view<const T>> views;
+    for (std::size_t i = 0; i <= shapes.size(); ++i) {
+      const bool vector = i == shapes.size();
+      const std::array<index_t, 3> s = vector ? std::array<index_t, 3>{1, 1, 300} : shapes[i];
+      const auto n = static_cast<std::size_t>(s[0] * s[1] * s[2]);
+      values.push_back(random_values<T>(n, 40 + i, 0.5));
+      grads.push_back(random_values<T>(n, 80 + i));
+      const auto view = [&](T* p) { return orthopt::batch_view<T>{orthopt::row_major_view(p, s[1], s[2]), s[0], s[1] * s[2]}; };
+      opt.add_param(std::string(1, static_cast<char>('a' + i)), vector ? adamw_g : muon_g, view(values.back().data()));
+      views.push_back(view(grads.back().data()).as_const_batch());
+    }
+    opt.step(views);  // warm-up: thread pools and the like start up
+    long n = -1;
+    {
+      allocation_scope scope;
+      for (int k = 0; k < 4; ++k) opt.step(views);
+      n = scope.allocations();
+    }
+    CHECK(opt.steps_taken() == 5);
+    CHECK(n == 0);
+  }
 }
 
 #if !defined(ORTHOPT_TEST_CUDA_HOST)

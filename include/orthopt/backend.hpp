@@ -25,6 +25,9 @@
 //   prepare_gemm(be, m, n, k), prepare_syrk(be, n, k)  size scratch so later calls never allocate
 //   copy_to_host(be, host_dst, src, bytes)             backend memory → host memory (checkpoints)
 //   copy_from_host(be, dst, host_src, bytes)           host memory → backend memory (checkpoints)
+//   be.lanes()                                         (optional, host backends) how many parameters an
+//                                                      optimizer may step at once, one per thread; see
+//                                                      concurrent_lane_scope below
 //
 // Batched forms, over batch_views of same-shape matrices (stacked experts, a plan's batch): a backend
 // may provide them to run a whole batch in one launch (the CUDA backend: strided-batched GEMM); the
@@ -116,12 +119,39 @@ concept threads_over_batches = !runs_batched_products<Backend> && std::construct
                                  { be.threads() } -> std::convertible_to<int>;
                                };
 
+/// The lane of the calling thread while it runs one of several parameter steps at once (see
+/// concurrent_lane_scope), -1 otherwise.
+inline thread_local int concurrent_lane = -1;
+
+/// True for a host backend whose handle can serve `lanes()` threads at once, each stepping its own
+/// parameters (the Eigen and BLAS backends): an optimizer may then step several parameters in parallel.
+template <class Backend>
+concept runs_concurrent_lanes = !runs_batched_products<Backend> && requires(const Backend& be) {
+  { be.lanes() } -> std::convertible_to<int>;
+};
+
 /// x in the compute type of its storage type.
 template <class T>
 ORTHOPT_HD constexpr compute_t<T> widen(T x) noexcept {
   return static_cast<compute_t<T>>(x);
 }
 }  // namespace detail
+
+/// Marks the calling thread as lane `lane` (0 ≤ lane < be.lanes()) for its lifetime: while it lives, a
+/// host backend that runs concurrent lanes runs each call made on this thread on this thread alone, with
+/// lane `lane`'s scratch, so that up to lanes() threads may step different parameters with handles that
+/// share scratch. A call made in a lane computes what a one-thread handle computes. The optimizer opens
+/// one per worker of a parallel step; hosts need not.
+class concurrent_lane_scope {
+ public:
+  explicit concurrent_lane_scope(int lane) noexcept : previous_(detail::concurrent_lane) { detail::concurrent_lane = lane; }
+  ~concurrent_lane_scope() { detail::concurrent_lane = previous_; }
+  concurrent_lane_scope(const concurrent_lane_scope&) = delete;
+  concurrent_lane_scope& operator=(const concurrent_lane_scope&) = delete;
+
+ private:
+  int previous_;
+};
 
 /// Element-wise functors shared by the algorithms. Each is usable on the host and on a device.
 namespace functors {

@@ -267,7 +267,8 @@ class newton_schulz {
     for (index_t k = 0; k < x.count; ++k) check(x[k], q[k], k);
     check_batch_overlap(x, q);
     if constexpr (detail::threads_over_batches<Backend>) {
-      if (!workers_.empty() && x.count > 1 && !measures()) {
+      // In a concurrent lane (a parallel optimizer step) the other threads are busy with other parameters.
+      if (!workers_.empty() && x.count > 1 && !measures() && detail::concurrent_lane < 0) {
         run_over_threads(x, q);
         return;
       }
@@ -390,12 +391,14 @@ class newton_schulz {
 #endif
     {
 #if defined(_OPENMP)
-      const int t = omp_get_thread_num();
+      // The team may be smaller than asked for (a call from inside another parallel region gets one
+      // thread): stride by the team's size, so that every matrix is done.
+      const int t = omp_get_thread_num(), team = omp_get_num_threads();
 #else
-      const int t = 0;
+      const int t = 0, team = 1;
 #endif
       try {
-        for (index_t k = t; k < x.count; k += parts) {
+        for (index_t k = t; k < x.count; k += team) {
           workers_[static_cast<std::size_t>(t)].run(batch_view<const T>(x[k], 1, 0), batch_view<T>(q[k], 1, 0));
         }
       } catch (...) {

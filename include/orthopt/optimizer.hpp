@@ -52,7 +52,8 @@
 // with any other member call on the same optimizer. Const members may run concurrently with each other.
 // Two optimizers may step on two threads at once only if their backend handles share no scratch: with
 // the Eigen backend, give each optimizer's rules their own `eigen_backend` object, not copies of one
-// (copies share packing buffers). Results are deterministic for a given backend thread count.
+// (copies share packing buffers). Results are deterministic for a given backend thread count and
+// parallel-step setting (set_parallel_parameters: which thread steps which parameter changes nothing).
 #pragma once
 
 #include <cstddef>
@@ -84,7 +85,7 @@ class optimizer : public param_registry<T, Backend> {
   using typename base::rule_type;
   using typename base::state_type;
 
-  optimizer() : base("orthopt::optimizer", /*states_at_registration=*/true) {}
+  optimizer() : base("orthopt::optimizer", /*states_at_registration=*/true) { this->parallel_parameters_ = true; }
   // The states own backend memory: an optimizer moves, it does not copy.
   optimizer(const optimizer&) = delete;
   optimizer& operator=(const optimizer&) = delete;
@@ -115,6 +116,19 @@ class optimizer : public param_registry<T, Backend> {
     }
     step_with([this](std::size_t i) { return this->params_[i].bound_gradient; });
   }
+
+  /// Parallel steps (on by default). On a CPU backend whose handles have more than one thread (the
+  /// Eigen and BLAS backends, compiled with OpenMP), a step runs several parameters at once, each on one
+  /// thread, largest first; a parameter whose work is at least a thread's share of the step runs alone,
+  /// its products on all threads. Matrices of a few hundred rows keep the cores busier this way than by
+  /// splitting each of their products (docs/benchmarks.md, the Python section, measures both).
+  /// A parameter stepped on one thread gets the update a one-thread handle computes: bit for bit on the
+  /// Eigen backend; on the BLAS backend the library's products run on one thread there (OpenBLAS's and
+  /// MKL's OpenMP builds do inside a parallel region), so they are a one-thread BLAS's. Off, every
+  /// product splits over the handle's threads, as each one does when stepped alone. Without OpenMP, and
+  /// for a step called from inside an OpenMP parallel region, parameters run in turn.
+  void set_parallel_parameters(bool on) noexcept { this->parallel_parameters_ = on; }
+  [[nodiscard]] bool parallel_parameters() const noexcept { return this->parallel_parameters_; }
 
   // ---- The adaptive Newton–Schulz budget (orthopt/ns_budget.hpp) ----------------------------------
 

@@ -16,9 +16,11 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <limits>
 #include <optional>
@@ -29,6 +31,10 @@
 #include <utility>
 #include <variant>
 #include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
 
 #include "orthopt/backend.hpp"
 #include "orthopt/errors.hpp"
@@ -537,6 +543,8 @@ class param_registry {
     });
     detail::checked_extent_product(who.c_str(), "parameter '" + name + "'", param.rows(), param.cols(), param.count, sizeof(T));
     params_.reserve(params_.size() + 1);
+    step_order_.reserve(params_.size() + 1);  // a parallel step's scratch: it allocates nothing
+    step_costs_.reserve(params_.size() + 1);
     params_.push_back(param_entry{std::move(name), g, param, std::nullopt, {}, reason, std::move(why), {}});
     if (states_at_registration_) {
       try {
@@ -641,15 +649,27 @@ class param_registry {
         }
       }
     } restore{this};
-    for (std::size_t i = 0; i < params_.size(); ++i) {
+    const auto step_param = [&](std::size_t i) {
       param_entry& p = params_[i];
-      if (!p.state) continue;
-      const gradient_view grad = gradient_at(i);
-      if (skips_missing_gradients_ && grad.count == 0) continue;
-      std::visit([&](auto& r) { r.step(p.param, grad, *p.state); }, groups_[p.group.index].rule);
+      std::visit([&](auto& r) { r.step(p.param, gradient_at(i), *p.state); }, groups_[p.group.index].rule);
+    };
+    const auto steps_now = [&](std::size_t i) {
+      const param_entry& p = params_[i];
+      return p.state && !(skips_missing_gradients_ && gradient_at(i).count == 0);
+    };
+    const int lanes = step_lanes();
+    if (lanes <= 1) {
+      for (std::size_t i = 0; i < params_.size(); ++i) {
+        if (steps_now(i)) step_param(i);
+      }
+    } else {
+      step_in_lanes(lanes, steps_now, step_param);
     }
     ++steps_taken_;
   }
+
+  /// Whether steps may run several parameters at once (see optimizer::set_parallel_parameters).
+  bool parallel_parameters_ = false;
 
   std::vector<group_type> groups_;
   std::vector<param_entry> params_;
@@ -661,6 +681,77 @@ class param_registry {
   const char* counts_locked_ = nullptr;
 
  private:
+  /// How many parameters a step runs at once: the fewest lanes of any state's backend handle, when
+  /// parallel steps are on, the backend runs concurrent lanes and the program has OpenMP; else 1.
+  int step_lanes() {
+#if defined(_OPENMP)
+    if constexpr (detail::runs_concurrent_lanes<Backend>) {
+      if (!parallel_parameters_ || detail::concurrent_lane >= 0 || omp_in_parallel()) return 1;
+      int lanes = std::numeric_limits<int>::max(), with_state = 0;
+      for (const param_entry& p : params_) {
+        if (!p.state) continue;
+        lanes = std::min(lanes, p.state->backend().lanes());
+        ++with_state;
+      }
+      return with_state > 1 ? std::min(lanes, with_state) : 1;
+    }
+#endif
+    return 1;
+  }
+
+  /// The parallel form of a step's updates. Largest first (the rule's step_cost): a parameter whose work
+  /// is at least a lane's share of the step's runs alone, its products on all of the handle's threads;
+  /// the rest are taken one at a time by `lanes` threads, each in a concurrent_lane_scope, so every
+  /// product of theirs runs on one thread. A parameter's update does not depend on which thread ran it.
+  template <class StepsNow, class StepParam>
+  void step_in_lanes(int lanes, StepsNow& steps_now, StepParam& step_param) {
+    step_order_.clear();
+    step_costs_.assign(params_.size(), 0.0);
+    double total = 0.0;
+    for (std::size_t i = 0; i < params_.size(); ++i) {
+      if (!steps_now(i)) continue;
+      const param_entry& p = params_[i];
+      const auto* plan = p.state->ns_plan();
+      step_costs_[i] = std::visit(
+          [&](auto& r) { return r.step_cost(p.param.rows(), p.param.cols(), p.param.count, plan ? plan->steps() : 0); },
+          groups_[p.group.index].rule);
+      total += step_costs_[i];
+      step_order_.push_back(i);
+    }
+    std::sort(step_order_.begin(), step_order_.end(), [this](std::size_t a, std::size_t b) {
+      return step_costs_[a] > step_costs_[b] || (step_costs_[a] == step_costs_[b] && a < b);
+    });
+    const double share = total / lanes;
+    std::size_t first_shared = 0;
+    while (first_shared < step_order_.size() && step_costs_[step_order_[first_shared]] >= share) {
+      step_param(step_order_[first_shared++]);
+    }
+    if (first_shared == step_order_.size()) return;
+#if defined(_OPENMP)
+    std::atomic<std::size_t> next{first_shared};
+    std::atomic<bool> failed{false};
+    std::exception_ptr failure;  // an exception must not leave an OpenMP region
+#pragma omp parallel num_threads(lanes)
+    {
+      const concurrent_lane_scope lane(omp_get_thread_num());
+      for (std::size_t k = next.fetch_add(1); k < step_order_.size() && !failed.load(); k = next.fetch_add(1)) {
+        try {
+          step_param(step_order_[k]);
+        } catch (...) {
+#pragma omp critical(orthopt_parallel_step_failure)
+          {
+            if (!failure) failure = std::current_exception();
+          }
+          failed.store(true);
+        }
+      }
+    }
+    if (failure) std::rethrow_exception(failure);
+#else
+    for (std::size_t k = first_shared; k < step_order_.size(); ++k) step_param(step_order_[k]);
+#endif
+  }
+
   void restore_lrs(std::size_t groups) noexcept {
     for (std::size_t k = 0; k < groups; ++k) {
       std::visit([&](auto& r) { r.options().lr = saved_lr_[k]; }, groups_[k].rule);
@@ -710,6 +801,8 @@ class param_registry {
   bool skips_missing_gradients_;
   std::vector<double> saved_lr_;                   // per group, scratch of a step: sized at add_group
   std::vector<unsigned char> saved_check_finite_;  // per group, likewise
+  std::vector<std::size_t> step_order_;            // per parameter, scratch of a parallel step: reserved
+  std::vector<double> step_costs_;                 // at add_param
 };
 
 }  // namespace orthopt

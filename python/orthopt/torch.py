@@ -93,7 +93,11 @@ class OrthoptOptimizer(torch.optim.Optimizer):
 
     rule = "muon"
 
-    def __init__(self, params, defaults: dict, *, preset: str | None = None, threads: int | None = None):
+    def __init__(self, params, defaults: dict, *, preset: str | None = None, threads: int | None = None,
+                 parallel_parameters: bool = True):
+        if not isinstance(parallel_parameters, bool):
+            raise BadTypeError(f"orthopt: parallel_parameters = {parallel_parameters!r} must be True or False")
+        self._parallel_parameters = parallel_parameters
         self._core = None
         self._broken = None
         self._backend = None
@@ -174,6 +178,7 @@ class OrthoptOptimizer(torch.optim.Optimizer):
                 if self._backend == "cuda":
                     self._stream = torch.cuda.current_stream(self._device).cuda_stream
                 self._core = cls(self._threads, self._stream)
+                self._core.set_parallel_parameters(self._parallel_parameters)
         for p, name in zip(params, names):
             if p.dtype != self._dtype or p.device != self._device:
                 raise BadTypeError(
@@ -455,6 +460,7 @@ class Muon(OrthoptOptimizer):
         *,
         preset: str = "torch",
         threads: int | None = None,
+        parallel_parameters: bool = True,
         **options,
     ):
         if adjust_lr_fn not in (None, "original", "match_rms_adamw"):
@@ -471,7 +477,7 @@ class Muon(OrthoptOptimizer):
         if preset == "torch":
             defaults.setdefault("ns_absolute_eps", True)  # X / max(‖X‖_F, eps), as torch.optim.Muon
         defaults.update(options)
-        super().__init__(params, defaults, preset=preset, threads=threads)
+        super().__init__(params, defaults, preset=preset, threads=threads, parallel_parameters=parallel_parameters)
 
 
 class AdaMuon(OrthoptOptimizer):
@@ -480,8 +486,10 @@ class AdaMuon(OrthoptOptimizer):
 
     rule = "adamuon"
 
-    def __init__(self, params, lr=None, weight_decay=None, *, preset: str = "code", threads=None, **options):
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, **options), preset=preset, threads=threads)
+    def __init__(self, params, lr=None, weight_decay=None, *, preset: str = "code", threads=None,
+                 parallel_parameters: bool = True, **options):
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, **options), preset=preset, threads=threads,
+                         parallel_parameters=parallel_parameters)
 
 
 class NAMO(OrthoptOptimizer):
@@ -489,8 +497,10 @@ class NAMO(OrthoptOptimizer):
 
     rule = "namo"
 
-    def __init__(self, params, lr=None, weight_decay=None, *, preset: str = "code", threads=None, **options):
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, **options), preset=preset, threads=threads)
+    def __init__(self, params, lr=None, weight_decay=None, *, preset: str = "code", threads=None,
+                 parallel_parameters: bool = True, **options):
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, **options), preset=preset, threads=threads,
+                         parallel_parameters=parallel_parameters)
 
 
 class NAMOD(OrthoptOptimizer):
@@ -498,8 +508,10 @@ class NAMOD(OrthoptOptimizer):
 
     rule = "namo_d"
 
-    def __init__(self, params, lr=None, weight_decay=None, *, preset: str = "code", threads=None, **options):
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, **options), preset=preset, threads=threads)
+    def __init__(self, params, lr=None, weight_decay=None, *, preset: str = "code", threads=None,
+                 parallel_parameters: bool = True, **options):
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, **options), preset=preset, threads=threads,
+                         parallel_parameters=parallel_parameters)
 
 
 class AdamW(OrthoptOptimizer):
@@ -509,13 +521,13 @@ class AdamW(OrthoptOptimizer):
     rule = "adamw"
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, *, amsgrad=False,
-                 maximize=False, preset: str = "torch", threads=None, **options):
+                 maximize=False, preset: str = "torch", threads=None, parallel_parameters: bool = True, **options):
         if amsgrad or maximize:
             raise BadValueError("orthopt: AdamW has no amsgrad or maximize form")
         for key in ("foreach", "fused", "capturable", "differentiable"):
             options.pop(key, None)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, **options)
-        super().__init__(params, defaults, preset=preset, threads=threads)
+        super().__init__(params, defaults, preset=preset, threads=threads, parallel_parameters=parallel_parameters)
 
 
 # ---- Routing ----------------------------------------------------------------------------------------

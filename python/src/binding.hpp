@@ -245,6 +245,11 @@ class py_optimizer {
   }
 
   // ---- Inspection and Newton–Schulz settings ------------------------------------------------------
+  void set_parallel_parameters(bool on) {
+    idle();
+    opt_.set_parallel_parameters(on);
+  }
+  bool parallel_parameters() const { return opt_.parallel_parameters(); }
   std::int64_t steps_taken() const { return opt_.steps_taken(); }
   void set_steps_taken(std::int64_t n) {
     idle();
@@ -514,6 +519,8 @@ void bind_optimizer(nb::module_& m, const char* name) {
       .def("add_param", &P::add_param, nb::arg("name"), nb::arg("group"), nb::arg("array").noconvert(),
            nb::arg("batch") = false, nb::arg("row_blocks") = 1)
       .def("step", &P::step)
+      .def("set_parallel_parameters", &P::set_parallel_parameters)
+      .def("parallel_parameters", &P::parallel_parameters)
       .def("steps_taken", &P::steps_taken)
       .def("set_steps_taken", &P::set_steps_taken)
       .def("param_count", &P::param_count)

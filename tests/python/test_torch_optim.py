@@ -375,6 +375,39 @@ def test_two_threads_step_two_optimizers():
             assert torch.equal(a, b)
 
 
+def test_parallel_steps_give_the_one_thread_update():
+    # Matrices large enough that a two-thread handle would split their products: in a parallel step each
+    # runs on one thread, so the result is a one-thread optimizer's (bit for bit on the Eigen backend; on
+    # the BLAS backend up to the BLAS library's own threads outside the parallel region).
+    def model(seed):
+        torch.manual_seed(seed)
+        return torch.nn.Sequential(
+            torch.nn.Linear(96, 128), torch.nn.Tanh(), torch.nn.Linear(128, 112), torch.nn.Tanh(),
+            torch.nn.Linear(112, 96), torch.nn.Tanh(), torch.nn.Linear(96, 12)
+        ).to(torch.float64)
+
+    def run(threads, parallel):
+        m = model(5)
+        opt = ot.Muon(ot.route(m, verbose=False), lr=0.02, threads=threads, parallel_parameters=parallel)
+        g = torch.Generator().manual_seed(6)
+        for _ in range(3):
+            for p in m.parameters():
+                p.grad = torch.randn(p.shape, generator=g, dtype=torch.float64)
+            opt.step()
+        return opt, snapshot(m)
+
+    parallel_opt, parallel = run(2, True)
+    assert parallel_opt._core.parallel_parameters()
+    in_turn_opt, in_turn = run(2, False)
+    assert not in_turn_opt._core.parallel_parameters()
+    _, one_thread = run(1, True)
+    for a, b, c in zip(parallel, one_thread, in_turn):
+        torch.testing.assert_close(a, b, atol=1e-13, rtol=0)
+        torch.testing.assert_close(c, b, atol=1e-13, rtol=0)
+    with pytest.raises(TypeError, match="parallel_parameters = 'yes'"):
+        ot.Muon(model(5).parameters(), parallel_parameters="yes")
+
+
 def test_route_splits_fused_qkv_and_applies_overrides():
     class Block(torch.nn.Module):
         def __init__(self):

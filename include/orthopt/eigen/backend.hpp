@@ -118,8 +118,11 @@ class host_buffer {
 
 /// The Eigen CPU backend. A handle: copies share one scratch area (the GEMM packing buffers), so plans
 /// made from one handle share their scratch. One handle must not be used by two threads at once; give
-/// each host thread its own handle. `threads` is fixed at construction (default: Eigen::nbThreads(),
-/// i.e. OpenMP's thread count when compiled with -fopenmp, else 1).
+/// each host thread its own handle — except in lanes: up to lanes() threads, each inside a
+/// concurrent_lane_scope of its own lane, may use copies of one handle at once (each call then runs on its
+/// thread alone, with that lane's buffers; the optimizer's parallel step does this). `threads` is fixed at
+/// construction (default: Eigen::nbThreads(), i.e. OpenMP's thread count when compiled with -fopenmp,
+/// else 1).
 class eigen_backend {
  public:
   template <class T>
@@ -140,7 +143,10 @@ class eigen_backend {
     scratch_->per_thread.resize(static_cast<std::size_t>(threads_));
   }
 
-  [[nodiscard]] int threads() const noexcept { return threads_; }
+  /// The threads a call made now runs on: the handle's, or 1 on a thread inside a concurrent lane.
+  [[nodiscard]] int threads() const noexcept { return detail::concurrent_lane >= 0 ? 1 : threads_; }
+  /// How many concurrent lanes the handle's scratch serves: its thread count.
+  [[nodiscard]] int lanes() const noexcept { return threads_; }
 
   template <class T>
   [[nodiscard]] buffer<T> allocate(index_t n) const {
@@ -163,7 +169,7 @@ class eigen_backend {
     std::size_t b_bytes = 0;
   };
   void reserve(int thread, std::size_t a_bytes, std::size_t b_bytes) {
-    auto& t = scratch_->per_thread[static_cast<std::size_t>(thread)];
+    auto& t = scratch_->per_thread[slot(thread)];
     // 64 bytes of slack: the pointers handed to Eigen are aligned up inside the block.
     if (a_bytes + 64 > t.a_bytes) {
       t.a.reset(new std::byte[a_bytes + 64]);
@@ -176,14 +182,21 @@ class eigen_backend {
   }
   template <class T>
   [[nodiscard]] T* block_a(int thread) const noexcept {
-    return align_up<T>(scratch_->per_thread[static_cast<std::size_t>(thread)].a.get());
+    return align_up<T>(scratch_->per_thread[slot(thread)].a.get());
   }
   template <class T>
   [[nodiscard]] T* block_b(int thread) const noexcept {
-    return align_up<T>(scratch_->per_thread[static_cast<std::size_t>(thread)].b.get());
+    return align_up<T>(scratch_->per_thread[slot(thread)].b.get());
   }
 
  private:
+  // The buffers of thread `thread` of a call: a call in a lane runs on one thread, with the lane's. A
+  // lane beyond the handle's (a handle of fewer threads than the optimizer's other groups have) is never
+  // opened: the optimizer runs as many lanes as its smallest handle has.
+  [[nodiscard]] std::size_t slot(int thread) const noexcept {
+    const int lane = detail::concurrent_lane;
+    return static_cast<std::size_t>(lane >= 0 && lane < threads_ ? lane : thread);
+  }
   template <class T>
   static T* align_up(std::byte* p) noexcept {
     auto addr = reinterpret_cast<std::uintptr_t>(p);
@@ -509,7 +522,10 @@ void prepare_gemm(eigen_backend& be, index_t m, index_t n, index_t k) {
   const int parts_n = detail::eigen_threads_for(be, double(m) * double(n) * double(k), n);
   const int parts_m = detail::eigen_threads_for(be, double(m) * double(n) * double(k), m);
   (void)parts;
-  for (int t = 0; t < std::max(parts_n, parts_m); ++t) {
+  // A call in a concurrent lane runs the whole product on one thread with the lane's buffers, so each
+  // lane's buffers also hold the one-thread blocking (the lanes are the handle's threads).
+  const int lanes = detail::concurrent_lane >= 0 ? 1 : be.lanes();
+  for (int t = 0; t < std::max({parts_n, parts_m, lanes}); ++t) {
     std::size_t a = 0, b = 0;
     auto need = [&](index_t rows, index_t cols) {
       const auto bs = detail::gemm_block_sizes<T>(rows, cols, k);
@@ -518,6 +534,10 @@ void prepare_gemm(eigen_backend& be, index_t m, index_t n, index_t k) {
     };
     if (t < parts_n) need(m, detail::split_point(n, parts_n, t + 1) - detail::split_point(n, parts_n, t));
     if (t < parts_m) need(n, detail::split_point(m, parts_m, t + 1) - detail::split_point(m, parts_m, t));
+    if (t < lanes) {
+      need(m, n);
+      need(n, m);
+    }
     be.reserve(t, a, b);
   }
 #else
@@ -630,13 +650,19 @@ template <class T>
 void prepare_syrk(eigen_backend& be, index_t n, index_t k) {
 #if ORTHOPT_EIGEN_PACKED_KERNELS
   const int parts = detail::eigen_threads_for(be, 0.5 * double(n) * double(n) * double(k), n);
-  for (int t = 0; t < parts; ++t) {
-    const index_t p0 = detail::triangle_split_point(n, parts, t);
-    const index_t p1 = detail::triangle_split_point(n, parts, t + 1);
-    if (p1 <= p0) continue;
+  const auto reserve_band = [&](int t, index_t p0, index_t p1) {
     const auto g = detail::gemm_block_sizes<T>(p1 - p0, std::max<index_t>(p0, 1), k);
     const auto tri = detail::triangular_block_sizes<T>(p1 - p0, k);
     be.reserve(t, std::max(g.a_elems, tri.a_elems) * sizeof(T), std::max(g.b_elems, tri.b_elems) * sizeof(T));
+  };
+  for (int t = 0; t < parts; ++t) {
+    const index_t p0 = detail::triangle_split_point(n, parts, t);
+    const index_t p1 = detail::triangle_split_point(n, parts, t + 1);
+    if (p1 > p0) reserve_band(t, p0, p1);
+  }
+  // Each concurrent lane's buffers also hold the one-thread product (as in prepare_gemm).
+  if (detail::concurrent_lane < 0) {
+    for (int t = 0; t < be.lanes(); ++t) reserve_band(t, 0, n);
   }
 #else
   (void)be, (void)n, (void)k;

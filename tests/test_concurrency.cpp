@@ -5,6 +5,10 @@
 // instrumented, so an OpenMP build reports its own barriers) and runs it; CI does too.
 #include <catch2/catch.hpp>
 
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -193,4 +197,29 @@ TEMPLATE_TEST_CASE("a parameter with most of a step's work runs alone on all thr
       CHECK(parallel[i] == one_thread[i]);
     }
   }
+}
+
+TEMPLATE_TEST_CASE("a batch split over threads is whole when called from inside a parallel region", "[concurrency]",
+                   float, double) {
+  using T = TestType;
+  // A plan whose batches go to its threads whole (small matrices, two threads), called by one thread of
+  // an enclosing parallel region: the nested region gets one thread, which must still do every matrix.
+  const index_t m = 24, n = 40, count = 5;
+  const auto x = random_values<T>(static_cast<std::size_t>(count * m * n), 77);
+  std::vector<T> expected(x.size()), nested(x.size(), T(0));
+  orthopt::newton_schulz<T, backend_under_test> plan(m, n, orthopt::ns_presets::keller(), make_backend(2));
+  const orthopt::batch_view<const T> in{orthopt::row_major_view(x.data(), m, n), count, m * n};
+  plan(in, orthopt::batch_view<T>{orthopt::row_major_view(expected.data(), m, n), count, m * n});
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(2)
+#endif
+  {
+#if defined(_OPENMP)
+    const bool caller = omp_get_thread_num() == 0;
+#else
+    const bool caller = true;
+#endif
+    if (caller) plan(in, orthopt::batch_view<T>{orthopt::row_major_view(nested.data(), m, n), count, m * n});
+  }
+  CHECK(nested == expected);
 }

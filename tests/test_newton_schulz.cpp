@@ -554,6 +554,20 @@ TEMPLATE_TEST_CASE("Gram NS: batches, views, in place, AOL, restarts anywhere, r
     orthopt::newton_schulz<T, backend_under_test> five(2, 2, as_gram(presets::keller()));
     five.set_steps(14);
     CHECK(five.steps() == 14);
+    CHECK(five.algorithm() == orthopt::ns_algorithm::gram);
+    // A count no restart keeps within float's precision (16: two runs of 8, growth 11.9^7 · u ≈ 2), as
+    // the adaptive budget's observation sets for keller(8): the float plan runs the standard iteration
+    // (before, the Gram algorithm turned a nearly singular input into NaN), and Gram again once the count
+    // comes back down.
+    five.set_steps(16);
+    CHECK(five.algorithm() == (std::is_same_v<T, float> ? orthopt::ns_algorithm::standard : orthopt::ns_algorithm::gram));
+    Mat<T> in = near_singular.cast<T>(), out(2, 2);
+    five(orthopt::make_view(in).as_const(), orthopt::make_view(out));
+    CHECK(out.allFinite());
+    ns_config standard16 = presets::keller(16);
+    if (std::is_same_v<T, float>) CHECK(max_abs_diff(out.template cast<double>(), run_ns<T>(near_singular, standard16)) == 0.0);
+    five.set_steps(5);
+    CHECK(five.algorithm() == orthopt::ns_algorithm::gram);
   }
 
   // Bad restart values are refused by name.
@@ -599,6 +613,10 @@ TEMPLATE_TEST_CASE("ns_algorithm::fastest runs Gram on wide matrices and the sta
   Mat<T> in = x.cast<T>(), out(16, 128);
   shortened(orthopt::make_view(in).as_const(), orthopt::make_view(out));
   CHECK(out.allFinite());
+  // Back to a count within precision: the Gram algorithm again (the adaptive budget's observation phase
+  // raises counts, its commit lowers them).
+  shortened.set_steps(5);
+  CHECK(shortened.algorithm() == orthopt::ns_algorithm::gram);
   // A value outside the enumeration is refused by name.
   ns_config bad = keller;
   bad.algorithm = static_cast<orthopt::ns_algorithm>(7);

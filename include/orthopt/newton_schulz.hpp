@@ -114,6 +114,7 @@ class newton_schulz {
     x_next_ = backend_.template allocate<T>(capacity_ * small_ * large_);
     gram_ = backend_.template allocate<T>(capacity_ * small_ * small_);
     poly_ = backend_.template allocate<T>(capacity_ * small_ * small_);
+    gram_planned_ = gram_ops_;
     if (gram_ops_) {
       // The accumulated polynomial Q and one more m×m work matrix per batch item.
       accumulated_ = backend_.template allocate<T>(capacity_ * small_ * small_);
@@ -160,11 +161,14 @@ class newton_schulz {
                         std::to_string(max_recorded_steps) + " iterations");
     }
     config_.steps = steps;
-    if (gram_ops_) {
+    if (gram_planned_) {
       gram_restart_ = config_.gram_restart_iteration(gram_unit_roundoff());
-      // ns_algorithm::fastest keeps the choice made with the plan, but leaves the Gram algorithm for the
-      // standard one (which needs no other memory) where the new count would make it refused.
-      if (config_.algorithm == ns_algorithm::fastest && !gram_within_precision(config_, gram_restart_)) gram_ops_ = false;
+      // The Gram algorithm runs at the new count only where it stays within the element type's precision
+      // (and, for ns_algorithm::fastest, is still the faster); elsewhere the standard iteration runs,
+      // which needs no other memory. So no count the adaptive budget, a checkpoint or a setter gives
+      // makes a Gram plan diverge, and a count that comes back down runs the Gram algorithm again.
+      gram_ops_ = gram_may_run(config_, gram_restart_) &&
+                  (config_.algorithm == ns_algorithm::gram || gram_is_faster(config_, small_, large_));
     }
     for (auto& w : workers_) w.set_steps(steps);
   }
@@ -297,6 +301,12 @@ class newton_schulz {
     const double u = gram_unit_roundoff();
     return u > 0.0 && c.gram_rounding_growth(restart) * u < 1.0;
   }
+  /// Whether a plan that asked for the Gram algorithm runs it at c's count with a restart after `restart`:
+  /// within the precision of float and double; a 16-bit storage type's explicit Gram configurations run
+  /// as asked (the growth model is not calibrated for it).
+  static bool gram_may_run(const ns_config& c, int restart) {
+    return gram_unit_roundoff() == 0.0 ? c.algorithm == ns_algorithm::gram : gram_within_precision(c, restart);
+  }
   /// ns_algorithm::fastest: the Gram algorithm where it is within precision and needs under 0.8 of the
   /// standard iteration's multiply-adds (the margin: its m×m products run less efficiently).
   static bool gram_is_faster(const ns_config& c, index_t small, index_t large) {
@@ -310,7 +320,8 @@ class newton_schulz {
   /// a float or double plan refuses such a configuration when it is made. Found by fuzzing: float data,
   /// keller for 14 iterations with a restart after the first, a nearly singular input, NaN output.
   /// set_steps does not refuse (the adaptive budget and checkpoint loading call it where a throw would
-  /// leave work half done); it only moves the default restart.
+  /// leave work half done): it moves the default restart, and runs the standard iteration for a count
+  /// that no restart keeps within precision (algorithm() says which runs).
   static void check_gram_growth(const ns_config& c, const char* who) {
     const double u = gram_unit_roundoff();
     if (u == 0.0) return;
@@ -635,6 +646,7 @@ class newton_schulz {
   double stop_tolerance_ = 0.0;  // > 0: stop at this residual
   int last_steps_ = 0;
   bool gram_ops_ = false;  // the Gram algorithm runs (ns_algorithm::gram, or fastest resolved to it)
+  bool gram_planned_ = false;  // the plan was made for the Gram algorithm (its buffers exist)
   int gram_restart_ = 0;  // ns_config::gram_restart_iteration(), resolved when the plan or its steps change
   std::vector<newton_schulz> workers_;  // one single-threaded plan per thread: batches split over threads
 };

@@ -478,4 +478,15 @@ TEMPLATE_TEST_CASE("a checkpoint whose state is not finite or has a negative mom
     }
   }
   check_load_fails_unchanged(target, checkpoint_bytes(f.source), "slot 'column_moment' element 0 is -2; a second moment");
+  // The adaptive budget's observation accumulators (calls, sums of needs and residuals): a valid checksum
+  // over a negative count loaded before.
+  fixture<T> g;
+  for (std::size_t i = 0; i < g.source.param_count(); ++i) {
+    if (auto* ns = g.source.state(param_id{i}).ns_plan()) {
+      ns->observation_data()[1] = -3.0;  // calls
+      break;
+    }
+  }
+  check_load_fails_unchanged(target, checkpoint_bytes(g.source),
+                             "slot 'ns_observation' element 1 is -3; the adaptive budget's observation holds counts");
 }

@@ -138,6 +138,18 @@ TEST_CASE("invalid configurations are rejected with the offending field", "[erro
   cfg = presets::keller();
   cfg.eps = -1.0;
   CHECK_THROWS_WITH(NS<float>(3, 3, cfg), Contains("eps"));
+  // Values are shown as given (std::to_string's six decimals printed -1e-9 as "-0.000000").
+  cfg.eps = -1e-9;
+  CHECK_THROWS_WITH(NS<float>(3, 3, cfg), Contains("eps = -1e-09 must be finite and >= 0"));
+  {
+    auto muon = orthopt::muon_presets::keller();
+    muon.lr = -2.5e-7;
+    using Muon = orthopt::muon<float, backend_under_test>;
+    CHECK_THROWS_WITH(Muon(muon), Contains("lr = -2.5e-07 must be finite and >= 0"));
+    muon.lr = 0.1 + 0.2;
+    muon.momentum = 1.0000000001;
+    CHECK_THROWS_WITH(Muon(muon), Contains("momentum = 1.0000000001"));
+  }
   cfg = presets::polar_express();
   cfg.safety = -0.5;
   CHECK_THROWS_WITH(NS<float>(3, 3, cfg), Contains("safety"));

@@ -487,6 +487,8 @@ TEMPLATE_TEST_CASE("budget misuse is refused with a message naming the value, an
   bad([](auto& o) { o.min_ns_steps = 0; }, "min_ns_steps = 0");
   bad([](auto& o) { o.max_ns_steps = 3, o.min_ns_steps = 4; }, "max_ns_steps = 3 is below min_ns_steps = 4");
   bad([](auto& o) { o.budget_fraction = 0; }, "budget_fraction = 0");
+  // The value as given, not rounded to six decimals ("4.000000 must lie in (0, 4]" said nothing).
+  bad([](auto& o) { o.budget_fraction = 4.0000001; }, "budget_fraction = 4.0000001 must lie in (0, 4]");
   bad([](auto& o) { o.start_step = -1; }, "start_step = -1");
   bad([](auto& o) { o.roles = {{"", false}}; }, "a role pattern is empty");
   bad([](auto& o) { o.min_ns_steps = 6; }, "min_ns_steps = 6 for 2 matrices costs 12 iterations per step, above the budget of 10");
@@ -514,6 +516,25 @@ TEMPLATE_TEST_CASE("budget misuse is refused with a message naming the value, an
   CHECK_THROWS_WITH(opt.set_ns_stop_tolerance(orthopt::group_id{0}, -0.5), Contains("tolerance = -0.5"));
   opt.set_ns_steps(orthopt::group_id{0}, 7);
   CHECK(opt.ns_steps(orthopt::param_id{1}) == 7);
+
+  // A budget set and cleared gives back the counts set before it (it reset them to the rule's 5), also
+  // when it replaced another budget that had raised them to its observation count.
+  opt.set_ns_steps(orthopt::param_id{0}, 8);
+  opt.set_ns_budget({});
+  model.run(opt, 1);
+  CHECK(opt.ns_steps(orthopt::param_id{0}) == 16);  // observing with twice the count
+  opt.set_ns_budget({});
+  opt.clear_ns_budget();
+  CHECK(opt.ns_steps(orthopt::param_id{0}) == 8);
+  CHECK(opt.ns_steps(orthopt::param_id{1}) == 7);
+  // In-call stopping and a budget both decide counts: either refuses while the other is set.
+  opt.set_ns_stop_tolerance(orthopt::group_id{0}, 0.1);
+  CHECK_THROWS_WITH(opt.set_ns_budget({}), Contains("'a' stops at a residual tolerance of 0.1"));
+  CHECK_FALSE(opt.has_ns_budget());
+  opt.set_ns_stop_tolerance(orthopt::group_id{0}, 0.0);
+  opt.set_ns_budget({});
+  CHECK(opt.has_ns_budget());
+  opt.clear_ns_budget();
 
   // The plan itself.
   orthopt::newton_schulz<T, backend_under_test> ns(4, 6, presets::keller(70));
@@ -585,4 +606,36 @@ TEMPLATE_TEST_CASE("a Gram Muon under the adaptive budget never turns finite gra
       CHECK(opt.ns_steps(orthopt::param_id{static_cast<std::size_t>(k)}) == 16);  // still observing
     }
   }
+}
+
+TEMPLATE_TEST_CASE("an exception from on_commit says the step was applied and carries the callback's", "[ns_budget][errors]",
+                   float, double) {
+  using T = TestType;
+  spectrum_model<T> model({{"a", 2.0}, {"b", 1e3}});
+  auto opt = model.make_optimizer();
+  orthopt::ns_budget_options o;
+  o.observe_window = 2;
+  o.on_commit = [](const orthopt::ns_budget_report&) { throw std::out_of_range("the log is full"); };
+  opt.set_ns_budget(o);
+  model.run(opt, 1);
+  const auto grads = model.gradients();
+  bool nested_seen = false;
+  try {
+    opt.step(grads);  // ends the window: commits, then calls on_commit
+    FAIL("on_commit's exception was swallowed");
+  } catch (const orthopt::value_error& e) {
+    CHECK_THAT(e.what(), Catch::Matchers::Contains("step 2 was applied and the adaptive budget committed its counts; "
+                                                   "then on_commit threw: the log is full"));
+    try {
+      std::rethrow_if_nested(e);
+    } catch (const std::out_of_range&) {
+      nested_seen = true;
+    }
+  }
+  CHECK(nested_seen);
+  // The step counted, the budget committed, and stepping goes on.
+  CHECK(opt.steps_taken() == 2);
+  CHECK(opt.ns_budget_state() == orthopt::ns_budget_phase::committed);
+  model.run(opt, 1);
+  CHECK(opt.steps_taken() == 3);
 }

@@ -502,7 +502,8 @@ void check_slot_values(const std::string& who, const parsed_slot& slot, const un
                        std::uint64_t cols) {
   const std::string_view name = slot.name;
   const bool element_typed = name == "momentum" || name == "second_moment";
-  const bool non_negative = name == "second_moment" || name == "column_moment";
+  const bool observation = name == "ns_observation";  // sums and counts of the adaptive budget's window
+  const bool non_negative = name == "second_moment" || name == "column_moment" || observation;
   for (std::uint64_t e = 0; e < slot.elements; ++e) {
     const double v = element_typed ? payload_element<T>(src + e * sizeof(T)) : payload_element<double>(src + e * 8);
     const bool bad = !std::isfinite(v) || (non_negative && v < 0.0);
@@ -513,8 +514,10 @@ void check_slot_values(const std::string& who, const parsed_slot& slot, const un
       where += " (matrix " + std::to_string(k) + ", row " + std::to_string(r) + ", column " + std::to_string(c) + ")";
     }
     load_fail_value(who + "slot '" + slot.name + "' " + where + " is " + num_g(v) +
-                    (std::isfinite(v) ? "; a second moment is a mean of squares and cannot be negative"
-                                      : "; a state must be finite"));
+                    (!std::isfinite(v) ? "; a state must be finite"
+                     : observation     ? "; the adaptive budget's observation holds counts and sums of counts and "
+                                         "residuals, which cannot be negative"
+                                       : "; a second moment is a mean of squares and cannot be negative"));
   }
 }
 

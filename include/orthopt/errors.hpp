@@ -2,6 +2,8 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdio>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -30,5 +32,19 @@ class value_error : public std::domain_error, public error {
   explicit value_error(const std::string& message) : std::domain_error(message) {}
   [[nodiscard]] const char* what() const noexcept override { return std::domain_error::what(); }
 };
+
+namespace detail {
+/// A number as an error message shows it: the fewest significant digits that read back as the same
+/// double ("4.0000001", "1e-50", "0.1", "nan", "inf"), so the offending value is visible exactly
+/// (std::to_string prints six decimals: 4.0000001 as "4.000000", 1e-9 as "0.000000").
+inline std::string value_text(double v) {
+  char buf[40];
+  for (int digits = 1; digits <= 17; ++digits) {
+    std::snprintf(buf, sizeof buf, "%.*g", digits, v);
+    if (v != v || std::strtod(buf, nullptr) == v) break;  // NaN never compares equal: one pass
+  }
+  return buf;
+}
+}  // namespace detail
 
 }  // namespace orthopt

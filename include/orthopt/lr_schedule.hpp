@@ -106,7 +106,7 @@ class warmup_stable_decay {
     decay_ = static_cast<std::int64_t>(std::llround(decay_fraction * static_cast<double>(total_steps)));
     if (warmup_ + decay_ > total_) {
       detail::schedule_fail(who, "warmup_steps = " + std::to_string(warmup_) + " plus decay steps = " +
-                                     std::to_string(decay_) + " (decay_fraction " + std::to_string(decay_fraction) +
+                                     std::to_string(decay_) + " (decay_fraction " + detail::value_text(decay_fraction) +
                                      " of " + std::to_string(total_) + ") exceed total_steps = " +
                                      std::to_string(total_));
     }

@@ -191,7 +191,7 @@ class newton_schulz {
   /// reset_observation().
   void observe(double target) {
     if (!(target > 0.0) || !std::isfinite(target)) {
-      throw value_error("orthopt::newton_schulz::observe: target residual = " + std::to_string(target) +
+      throw value_error("orthopt::newton_schulz::observe: target residual = " + detail::value_text(target) +
                         " must be finite and > 0");
     }
     require_recordable("observe");
@@ -226,7 +226,7 @@ class newton_schulz {
   /// 0 switches it off. Reads the residual back every iteration: meant for CPU backends.
   void stop_at_residual(double tolerance) {
     if (!(tolerance >= 0.0) || !std::isfinite(tolerance)) {
-      throw value_error("orthopt::newton_schulz::stop_at_residual: tolerance = " + std::to_string(tolerance) +
+      throw value_error("orthopt::newton_schulz::stop_at_residual: tolerance = " + detail::value_text(tolerance) +
                         " must be finite and >= 0 (0 switches stopping off)");
     }
     if (tolerance > 0.0) require_recordable("stop_at_residual");
@@ -330,8 +330,8 @@ class newton_schulz {
       const double growth = c.gram_rounding_growth(restart);
       throw value_error(std::string(who) + ": the Gram algorithm with '" + c.name + "' for " + std::to_string(c.steps) +
                         " iterations (restart after " + std::to_string(restart) + ") multiplies a rounding error of its " +
-                        "Gram matrix by " + std::to_string(growth) + ", beyond the element type's precision (unit roundoff " +
-                        std::to_string(u) + "), and diverges on nearly singular inputs; " +
+                        "Gram matrix by " + detail::value_text(growth) + ", beyond the element type's precision (unit roundoff " +
+                        detail::value_text(u) + "), and diverges on nearly singular inputs; " +
                         "restart in the middle, run fewer iterations, or use the standard algorithm");
     }
   }
@@ -388,7 +388,7 @@ class newton_schulz {
     if (config_.check_finite) {
       if (const auto bad = find_nonfinite(backend_, x)) {
         throw value_error(who() + ": input(" + std::to_string(bad->row) + ", " + std::to_string(bad->col) +
-                          ") is " + std::to_string(bad->value) + "; NaN and Inf inputs are rejected");
+                          ") is " + detail::value_text(bad->value) + "; NaN and Inf inputs are rejected");
       }
     }
   }

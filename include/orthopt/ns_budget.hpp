@@ -37,6 +37,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <exception>
 #include <functional>
 #include <span>
 #include <string>
@@ -125,7 +126,7 @@ struct ns_budget_options {
       fail("observe_ns_steps = " + std::to_string(observe_ns_steps) + " must lie in [0, 64] (0: twice the configured count)");
     }
     if (!std::isfinite(residual_target) || residual_target < 0.0) {
-      fail("residual_target = " + std::to_string(residual_target) + " must be finite and >= 0 (0: automatic)");
+      fail("residual_target = " + detail::value_text(residual_target) + " must be finite and >= 0 (0: automatic)");
     }
     if (min_ns_steps < 1) fail("min_ns_steps = " + std::to_string(min_ns_steps) + " must be >= 1");
     if (max_ns_steps < 0) fail("max_ns_steps = " + std::to_string(max_ns_steps) + " must be >= 0 (0: the observation count)");
@@ -133,7 +134,7 @@ struct ns_budget_options {
       fail("max_ns_steps = " + std::to_string(max_ns_steps) + " is below min_ns_steps = " + std::to_string(min_ns_steps));
     }
     if (!(budget_fraction > 0.0) || !(budget_fraction <= 4.0)) {
-      fail("budget_fraction = " + std::to_string(budget_fraction) + " must lie in (0, 4]");
+      fail("budget_fraction = " + detail::value_text(budget_fraction) + " must lie in (0, 4]");
     }
     if (reobserve_every < 0) fail("reobserve_every = " + std::to_string(reobserve_every) + " must be >= 0");
     for (const auto& p : roles) {
@@ -304,7 +305,7 @@ class ns_budget_controller {
       throw value_error(who + ": min_ns_steps = " + std::to_string(o.min_ns_steps) + " for " + std::to_string(matrices) +
                         " matrices costs " + std::to_string(static_cast<std::int64_t>(o.min_ns_steps) * matrices) +
                         " iterations per step, above the budget of " + std::to_string(report_.budget) +
-                        " (budget_fraction " + std::to_string(o.budget_fraction) + " of " + std::to_string(uniform) + ")");
+                        " (budget_fraction " + detail::value_text(o.budget_fraction) + " of " + std::to_string(uniform) + ")");
     }
     role_need_.assign(role_names.size(), 0.0);
     role_calls_.assign(role_names.size(), 0.0);
@@ -367,7 +368,25 @@ class ns_budget_controller {
     has_report_ = true;
     phase_ = ns_budget_phase::committed;
     phase_start_ = steps_taken;
-    if (options_.on_commit) options_.on_commit(report_);
+    if (options_.on_commit) call_on_commit(steps_taken);
+  }
+
+  /// on_commit runs after the step that ended the window was applied: an exception from it must not read
+  /// as a failed step. It arrives as a value_error saying so, with the callback's exception nested
+  /// (std::rethrow_if_nested gives it back).
+  void call_on_commit(std::int64_t steps_taken) {
+    const auto applied = [&](const std::string& what) {
+      return value_error("orthopt: step " + std::to_string(steps_taken) +
+                         " was applied and the adaptive budget committed its counts; then on_commit threw" + what +
+                         " (nested in this exception); the optimizer is consistent and may step on");
+    };
+    try {
+      options_.on_commit(report_);
+    } catch (const std::exception& e) {
+      std::throw_with_nested(applied(std::string(": ") + e.what()));
+    } catch (...) {
+      std::throw_with_nested(applied(""));
+    }
   }
 
   /// Puts the budget in `phase`, begun at step `start` (checkpoint loading; the plans' counts and
@@ -380,6 +399,14 @@ class ns_budget_controller {
     }
     phase_ = phase;
     phase_start_ = start;
+  }
+
+  /// The count `plan` had when this budget took it (release() gives it back), or 0 for a plan it does
+  /// not run.
+  [[nodiscard]] int configured_steps_of(const newton_schulz<T, Backend>* plan) const noexcept {
+    for (const auto& part : participants_)
+      if (part.plan == plan) return part.configured_ns_steps;
+    return 0;
   }
 
   /// Gives the plans back: every one to its configured count, observation stopped.

@@ -219,8 +219,8 @@ struct ns_config {
         fail("table row " + std::to_string(r + 1) + " has a non-finite coefficient");
       }
     }
-    if (!std::isfinite(eps) || eps < 0.0) fail("eps = " + std::to_string(eps) + " must be finite and >= 0");
-    if (!std::isfinite(safety) || safety < 0.0) fail("safety = " + std::to_string(safety) + " must be finite and >= 0");
+    if (!std::isfinite(eps) || eps < 0.0) fail("eps = " + detail::value_text(eps) + " must be finite and >= 0");
+    if (!std::isfinite(safety) || safety < 0.0) fail("safety = " + detail::value_text(safety) + " must be finite and >= 0");
     if (normalization == ns_normalization::frobenius_clamp && eps <= 0.0) fail("frobenius_clamp needs eps > 0");
     if (normalization == ns_normalization::aol && eps <= 0.0) {
       fail("the aol normalization needs eps > 0 (its row scale is 1/√max(row sum, eps): eps = 0 divides by 0 on a zero row)");

@@ -143,7 +143,17 @@ class optimizer : public param_registry<T, Backend> {
     for (std::size_t i = 0; i < this->params_.size(); ++i) {
       auto& st = *this->params_[i].state;
       if (st.ns_plan() == nullptr) continue;
-      candidates.push_back({this->params_[i].name, st.ns_plan(), st.configured_ns_steps(), st.count()});
+      // In-call stopping and a budget both decide counts: as set_ns_stop_tolerance refuses while a budget
+      // is set, the budget refuses while a tolerance is.
+      if (st.ns_plan()->stop_tolerance() > 0.0) {
+        throw value_error("orthopt::optimizer::set_ns_budget: parameter '" + this->params_[i].name +
+                          "' stops at a residual tolerance of " + detail::value_text(st.ns_plan()->stop_tolerance()) +
+                          "; turn it off first (set_ns_stop_tolerance(group, 0)); nothing was changed");
+      }
+      // The count the parameter runs without a budget (its rule's, or set_ns_steps'; under a budget being
+      // replaced, the one that budget took over): observation starts from it, clear_ns_budget puts it back.
+      const int before = budget_ ? budget_->configured_steps_of(st.ns_plan()) : 0;
+      candidates.push_back({this->params_[i].name, st.ns_plan(), before > 0 ? before : st.ns_plan()->steps(), st.count()});
     }
     ns_budget_controller<T, Backend> made(std::move(options), candidates, "orthopt::optimizer::set_ns_budget");
     clear_ns_budget();
@@ -152,7 +162,8 @@ class optimizer : public param_registry<T, Backend> {
         "comes after set_ns_budget; register every parameter first (or clear_ns_budget, add, and set the budget again)";
     this->counts_locked_ = "an adaptive Newton–Schulz budget is set and owns the step counts; clear_ns_budget() first";
   }
-  /// Remove the budget: every parameter it ran goes back to its configured count, observation stops.
+  /// Remove the budget: every parameter it ran goes back to the count it had when the budget was set,
+  /// observation stops.
   void clear_ns_budget() {
     if (!budget_) return;
     budget_->release();

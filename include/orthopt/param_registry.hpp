@@ -374,7 +374,7 @@ class param_registry {
     refuse_if_counts_locked("set_ns_stop_tolerance");
     const auto members = ns_members(g, "set_ns_stop_tolerance");
     if (!(tolerance >= 0.0) || !std::isfinite(tolerance)) {
-      throw value_error(where("set_ns_stop_tolerance") + ": tolerance = " + std::to_string(tolerance) + " for group '" +
+      throw value_error(where("set_ns_stop_tolerance") + ": tolerance = " + detail::value_text(tolerance) + " for group '" +
                         groups_[g.index].name + "' must be finite and >= 0");
     }
     for (std::size_t i : members) {
@@ -595,8 +595,8 @@ class param_registry {
         const double multiplier = g.schedule(steps_taken_);
         const double lr = g.lr * multiplier;
         if (!std::isfinite(lr) || lr < 0.0) {
-          throw value_error(who + ": group '" + g.name + "' gets lr = " + std::to_string(g.lr) + " x " +
-                            std::to_string(multiplier) + " = " + std::to_string(lr) + " at step " +
+          throw value_error(who + ": group '" + g.name + "' gets lr = " + detail::value_text(g.lr) + " x " +
+                            detail::value_text(multiplier) + " = " + detail::value_text(lr) + " at step " +
                             std::to_string(steps_taken_) + "; it must be finite and >= 0; nothing was changed");
         }
         std::visit(
@@ -783,7 +783,7 @@ class param_registry {
     if (!problem) return;
     const bool nonfinite = !std::isfinite(problem->entry.value);
     if (!problem->in_state && nonfinite) {
-      throw value_error(who + ": the gradient of '" + p.name + "' has " + std::to_string(problem->entry.value) + " at (" +
+      throw value_error(who + ": the gradient of '" + p.name + "' has " + detail::value_text(problem->entry.value) + " at (" +
                         std::to_string(problem->entry.row) + ", " + std::to_string(problem->entry.col) + ")" +
                         (grad.count > 1 ? " of batch item " + std::to_string(problem->item) : std::string()) +
                         "; nothing was changed");

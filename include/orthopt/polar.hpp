@@ -94,7 +94,7 @@ class exact_polar {
     if (check_finite_) {
       if (const auto bad = find_nonfinite(backend_, x)) {
         throw value_error(std::string(who) + ": input(" + std::to_string(bad->row) + ", " + std::to_string(bad->col) +
-                          ") is " + std::to_string(bad->value) + "; NaN and Inf inputs are rejected");
+                          ") is " + detail::value_text(bad->value) + "; NaN and Inf inputs are rejected");
       }
     }
     // Work on the tall orientation (large_ × small_).

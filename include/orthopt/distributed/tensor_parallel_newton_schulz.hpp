@@ -463,7 +463,7 @@ class tensor_parallel_newton_schulz {
       case input_fault::nonfinite_input:
         throw value_error(here + ": input(" + std::to_string(nonfinite_->row) + ", " + std::to_string(nonfinite_->col) +
                           ") (global column " + std::to_string(column_offset_ + nonfinite_->col) + ") is " +
-                          std::to_string(nonfinite_->value) + "; NaN and Inf inputs are rejected");
+                          detail::value_text(nonfinite_->value) + "; NaN and Inf inputs are rejected");
     }
     static constexpr const char* fault_names[] = {
         "",

@@ -40,7 +40,7 @@ template <class What>
 inline void require(bool ok, const char* rule, const std::string& preset, What&& what) {
   if (!ok) throw value_error(std::string("orthopt::") + rule + " '" + preset + "': " + what());
 }
-inline std::string num(double v) { return std::to_string(v); }
+inline std::string num(double v) { return value_text(v); }
 inline void check_lr_wd(const char* rule, const std::string& preset, double lr, double wd) {
   require(std::isfinite(lr) && lr >= 0.0, rule, preset, [&] { return "lr = " + num(lr) + " must be finite and >= 0"; });
   require(std::isfinite(wd) && wd >= 0.0, rule, preset,

@@ -68,12 +68,8 @@ double orthogonalizer_entry_limit(index_t rows, index_t cols) {
   return std::min(quarter, norm_cap);
 }
 
-/// v with 9 significant digits ("1e-50", "0.99999999"): enough to show why it rounds as it does.
-inline std::string num_g(double v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.9g", v);
-  return buf;
-}
+/// v exactly as given ("1e-50", "0.99999999"): enough to show why it rounds as it does.
+inline std::string num_g(double v) { return value_text(v); }
 
 /// The name of a storage type in messages.
 template <class T>
@@ -294,7 +290,7 @@ template <class T>
 std::string describe_value_problem(const value_problem& p, index_t count) {
   const bool nonfinite = !std::isfinite(p.entry.value);
   std::string m = std::string(p.in_state ? "the state's " : "") + p.tensor + "(" + std::to_string(p.entry.row) + ", " +
-                  std::to_string(p.entry.col) + ") is " + (nonfinite ? std::to_string(p.entry.value) : num_g(p.entry.value));
+                  std::to_string(p.entry.col) + ") is " + num_g(p.entry.value);
   if (!nonfinite) {
     m += ", beyond " + num_g(p.limit) + ", the largest magnitude a step of this rule takes in " +
          (p.tensor == std::string_view("column moment") ? "double" : element_type_name<T>()) + " without overflowing";

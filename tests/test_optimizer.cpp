@@ -556,6 +556,31 @@ TEMPLATE_TEST_CASE("a step that fails a check changes no parameter, no state and
       opt.step(g);
     }, "null data pointer");
   }
+  SECTION("the last parameter's gradient in its own state's momentum") {
+    // Refused by the rule's own check, which ran only when the parameter was stepped, after every
+    // earlier parameter had been written.
+    fails_cleanly([&] {
+      auto g = model.gradient_views();
+      const orthopt::param_id last{head};
+      g[head] = opt.gradient_like(last, opt.state(last).momentum(0).data);
+      opt.step(g);
+    }, "the gradient of 'lm_head.weight' [");
+    fails_cleanly([&] {
+      auto g = model.gradient_views();
+      const orthopt::param_id last{head};
+      g[head] = opt.gradient_like(last, opt.state(last).momentum(0).data);
+      opt.step(g);
+    }, "lies in the momentum of the state of 'lm_head.weight'");
+  }
+  SECTION("a gradient in another parameter's state") {
+    // The rules check only their own state; a step would read the first parameter's momentum while
+    // writing it (on another thread in a parallel step).
+    fails_cleanly([&] {
+      auto g = model.gradient_views();
+      g[head] = opt.gradient_like(orthopt::param_id{head}, opt.state(orthopt::param_id{0}).momentum(0).data);
+      opt.step(g);
+    }, "lies in the momentum of the state of 'transformer.wte.weight'");
+  }
   SECTION("too few gradients") {
     fails_cleanly([&] {
       auto g = model.gradient_views();

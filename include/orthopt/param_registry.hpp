@@ -771,7 +771,29 @@ class param_registry {
     detail::check_gradient_view(who.c_str(), p.name, grad, p.param, [this](auto&& visit) {
       for (const param_entry& q : params_) visit(q.name, q.param);
     });
+    // A gradient in a state's memory would be read while a step writes it (and, in a parallel step, by
+    // another thread): refused here, before anything is written, for every state that lives here.
+    for (index_t k = 0; k < grad.count; ++k) {
+      const auto range = detail::byte_range(grad[k]);
+      for (const param_entry& q : params_) {
+        if (!q.state) continue;
+        if (const char* buffer = q.state->buffer_meeting(range.first, range.second)) {
+          throw shape_error(who + ": the gradient of '" + p.name + "'" +
+                            (grad.count > 1 ? " (batch item " + std::to_string(k) + ")" : std::string()) + " [" +
+                            describe_view(grad[k]) + "] lies in the " + buffer + " of the state of '" + q.name +
+                            "'; pass gradients in memory of your own; nothing was changed");
+        }
+      }
+    }
     if (!p.state) return;
+    // Every other check the rule's step makes on the views, before any parameter is written.
+    try {
+      std::visit([&](auto& r) { r.check_step_views(p.param, grad, *p.state); }, g.rule);
+    } catch (const shape_error& e) {
+      throw shape_error(who + ": parameter '" + p.name + "': " + e.what() + "; nothing was changed");
+    } catch (const value_error& e) {
+      throw value_error(who + ": parameter '" + p.name + "': " + e.what() + "; nothing was changed");
+    }
     // The rule's value check (NaN, Inf and its overflow limits on the gradient and the state), run here
     // for every parameter before any is stepped.
     const auto problem = std::visit(

@@ -166,6 +166,13 @@ class rule_base {
                                    Derived::ortho_of(options_), backend_);
   }
 
+  /// The checks step() makes on the views before it reads a value (the state's rule, shapes, usable
+  /// views, memory shared between W, G and the state), alone: the optimizer runs them for every
+  /// parameter before it steps any. Throws as step() would; changes nothing.
+  void check_step_views(batch_view<T> W, batch_view<const T> G, param_state<T, Backend>& s) {
+    check_step(Derived::name, Derived::kind, backend_, W, G, s, nullptr);
+  }
+
   /// W ← one step of the rule, from gradient G.
   void step(matrix_view<T> W, const_matrix_view<T> G, param_state<T, Backend>& s) {
     step(single(W), single(G), s);

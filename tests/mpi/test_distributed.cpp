@@ -401,6 +401,19 @@ TEST_CASE("a refused step throws the same exception on every rank and changes no
     const std::string shape_message = expect_same_everywhere([&] { dist.step(bad); }, true);
     CHECK(shape_message.find("refused on rank " + std::to_string(last)) != std::string::npos);
 
+    // A gradient lying in its parameter's own state, on the owning rank only, stepped in place (without
+    // averaging; an average reads every gradient into its buffers before anything is written): refused
+    // in the check phase, on every rank's agreement (it was refused by the rule inside the owner's
+    // updates, with parameters partly written and the other ranks blocked in the gather).
+    if (averaging == orthopt::gradient_averaging::none) {
+      m.fill_gradients(1, comm.rank());
+      auto in_state = grads;
+      const orthopt::param_id owned{2};
+      if (dist.has_state(owned)) in_state[2] = dist.gradient_like(owned, dist.state(owned).momentum(0).data);
+      const std::string state_message = expect_same_everywhere([&] { dist.step(in_state); }, true);
+      CHECK(state_message.find("lies in the momentum of the state of 'blocks.0.mlp.proj.weight'") != std::string::npos);
+    }
+
     // A gradient list of the wrong length on rank 0 only.
     auto shorter = grads;
     if (comm.rank() == 0) shorter.pop_back();

@@ -419,6 +419,33 @@ TEST_CASE("a refused step throws the same exception on every rank and changes no
     if (comm.rank() == 0) shorter.pop_back();
     expect_same_everywhere([&] { dist.step(shorter); }, false);
 
+    // A schedule of the host's that throws a standard exception on the last rank only: every rank
+    // throws that type (every rank threw std::runtime_error), with the same message.
+    {
+      auto& group = dist.group(orthopt::group_id{0});
+      const auto saved = group.schedule;
+      if (comm.rank() == last) group.schedule = [](std::int64_t) -> double { throw std::out_of_range("no lr past the end"); };
+      int caught = 0;
+      std::string message;
+      try {
+        dist.step(grads);
+      } catch (const std::out_of_range& e) {
+        caught = 1;
+        message = e.what();
+      } catch (const std::exception& e) {
+        caught = 2;
+        message = e.what();
+      }
+      INFO(message);
+      CHECK(caught == 1);
+      CHECK(testing::all_ranks_min(caught) == testing::all_ranks_max(caught));
+      CHECK(message.find("no lr past the end [refused on rank " + std::to_string(last)) != std::string::npos);
+      const auto h = static_cast<std::int64_t>(text_hash(message) >> 1);
+      CHECK(testing::all_ranks_min(h) == testing::all_ranks_max(h));
+      CHECK(testing::snapshot(dist) == before);
+      group.schedule = saved;
+    }
+
     // An lr schedule that fails on every rank (every rank's groups are the same).
     dist.group(orthopt::group_id{0}).lr = -1.0;
     expect_same_everywhere([&] { dist.step(grads); }, false);

@@ -37,6 +37,7 @@
 #include <numeric>
 #include <ostream>
 #include <span>
+#include <new>
 #include <stdexcept>
 #include <streambuf>
 #include <string>
@@ -721,10 +722,21 @@ class distributed_optimizer : public param_registry<T, Backend> {
     std::int64_t first = failure ? rank_ : ranks_;
     comm_->allreduce(&first, 1, element_kind::int64, reduce_op::min);
     if (first == ranks_) return;
-    enum : std::uint64_t { kind_shape = 1, kind_value = 2, kind_communication = 3, kind_other = 4 };
+    // The failing rank's exception type travels as a code: orthopt's own, and the standard library's
+    // (a schedule or callback of the host's may throw any of them; another type arrives as its nearest
+    // standard base, std::runtime_error when it has none).
+    enum : std::uint64_t {
+      kind_shape = 1, kind_value, kind_communication, kind_other, kind_out_of_range, kind_invalid_argument,
+      kind_domain_error, kind_length_error, kind_logic_error, kind_range_error, kind_overflow_error,
+      kind_underflow_error, kind_bad_alloc
+    };
     std::uint64_t header[2] = {kind_other, 0};
     std::string message;
     if (first == rank_) {
+      const auto from_host = [&](std::uint64_t kind, const std::exception& e) {
+        header[0] = kind;
+        message = std::string(who) + ": " + e.what();
+      };
       try {
         std::rethrow_exception(failure);
       } catch (const shape_error& e) {
@@ -736,8 +748,26 @@ class distributed_optimizer : public param_registry<T, Backend> {
       } catch (const communication_error& e) {
         header[0] = kind_communication;
         message = e.what();
+      } catch (const std::out_of_range& e) {
+        from_host(kind_out_of_range, e);
+      } catch (const std::invalid_argument& e) {
+        from_host(kind_invalid_argument, e);
+      } catch (const std::domain_error& e) {
+        from_host(kind_domain_error, e);
+      } catch (const std::length_error& e) {
+        from_host(kind_length_error, e);
+      } catch (const std::logic_error& e) {
+        from_host(kind_logic_error, e);
+      } catch (const std::range_error& e) {
+        from_host(kind_range_error, e);
+      } catch (const std::overflow_error& e) {
+        from_host(kind_overflow_error, e);
+      } catch (const std::underflow_error& e) {
+        from_host(kind_underflow_error, e);
+      } catch (const std::bad_alloc& e) {
+        from_host(kind_bad_alloc, e);
       } catch (const std::exception& e) {
-        message = std::string(who) + ": " + e.what();
+        from_host(kind_other, e);
       } catch (...) {
         message = std::string(who) + ": an exception of unknown type";
       }
@@ -753,6 +783,15 @@ class distributed_optimizer : public param_registry<T, Backend> {
       case kind_shape: throw shape_error(message);
       case kind_value: throw value_error(message);
       case kind_communication: throw communication_error(message);
+      case kind_out_of_range: throw std::out_of_range(message);
+      case kind_invalid_argument: throw std::invalid_argument(message);
+      case kind_domain_error: throw std::domain_error(message);
+      case kind_length_error: throw std::length_error(message);
+      case kind_logic_error: throw std::logic_error(message);
+      case kind_range_error: throw std::range_error(message);
+      case kind_overflow_error: throw std::overflow_error(message);
+      case kind_underflow_error: throw std::underflow_error(message);
+      case kind_bad_alloc: throw std::bad_alloc();  // carries no message; the kind is what a host catches
       default: throw std::runtime_error(message);
     }
   }

@@ -451,6 +451,23 @@ TEST_CASE("a refused step throws the same exception on every rank and changes no
     expect_same_everywhere([&] { dist.step(grads); }, false);
     dist.group(orthopt::group_id{0}).lr = 0.02;
 
+    // Rank 0 steps while the others save a checkpoint: every rank throws instead of pairing the two
+    // operations' collectives and blocking.
+    if (P > 1) {
+      std::ostringstream sink;
+      std::string message;
+      try {
+        if (comm.rank() == 0) dist.step(grads);
+        else orthopt::save_checkpoint(dist, comm.rank() == 1 ? &sink : nullptr, 1);
+      } catch (const orthopt::value_error& e) {
+        message = e.what();
+      }
+      INFO(message);
+      CHECK(message.find("the ranks called different collective operations (orthopt::save_checkpoint and "
+                         "orthopt::distributed_optimizer::step at once)") != std::string::npos);
+      CHECK(testing::snapshot(dist) == before);
+    }
+
     // Afterwards a good step still runs, on every rank.
     m.fill_gradients(2, comm.rank());
     dist.step(grads);

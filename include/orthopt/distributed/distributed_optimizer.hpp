@@ -212,6 +212,8 @@ class distributed_optimizer : public param_registry<T, Backend> {
     for (std::size_t i = 0; i < n; ++i) costs[i] = cost_of(i);
     const std::vector<int> owners = detail::assign_owners(costs, ranks_);
 
+    // 0. Every rank is finalizing (not, say, stepping an optimizer it finalized before).
+    agree(nullptr, who);
     // 1. The same registration everywhere: one allreduce(max) of the fingerprint and its complement
     //    gives every rank both the largest and the smallest fingerprint.
     std::uint64_t print[2];
@@ -547,6 +549,7 @@ class distributed_optimizer : public param_registry<T, Backend> {
     finalize();
     const char* who = "orthopt::load_checkpoint";
     check_root(root, who);
+    agree(nullptr, who);  // every rank is loading
     // The length this registration's checkpoint has: the sum of the owners' record lengths.
     std::uint64_t expected = detail::payload_bytes_of(*this) - detail::payload_fixed_bytes;
     comm_->allreduce(&expected, 1, element_kind::uint64, reduce_op::sum);
@@ -719,8 +722,18 @@ class distributed_optimizer : public param_registry<T, Backend> {
   /// The agreement: one allreduce(min) of (failed ? rank : P). When some rank failed, the lowest such
   /// rank broadcasts its exception's kind and message, and every rank throws it.
   void agree(std::exception_ptr failure, const char* who) {
-    std::int64_t first = failure ? rank_ : ranks_;
-    comm_->allreduce(&first, 1, element_kind::int64, reduce_op::min);
+    // Tagged with the operation: ranks that called different collective operations (one steps while
+    // another saves) meet here first, whatever they called, and all throw instead of pairing the
+    // collectives that follow and blocking.
+    const std::int64_t op = operation_code(who);
+    std::int64_t v[3] = {failure ? rank_ : ranks_, op, -op};
+    comm_->allreduce(v, 3, element_kind::int64, reduce_op::min);
+    if (v[1] != -v[2]) {
+      throw value_error(std::string(who) + ": the ranks called different collective operations (" +
+                        operation_name(v[1]) + " and " + operation_name(-v[2]) +
+                        " at once); every rank must make the same calls in the same order; nothing was changed");
+    }
+    const std::int64_t first = v[0];
     if (first == ranks_) return;
     // The failing rank's exception type travels as a code: orthopt's own, and the standard library's
     // (a schedule or callback of the host's may throw any of them; another type arrives as its nearest
@@ -794,6 +807,18 @@ class distributed_optimizer : public param_registry<T, Backend> {
       case kind_bad_alloc: throw std::bad_alloc();  // carries no message; the kind is what a host catches
       default: throw std::runtime_error(message);
     }
+  }
+
+  /// The collective operations an agreement can be part of, by the `who` each passes.
+  static constexpr const char* operation_names[] = {"orthopt::distributed_optimizer::finalize", "orthopt::save_checkpoint",
+                                                    "orthopt::load_checkpoint", "orthopt::distributed_optimizer::step"};
+  static std::int64_t operation_code(const char* who) noexcept {
+    for (std::int64_t k = 0; k < 4; ++k)
+      if (std::string_view(who) == operation_names[k]) return k + 1;
+    return 5;
+  }
+  static std::string operation_name(std::int64_t code) {
+    return code >= 1 && code <= 4 ? operation_names[code - 1] : "another collective call";
   }
 
   /// The root writes the checkpoint from every rank's records, in registration order.

@@ -150,21 +150,23 @@ std::vector<unsigned char> bytes_of(const model<T>& m) {
   return out;
 }
 
-/// The tree average of the ranks' local gradients, as the distributed optimizer forms it: pairwise in
-/// rank order (stride 1, 2, 4, …), then divided by P in the element type.
+/// The tree average of the ranks' local gradients, as the distributed optimizer forms it: each divided
+/// by P in the element type, then summed pairwise in rank order (stride 1, 2, 4, …).
 template <class T>
 void tree_average(model<T>& into, std::int64_t step, int ranks) {
   std::vector<model<T>> parts;
   for (int r = 0; r < ranks; ++r) {
     parts.emplace_back();
     parts.back().fill_gradients(step, r);
+    for (auto& g : parts.back().grads)
+      for (T& x : g) x /= static_cast<T>(ranks);
   }
   for (int stride = 1; stride < ranks; stride *= 2)
     for (int q = 0; q + stride < ranks; q += 2 * stride)
       for (std::size_t t = 0; t < into.grads.size(); ++t)
         for (std::size_t i = 0; i < into.grads[t].size(); ++i) parts[q].grads[t][i] += parts[q + stride].grads[t][i];
   for (std::size_t t = 0; t < into.grads.size(); ++t)
-    for (std::size_t i = 0; i < into.grads[t].size(); ++i) into.grads[t][i] = parts[0].grads[t][i] / static_cast<T>(ranks);
+    for (std::size_t i = 0; i < into.grads[t].size(); ++i) into.grads[t][i] = parts[0].grads[t][i];
 }
 
 /// `steps` steps of the distributed optimizer and of the reference, each on its own copy of the model:
@@ -745,4 +747,27 @@ TEST_CASE("the per-parameter API is the single-process optimizer's, before and a
   CHECK(testing::all_ranks_sum(owned_checked) == static_cast<std::int64_t>(dist.param_count()));
   CHECK(testing::all_ranks_sum(residuals_recorded) >= 1);
   if (saw_foreign) CHECK_THAT(foreign_refusal, Catch::Contains("does not live here"));
+}
+
+TEST_CASE("averaging gradients at the rules' limit does not overflow at any rank count", "[mpi][overflow]") {
+  // Every rank passes 8e37 in float, below the 8.5e37 a Muon step takes: the average is 8e37. Summing
+  // before dividing overflowed at 5 ranks (registered below at 5 ranks too) and refused the step,
+  // naming an Inf nobody passed.
+  auto& comm = testing::world();
+  orthopt::distributed_optimizer<float, backend> dist(comm, {orthopt::gradient_averaging::average, std::size_t{4096}});
+  const auto g = dist.add_group("hidden", orthopt::muon<float, backend>());
+  std::vector<float> w(8 * 12, 0.5f), grad(8 * 12, 8e37f);
+  dist.add_param("w", g, orthopt::row_major_view(w.data(), 8, 12));
+  const std::vector<orthopt::batch_view<const float>> grads = {
+      orthopt::batch_view<const float>{orthopt::row_major_view<const float>(grad.data(), 8, 12), 1, 0}};
+  std::string refusal;
+  try {
+    dist.step(grads);
+  } catch (const orthopt::error& e) {
+    refusal = e.what();
+  }
+  INFO(refusal);
+  CHECK(refusal.empty());
+  CHECK(dist.steps_taken() == 1);
+  for (const float x : w) CHECK(std::isfinite(x));
 }

@@ -393,7 +393,7 @@ class newton_schulz {
     }
   }
 
-  /// Matrix k of the batch on thread k mod parts, each thread with its own single-threaded plan.
+  /// Matrix k of the batch on thread k mod (the team's size), each thread with its own single-threaded plan.
   void run_over_threads(batch_view<const T> x, batch_view<T> q) {
     const int parts = static_cast<int>(x.count < static_cast<index_t>(workers_.size()) ? x.count : workers_.size());
     std::exception_ptr failure;  // nothing in run() is expected to throw; an exception must not cross OpenMP
@@ -407,6 +407,7 @@ class newton_schulz {
       const int t = omp_get_thread_num(), team = omp_get_num_threads();
 #else
       const int t = 0, team = 1;
+      (void)parts;  // the num_threads clause's only use
 #endif
       try {
         for (index_t k = t; k < x.count; k += team) {

@@ -477,7 +477,7 @@ TEMPLATE_TEST_CASE("a checkpoint whose state is not finite or has a negative mom
       break;
     }
   }
-  check_load_fails_unchanged(target, checkpoint_bytes(f.source), "slot 'column_moment' element 0 is -2; a second moment");
+  check_load_fails_unchanged(target, checkpoint_bytes(f.source), "slot 'column_moment' element 0 is -2.0; a second moment");
   // The adaptive budget's observation accumulators (calls, sums of needs and residuals): a valid checksum
   // over a negative count loaded before.
   fixture<T> g;
@@ -488,5 +488,5 @@ TEMPLATE_TEST_CASE("a checkpoint whose state is not finite or has a negative mom
     }
   }
   check_load_fails_unchanged(target, checkpoint_bytes(g.source),
-                             "slot 'ns_observation' element 1 is -3; the adaptive budget's observation holds counts");
+                             "slot 'ns_observation' element 1 is -3.0; the adaptive budget's observation holds counts");
 }

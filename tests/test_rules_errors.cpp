@@ -459,7 +459,7 @@ TEMPLATE_TEST_CASE("hyper-parameters that the element type cannot hold are refus
     auto o = orthopt::muon_presets::keller();
     o.ortho.ns.table = {{1e39, -1.0, 0.0}};
     Muon<T> r(o);
-  }, "Newton–Schulz table row 1 (1e+39, -1, 0) overflows");
+  }, "Newton–Schulz table row 1 (1e+39, -1.0, 0.0) overflows");
   // NAMO's μ2 and ε are used in double: values float cannot hold are fine there.
   auto namo = orthopt::namo_presets::code();
   namo.eps = 1e-50;

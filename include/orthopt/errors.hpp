@@ -35,15 +35,18 @@ class value_error : public std::domain_error, public error {
 
 namespace detail {
 /// A number as an error message shows it: the fewest significant digits that read back as the same
-/// double ("4.0000001", "1e-50", "0.1", "nan", "inf"), so the offending value is visible exactly
-/// (std::to_string prints six decimals: 4.0000001 as "4.000000", 1e-9 as "0.000000").
+/// double, as Python's repr writes it ("4.0000001", "1e-50", "0.1", "1.0", "nan", "inf"), so the
+/// offending value is visible exactly (std::to_string prints six decimals: 4.0000001 as "4.000000",
+/// 1e-9 as "0.000000").
 inline std::string value_text(double v) {
   char buf[40];
   for (int digits = 1; digits <= 17; ++digits) {
     std::snprintf(buf, sizeof buf, "%.*g", digits, v);
     if (v != v || std::strtod(buf, nullptr) == v) break;  // NaN never compares equal: one pass
   }
-  return buf;
+  std::string text = buf;
+  if (text.find_first_not_of("-0123456789") == std::string::npos) text += ".0";  // an integral value
+  return text;
 }
 }  // namespace detail
 

@@ -199,13 +199,11 @@ class param_registry {
     }
     if (!schedule) throw value_error(who + ": group '" + name + "' has an empty schedule");
     const double base_lr = std::visit([](auto& r) { return r.options().lr; }, rule);
-    // Reserve first, so a failed allocation leaves the three per-group vectors the same length.
+    // Reserve first, so a failed allocation leaves the two per-group vectors the same length.
     groups_.reserve(groups_.size() + 1);
     saved_lr_.reserve(groups_.size() + 1);
-    saved_check_finite_.reserve(groups_.size() + 1);
     groups_.push_back(group_type{std::move(name), std::move(rule), base_lr, std::move(schedule)});
     saved_lr_.push_back(0.0);
-    saved_check_finite_.push_back(0);
     return {groups_.size() - 1};
   }
 
@@ -631,27 +629,10 @@ class param_registry {
   /// registration order; then the step count.
   template <class GradientAt>
   void apply_checked_step(GradientAt gradient_at) {
-    // The rules would scan every gradient for NaN/Inf again; check_step did that, so their own scan is
-    // switched off for the step and restored after it.
-    for (std::size_t k = 0; k < groups_.size(); ++k) {
-      std::visit(
-          [&](auto& r) {
-            saved_check_finite_[k] = r.options().check_finite ? 1 : 0;
-            r.options().check_finite = false;
-          },
-          groups_[k].rule);
-    }
-    struct restore_flags {
-      param_registry* self;
-      ~restore_flags() {
-        for (std::size_t k = 0; k < self->groups_.size(); ++k) {
-          std::visit([&](auto& r) { r.options().check_finite = self->saved_check_finite_[k] != 0; }, self->groups_[k].rule);
-        }
-      }
-    } restore{this};
     const auto step_param = [&](std::size_t i) {
       param_entry& p = params_[i];
-      std::visit([&](auto& r) { r.step(p.param, gradient_at(i), *p.state); }, groups_[p.group.index].rule);
+      // check_step made every check the rule's step would (views, values, counts, options).
+      std::visit([&](auto& r) { r.apply_checked_step(p.param, gradient_at(i), *p.state); }, groups_[p.group.index].rule);
     };
     const auto steps_now = [&](std::size_t i) {
       const param_entry& p = params_[i];
@@ -822,7 +803,6 @@ class param_registry {
   // an empty view is refused as a shape mismatch.
   bool skips_missing_gradients_;
   std::vector<double> saved_lr_;                   // per group, scratch of a step: sized at add_group
-  std::vector<unsigned char> saved_check_finite_;  // per group, likewise
   std::vector<std::size_t> step_order_;            // per parameter, scratch of a parallel step: reserved
   std::vector<double> step_costs_;                 // at add_param
 };

@@ -49,7 +49,7 @@ template <class T>
 inline void require_positive_in(const char* rule, const std::string& preset, const char* name, double v) {
   using C = compute_t<T>;
   require(static_cast<double>(static_cast<C>(v)) > 0.0, rule, preset, [&] {
-    return std::string(name) + " = " + num_g(v) + " rounds to 0 in the element type (" +
+    return std::string(name) + " = " + value_text(v) + " rounds to 0 in the element type (" +
            (sizeof(C) == 4 ? "float" : "its compute type") + "); use a value it can hold";
   });
 }
@@ -57,7 +57,7 @@ template <class T>
 inline void require_below_one_in(const char* rule, const std::string& preset, const char* name, double v) {
   using C = compute_t<T>;
   require(static_cast<double>(static_cast<C>(v)) < 1.0, rule, preset, [&] {
-    return std::string(name) + " = " + num_g(v) + " rounds to 1 in the element type (" +
+    return std::string(name) + " = " + value_text(v) + " rounds to 1 in the element type (" +
            (sizeof(C) == 4 ? "float" : "its compute type") + "), which would freeze the moment";
   });
 }
@@ -71,7 +71,7 @@ inline void require_table_in(const char* rule, const std::string& preset, const 
                     std::isfinite(static_cast<double>(static_cast<C>(c.b))) &&
                     std::isfinite(static_cast<double>(static_cast<C>(c.c)));
     require(ok, rule, preset, [&] {
-      return "Newton–Schulz table row " + std::to_string(r + 1) + " (" + num_g(c.a) + ", " + num_g(c.b) + ", " + num_g(c.c) +
+      return "Newton–Schulz table row " + std::to_string(r + 1) + " (" + value_text(c.a) + ", " + value_text(c.b) + ", " + value_text(c.c) +
              ") overflows the element type's range";
     });
   }
@@ -191,6 +191,13 @@ class rule_base {
       throw value_error(std::string("orthopt::") + Derived::name + "::step: the state's step count is " +
                         std::to_string(s.step()) + ", the largest there is; nothing was changed");
     }
+    apply_checked_step(W, G, s);
+  }
+
+  /// The updates of step(), for a caller that has made all of step()'s checks itself (validate_options,
+  /// check_step_views, find_value_problem when check_finite is on, a step count below the largest): the
+  /// optimizer, which makes them for every parameter before it steps any.
+  void apply_checked_step(batch_view<T> W, batch_view<const T> G, param_state<T, Backend>& s) {
     const std::int64_t t = s.step() + 1;
     Derived& self = *static_cast<Derived*>(this);
     if constexpr (Derived::orthogonalizes) {

@@ -114,7 +114,6 @@ class newton_schulz {
     x_next_ = backend_.template allocate<T>(capacity_ * small_ * large_);
     gram_ = backend_.template allocate<T>(capacity_ * small_ * small_);
     poly_ = backend_.template allocate<T>(capacity_ * small_ * small_);
-    gram_planned_ = gram_ops_;
     if (gram_ops_) {
       // The accumulated polynomial Q and one more m×m work matrix per batch item.
       accumulated_ = backend_.template allocate<T>(capacity_ * small_ * small_);
@@ -161,7 +160,7 @@ class newton_schulz {
                         std::to_string(max_recorded_steps) + " iterations");
     }
     config_.steps = steps;
-    if (gram_planned_) {
+    if (gram_planned()) {
       gram_restart_ = config_.gram_restart_iteration(gram_unit_roundoff());
       // The Gram algorithm runs at the new count only where it stays within the element type's precision
       // (and, for ns_algorithm::fastest, is still the faster); elsewhere the standard iteration runs,
@@ -301,6 +300,8 @@ class newton_schulz {
     const double u = gram_unit_roundoff();
     return u > 0.0 && c.gram_rounding_growth(restart) * u < 1.0;
   }
+  /// Whether the plan was made for the Gram algorithm: only then do its buffers exist.
+  [[nodiscard]] bool gram_planned() const noexcept { return accumulated_.size() != 0; }
   /// Whether a plan that asked for the Gram algorithm runs it at c's count with a restart after `restart`:
   /// within the precision of float and double; a 16-bit storage type's explicit Gram configurations run
   /// as asked (the growth model is not calibrated for it).
@@ -647,7 +648,6 @@ class newton_schulz {
   double stop_tolerance_ = 0.0;  // > 0: stop at this residual
   int last_steps_ = 0;
   bool gram_ops_ = false;  // the Gram algorithm runs (ns_algorithm::gram, or fastest resolved to it)
-  bool gram_planned_ = false;  // the plan was made for the Gram algorithm (its buffers exist)
   int gram_restart_ = 0;  // ns_config::gram_restart_iteration(), resolved when the plan or its steps change
   std::vector<newton_schulz> workers_;  // one single-threaded plan per thread: batches split over threads
 };

@@ -513,7 +513,7 @@ void check_slot_values(const std::string& who, const parsed_slot& slot, const un
       const std::uint64_t k = e / (rows * cols), r = (e % (rows * cols)) / cols, c = e % cols;
       where += " (matrix " + std::to_string(k) + ", row " + std::to_string(r) + ", column " + std::to_string(c) + ")";
     }
-    load_fail_value(who + "slot '" + slot.name + "' " + where + " is " + num_g(v) +
+    load_fail_value(who + "slot '" + slot.name + "' " + where + " is " + value_text(v) +
                     (!std::isfinite(v) ? "; a state must be finite"
                      : observation     ? "; the adaptive budget's observation holds counts and sums of counts and "
                                          "residuals, which cannot be negative"

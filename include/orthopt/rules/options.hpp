@@ -40,15 +40,14 @@ template <class What>
 inline void require(bool ok, const char* rule, const std::string& preset, What&& what) {
   if (!ok) throw value_error(std::string("orthopt::") + rule + " '" + preset + "': " + what());
 }
-inline std::string num(double v) { return value_text(v); }
 inline void check_lr_wd(const char* rule, const std::string& preset, double lr, double wd) {
-  require(std::isfinite(lr) && lr >= 0.0, rule, preset, [&] { return "lr = " + num(lr) + " must be finite and >= 0"; });
+  require(std::isfinite(lr) && lr >= 0.0, rule, preset, [&] { return "lr = " + value_text(lr) + " must be finite and >= 0"; });
   require(std::isfinite(wd) && wd >= 0.0, rule, preset,
-          [&] { return "weight_decay = " + num(wd) + " must be finite and >= 0"; });
+          [&] { return "weight_decay = " + value_text(wd) + " must be finite and >= 0"; });
 }
 inline void check_beta(const char* rule, const std::string& preset, const char* name, double b) {
   require(std::isfinite(b) && b >= 0.0 && b < 1.0, rule, preset,
-          [&] { return std::string(name) + " = " + num(b) + " must lie in [0, 1)"; });
+          [&] { return std::string(name) + " = " + value_text(b) + " must lie in [0, 1)"; });
 }
 /// An enum field holds one of its enumerators (not an integer cast from a config file that names none).
 template <class E, class... Values>
@@ -58,7 +57,7 @@ inline void check_enum(const char* rule, const std::string& preset, const char* 
   });
 }
 inline void check_eps(const char* rule, const std::string& preset, double eps) {
-  require(std::isfinite(eps) && eps > 0.0, rule, preset, [&] { return "eps = " + num(eps) + " must be finite and > 0"; });
+  require(std::isfinite(eps) && eps > 0.0, rule, preset, [&] { return "eps = " + value_text(eps) + " must be finite and > 0"; });
 }
 }  // namespace detail
 
@@ -138,7 +137,7 @@ struct adamuon_options {
     detail::check_beta(who, preset, "beta", beta);
     detail::check_eps(who, preset, eps);
     detail::require(std::isfinite(beta2) && beta2 >= 0.0 && beta2 < 1.0, who, preset, [&] {
-      return "beta2 = " + detail::num(beta2) + " must lie in [0, 1) (0: use beta, no bias correction)";
+      return "beta2 = " + detail::value_text(beta2) + " must lie in [0, 1) (0: use beta, no bias correction)";
     });
     ortho.ns.validate();
   }
@@ -185,9 +184,9 @@ struct namo_options {
     detail::check_beta(who, preset, "mu2", mu2);
     detail::check_eps(who, preset, eps);
     detail::require(std::isfinite(rms_scale) && rms_scale > 0.0, who, preset,
-                    [&] { return "rms_scale = " + detail::num(rms_scale) + " must be finite and > 0"; });
+                    [&] { return "rms_scale = " + detail::value_text(rms_scale) + " must be finite and > 0"; });
     detail::require(std::isfinite(column_clamp) && column_clamp >= 0.0, who, preset,
-                    [&] { return "column_clamp = " + detail::num(column_clamp) + " must be finite and >= 0"; });
+                    [&] { return "column_clamp = " + detail::value_text(column_clamp) + " must be finite and >= 0"; });
     ortho.ns.validate();
   }
 };

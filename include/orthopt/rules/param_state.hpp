@@ -68,9 +68,6 @@ double orthogonalizer_entry_limit(index_t rows, index_t cols) {
   return std::min(quarter, norm_cap);
 }
 
-/// v exactly as given ("1e-50", "0.99999999"): enough to show why it rounds as it does.
-inline std::string num_g(double v) { return value_text(v); }
-
 /// The name of a storage type in messages.
 template <class T>
 const char* element_type_name() {
@@ -290,9 +287,9 @@ template <class T>
 std::string describe_value_problem(const value_problem& p, index_t count) {
   const bool nonfinite = !std::isfinite(p.entry.value);
   std::string m = std::string(p.in_state ? "the state's " : "") + p.tensor + "(" + std::to_string(p.entry.row) + ", " +
-                  std::to_string(p.entry.col) + ") is " + num_g(p.entry.value);
+                  std::to_string(p.entry.col) + ") is " + value_text(p.entry.value);
   if (!nonfinite) {
-    m += ", beyond " + num_g(p.limit) + ", the largest magnitude a step of this rule takes in " +
+    m += ", beyond " + value_text(p.limit) + ", the largest magnitude a step of this rule takes in " +
          (p.tensor == std::string_view("column moment") ? "double" : element_type_name<T>()) + " without overflowing";
   }
   if (count > 1) m += " in batch item " + std::to_string(p.item);

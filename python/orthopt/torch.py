@@ -480,38 +480,33 @@ class Muon(OrthoptOptimizer):
         super().__init__(params, defaults, preset=preset, threads=threads, parallel_parameters=parallel_parameters)
 
 
-class AdaMuon(OrthoptOptimizer):
+class _CodePresetOptimizer(OrthoptOptimizer):
+    """The constructor AdaMuon, NAMO and NAMOD share: lr and weight_decay by position, the authors' code
+    as the default preset, every other option as a keyword."""
+
+    def __init__(self, params, lr=None, weight_decay=None, *, preset: str = "code", threads=None,
+                 parallel_parameters: bool = True, **options):
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, **options), preset=preset, threads=threads,
+                         parallel_parameters=parallel_parameters)
+
+
+class AdaMuon(_CodePresetOptimizer):
     """AdaMuon (Si, Zhang, Shen 2025). Presets: "code" (the authors' code, default), "paper"
     (Algorithm 1), "code_gpt2", "v1"."""
 
     rule = "adamuon"
 
-    def __init__(self, params, lr=None, weight_decay=None, *, preset: str = "code", threads=None,
-                 parallel_parameters: bool = True, **options):
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, **options), preset=preset, threads=threads,
-                         parallel_parameters=parallel_parameters)
 
-
-class NAMO(OrthoptOptimizer):
+class NAMO(_CodePresetOptimizer):
     """NAMO ("Adam Improves Muon", 2026). Presets: "code" (the authors' code, default), "paper"."""
 
     rule = "namo"
 
-    def __init__(self, params, lr=None, weight_decay=None, *, preset: str = "code", threads=None,
-                 parallel_parameters: bool = True, **options):
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, **options), preset=preset, threads=threads,
-                         parallel_parameters=parallel_parameters)
 
-
-class NAMOD(OrthoptOptimizer):
+class NAMOD(_CodePresetOptimizer):
     """NAMO-D: NAMO with a per-column second moment. Presets: "code" (default), "gpt2_small"."""
 
     rule = "namo_d"
-
-    def __init__(self, params, lr=None, weight_decay=None, *, preset: str = "code", threads=None,
-                 parallel_parameters: bool = True, **options):
-        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, **options), preset=preset, threads=threads,
-                         parallel_parameters=parallel_parameters)
 
 
 class AdamW(OrthoptOptimizer):

@@ -489,7 +489,7 @@ TEMPLATE_TEST_CASE("a step that fails a check changes no parameter, no state and
   twin.run(twin_opt, 0, 2);
   REQUIRE(snapshot(opt) == snapshot(twin_opt));
 
-  const auto fails_cleanly = [&](auto&& mutate_and_step, const std::string& message_part) {
+  const auto fails_cleanly = [&](auto&& mutate_and_step, const auto&... message_parts) {
     const auto before = snapshot(opt);
     model.fill_gradients(2);
     bool threw = false;
@@ -498,7 +498,8 @@ TEMPLATE_TEST_CASE("a step that fails a check changes no parameter, no state and
     } catch (const orthopt::error& e) {
       threw = true;
       INFO("message: " << e.what());
-      CHECK_THAT(std::string(e.what()), Catch::Contains(message_part));
+      const auto contains = [&](const std::string& part) { CHECK_THAT(std::string(e.what()), Catch::Contains(part)); };
+      (contains(message_parts), ...);
     }
     CHECK(threw);
     CHECK(snapshot(opt) == before);
@@ -564,13 +565,7 @@ TEMPLATE_TEST_CASE("a step that fails a check changes no parameter, no state and
       const orthopt::param_id last{head};
       g[head] = opt.gradient_like(last, opt.state(last).momentum(0).data);
       opt.step(g);
-    }, "the gradient of 'lm_head.weight' [");
-    fails_cleanly([&] {
-      auto g = model.gradient_views();
-      const orthopt::param_id last{head};
-      g[head] = opt.gradient_like(last, opt.state(last).momentum(0).data);
-      opt.step(g);
-    }, "lies in the momentum of the state of 'lm_head.weight'");
+    }, "the gradient of 'lm_head.weight' [", "lies in the momentum of the state of 'lm_head.weight'");
   }
   SECTION("a gradient in another parameter's state") {
     // The rules check only their own state; a step would read the first parameter's momentum while
@@ -642,7 +637,7 @@ TEMPLATE_TEST_CASE("a step that fails a check changes no parameter, no state and
     opt.set_steps_taken(saved);
   }
   // After the failure the next good step is exactly the step the twin takes: nothing leaked (the
-  // rules' lr and check_finite flags were restored too).
+  // rules' lr was restored too).
   model.run(opt, 2, 4);
   twin.run(twin_opt, 2, 4);
   CHECK(snapshot(opt) == snapshot(twin_opt));

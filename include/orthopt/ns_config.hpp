@@ -236,6 +236,28 @@ struct ns_config {
 };
 
 /// The named schedules. Each returns a full configuration with the step count its source recommends.
+/// Calls f(name, value) for every setting of `c` that changes what an iteration computes, as a double
+/// (enumerators by their value, flags as 0 or 1): what ranks compare to agree on a configuration
+/// (distributed_optimizer). The table comes last: its row count, then each row's a, b, c. `name` is
+/// only a label and is left out. Allocates nothing.
+template <class F>
+void for_each_setting(const ns_config& c, F&& f) {
+  f("steps", static_cast<double>(c.steps));
+  f("normalization", static_cast<double>(c.normalization));
+  f("eps", c.eps);
+  f("safety", c.safety);
+  f("check_finite", c.check_finite ? 1.0 : 0.0);
+  f("absolute_eps", c.absolute_eps ? 1.0 : 0.0);
+  f("algorithm", static_cast<double>(c.algorithm));
+  f("gram_restart_after", static_cast<double>(c.gram_restart_after));
+  f("table rows", static_cast<double>(c.table.size()));
+  for (const ns_coefficients& row : c.table) {
+    f("table a", row.a);
+    f("table b", row.b);
+    f("table c", row.c);
+  }
+}
+
 namespace ns_presets {
 
 /// KellerJordan/Muon (muon.py, Jordan 2024): (3.4445, −4.7750, 2.0315) at every step, 5 steps,

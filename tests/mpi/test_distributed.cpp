@@ -348,7 +348,7 @@ TEST_CASE("the traffic of a step is what the collectives carry", "[mpi]") {
     const std::int64_t gathered = static_cast<std::int64_t>(sizeof(float)) * elements * (P - 1);
     const std::int64_t averaged = averages ? gathered : 0;
     CHECK(testing::all_ranks_sum(static_cast<std::int64_t>(t.bytes_received)) ==
-          gathered + averaged + 8 * agreements * P);
+          gathered + averaged + 56 * agreements * P);  // an agreement: 7 int64
     CHECK(t.collectives >= agreements + (P > 1 ? 1 : 0));
     if (P == 1) CHECK(dist.memory().staging_bytes == 0);
     CHECK(testing::all_ranks_max(t.collectives) == testing::all_ranks_min(t.collectives));
@@ -438,6 +438,37 @@ TEST_CASE("a refused step throws the same exception on every rank and changes no
       group.schedule = saved;
     }
 
+    // Settings that differ between ranks (set on the last rank only) are refused on every rank, naming
+    // the first differing one with each value's lowest rank; before, the owners' options were silently
+    // applied.
+    if (P > 1) {
+      auto& hidden = dist.group(orthopt::group_id{0}).options<orthopt::adamuon_options>();
+      const auto expect_named = [&](auto&& change, auto&& restore, const std::string& setting) {
+        if (comm.rank() == last) change();
+        const std::string message = expect_same_everywhere([&] { dist.step(grads); }, value);
+        CHECK(message.find("the ranks' settings differ: " + setting) != std::string::npos);
+        if (comm.rank() == last) restore();
+      };
+      expect_named([&] { hidden.beta = 0.5; }, [&] { hidden.beta = 0.95; },
+                   "group 'hidden' has beta = 0.5 on rank " + std::to_string(last) + " but 0.95 on rank 0");
+      expect_named([&] { hidden.ortho.ns.steps = 6; }, [&] { hidden.ortho.ns.steps = 5; },
+                   "group 'hidden' has ortho.ns.steps = 5 on rank 0 but 6 on rank " + std::to_string(last));
+      expect_named([&] { hidden.ortho.ns.table.push_back({3.0, -4.0, 2.0}); }, [&] { hidden.ortho.ns.table.pop_back(); },
+                   "group 'hidden' has ortho.ns.table rows = 1 on rank 0 but 2 on rank " + std::to_string(last));
+      expect_named([&] { hidden.ortho.ns.table[0].b = -4.0; },
+                   [&] { hidden.ortho.ns.table[0].b = orthopt::ns_presets::keller().table[0].b; },
+                   "group 'hidden' has ortho.ns.table[0].b = -4.775 on rank 0 but -4 on rank " + std::to_string(last));
+      expect_named([&] { hidden.sign = false; }, [&] { hidden.sign = true; },
+                   "group 'hidden' has sign = 0 on rank " + std::to_string(last) + " but 1 on rank 0");
+      // The learning rate a step uses (base lr × schedule), and a parameter's own Newton–Schulz count.
+      auto& adamw = dist.group(orthopt::group_id{1});
+      expect_named([&] { adamw.lr = 2e-3; }, [&] { adamw.lr = 1e-3; }, "group 'adamw' has lr = ");
+      expect_named([&] { dist.set_ns_steps(orthopt::param_id{2}, 7); }, [] {},
+                   "parameter 'blocks.0.mlp.proj.weight' has set_ns_steps = 0 on rank 0 but 7 on rank " +
+                       std::to_string(last));
+      dist.set_ns_steps(orthopt::param_id{2}, 5);  // the same everywhere again (the rule's count)
+    }
+
     // An lr schedule that fails on every rank (every rank's groups are the same).
     dist.group(orthopt::group_id{0}).lr = -1.0;
     expect_same_everywhere([&] { dist.step(grads); }, value);
@@ -485,6 +516,33 @@ TEST_CASE("a registration that differs between ranks is refused on every rank", 
   else CHECK(refused == 0);
   CHECK(testing::all_ranks_min(refused) == testing::all_ranks_max(refused));
   CHECK(dist.finalized() == (comm.size() == 1));
+}
+
+TEST_CASE("rule options that differ between ranks are refused by finalize on every rank", "[mpi]") {
+  auto& comm = testing::world();
+  model<float> m;
+  orthopt::distributed_optimizer<float, backend> dist(comm);
+  auto options = orthopt::muon_presets::keller();
+  if (comm.rank() == comm.size() - 1) options.nesterov = false;
+  const auto g = dist.add_group("hidden", orthopt::muon<float, backend>(options));
+  dist.add_param("a", g, m.param(1));
+  std::string message;
+  try {
+    dist.finalize();
+  } catch (const orthopt::value_error& e) {
+    message = e.what();
+  }
+  INFO(message);
+  if (comm.size() > 1) {
+    CHECK(message.find("the ranks' settings differ: group 'hidden' has nesterov = 0 on rank " +
+                       std::to_string(comm.size() - 1) + " but 1 on rank 0") != std::string::npos);
+  } else {
+    CHECK(message.empty());
+  }
+  const auto refused = static_cast<int>(!message.empty());
+  CHECK(testing::all_ranks_min(refused) == testing::all_ranks_max(refused));
+  CHECK(dist.finalized() == (comm.size() == 1));
+  CHECK((comm.size() == 1 || !dist.has_state(orthopt::param_id{0})));
 }
 
 TEST_CASE("bound gradients step like gradients passed in", "[mpi]") {

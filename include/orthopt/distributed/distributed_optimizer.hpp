@@ -18,9 +18,12 @@
 // The contract, in short (docs/distributed.md is the master of the long form: the protocol of a step
 // collective by collective, the ownership rule, averaging, checkpoints and the measurements):
 // - Every member marked "collective" is called by every rank together, and every rank registers the same
-//   groups and parameters in the same order (finalize() checks a fingerprint of the registration).
+//   groups and parameters in the same order (finalize() checks a fingerprint of the registration) and
+//   makes the same settings (finalize() and every step compare a hash of the rule options, scheduled
+//   learning rates and Newton–Schulz settings, and name the first that differs).
 // - A step is all-or-nothing across ranks: a refusal on any rank (bad shape, NaN/Inf, a bad learning
-//   rate) throws the same exception on every rank, with no parameter and no state changed anywhere.
+//   rate, a setting that differs) throws the same exception on every rank, with no parameter and no
+//   state changed anywhere.
 // - The parameters after a step are bit-identical to optimizer::step's on the same gradients (with
 //   averaging: on the pairwise-tree average in rank order), on every rank count.
 // - A rank keeps the state of the parameters it owns only; a step allocates nothing in orthopt after the
@@ -30,6 +33,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
@@ -222,7 +226,7 @@ class distributed_optimizer : public param_registry<T, Backend> {
     comm_->allreduce(print, 2, element_kind::uint64, reduce_op::max);
     if (print[0] != ~print[1]) {
       throw value_error(std::string(who) + ": the ranks registered different groups or parameters (names, order, "
-                        "shapes, rules or options differ; fingerprint " + detail::hex64(fingerprint(owners)) +
+                        "shapes or rule kinds differ; fingerprint " + detail::hex64(fingerprint(owners)) +
                         " on rank " + std::to_string(rank_) + "); every rank must register the same model");
     }
 
@@ -240,7 +244,7 @@ class distributed_optimizer : public param_registry<T, Backend> {
       failure = std::current_exception();
     }
     try {
-      agree(failure, who);
+      agree(failure, who, settings::compared);  // the registration matched, so the settings line up
     } catch (...) {
       this->drop_states();
       throw;
@@ -445,7 +449,7 @@ class distributed_optimizer : public param_registry<T, Backend> {
     const bool gathering = P > 1;
     distributed_traffic& t = L.traffic;
     t.collectives = averaging ? 2 : 1;
-    t.bytes_sent = t.bytes_received = static_cast<std::uint64_t>(t.collectives) * 8;
+    t.bytes_sent = t.bytes_received = static_cast<std::uint64_t>(t.collectives) * agreement_bytes;
     for (std::size_t k = 0; k < rounds; ++k) {
       const auto& c = L.round_counts[k];
       const std::size_t all = std::accumulate(c.begin(), c.end(), std::size_t{0});
@@ -633,7 +637,8 @@ class distributed_optimizer : public param_registry<T, Backend> {
       }
     }
     try {
-      agree(failure, who);
+      // With the settings: check_step has set every group's rule lr to this step's scheduled value.
+      agree(failure, who, settings::compared);
     } catch (...) {
       if (checked) this->abandon_checked_step();
       throw;
@@ -724,22 +729,35 @@ class distributed_optimizer : public param_registry<T, Backend> {
     for (index_t b = 0; b < src.count; ++b) transform(be_, src[b], dst[b], functors::identity{});
   }
 
-  /// The agreement: one allreduce(min) of (failed ? rank : P). When some rank failed, the lowest such
-  /// rank broadcasts its exception's kind and message, and every rank throws it.
-  void agree(std::exception_ptr failure, const char* who) {
+  enum class settings { ignored, compared };
+  /// What an agreement's allreduce carries: 7 int64 (the verdict, the operation, the settings hash).
+  static constexpr std::uint64_t agreement_bytes = 7 * sizeof(std::int64_t);
+
+  /// The agreement: one allreduce(min) of (failed ? rank : P), the operation's code and, with
+  /// settings::compared, a hash of the settings every rank must share (shared_settings_hash). When
+  /// some rank failed, the lowest such rank broadcasts its exception's kind and message, and every rank
+  /// throws it; else, when the settings differ, every rank throws a value_error naming the first
+  /// differing one (name_differing_setting).
+  void agree(std::exception_ptr failure, const char* who, settings compare = settings::ignored) {
     // Tagged with the operation: ranks that called different collective operations (one steps while
     // another saves) meet here first, whatever they called, and all throw instead of pairing the
-    // collectives that follow and blocking.
+    // collectives that follow and blocking. A 64-bit value h is compared as (h, −h) under min: equal
+    // everywhere exactly when min(h) = −min(−h) = max(h); the settings hash goes as two 32-bit halves.
     const std::int64_t op = operation_code(who);
-    std::int64_t v[3] = {failure ? rank_ : ranks_, op, -op};
-    comm_->allreduce(v, 3, element_kind::int64, reduce_op::min);
+    const std::uint64_t h = compare == settings::compared ? shared_settings_hash() : 0;
+    const auto hi = static_cast<std::int64_t>(h >> 32), lo = static_cast<std::int64_t>(h & 0xffffffffu);
+    std::int64_t v[7] = {failure ? rank_ : ranks_, op, -op, hi, -hi, lo, -lo};
+    comm_->allreduce(v, 7, element_kind::int64, reduce_op::min);
     if (v[1] != -v[2]) {
       throw value_error(std::string(who) + ": the ranks called different collective operations (" +
                         operation_name(v[1]) + " and " + operation_name(-v[2]) +
                         " at once); every rank must make the same calls in the same order; nothing was changed");
     }
     const std::int64_t first = v[0];
-    if (first == ranks_) return;
+    if (first == ranks_) {
+      if (v[3] != -v[4] || v[5] != -v[6]) throw value_error(std::string(who) + ": " + name_differing_setting() + "; nothing was changed");
+      return;
+    }
     // The failing rank's exception type travels as a code: orthopt's own, and the standard library's
     // (a schedule or callback of the host's may throw any of them; another type arrives as its nearest
     // standard base, std::runtime_error when it has none).
@@ -812,6 +830,89 @@ class distributed_optimizer : public param_registry<T, Backend> {
       case kind_bad_alloc: throw std::bad_alloc();  // carries no message; the kind is what a host catches
       default: throw std::runtime_error(message);
     }
+  }
+
+  /// Calls f(unit, path prefix, name, value) for every setting the ranks must share, in an order every
+  /// rank follows: each group's rule options (for_each_setting; in a step, with the learning rate
+  /// check_step scheduled), unit = the group's index; then each parameter's own Newton–Schulz
+  /// settings, unit = number of groups + the parameter's index. Allocates nothing.
+  template <class F>
+  void for_each_shared_setting(F&& f) const {
+    for (std::size_t g = 0; g < this->groups_.size(); ++g) {
+      std::visit([&](const auto& r) { for_each_setting(r.options(), [&](const char* p, const char* n, double v) { f(g, p, n, v); }); },
+                 this->groups_[g].rule);
+    }
+    const std::size_t G = this->groups_.size();
+    for (std::size_t i = 0; i < this->params_.size(); ++i) {
+      const auto& ns = this->params_[i].ns;
+      f(G + i, "", "set_ns_steps", static_cast<double>(ns.steps));
+      f(G + i, "", "set_ns_stop_tolerance", ns.stop_tolerance);
+      f(G + i, "", "record_ns_residuals", ns.record_residuals ? 1.0 : 0.0);
+    }
+  }
+  /// FNV-1a over every shared setting's unit and bits (−0 counted as +0); `unit` limits it to one unit.
+  std::uint64_t shared_settings_hash(std::size_t unit = static_cast<std::size_t>(-1)) const {
+    fnv1a64 h;
+    for_each_shared_setting([&](std::size_t u, const char*, const char*, double v) {
+      if (unit != static_cast<std::size_t>(-1) && u != unit) return;
+      const std::uint64_t at = u;
+      v += 0.0;
+      h.update(&at, sizeof at);
+      h.update(&v, sizeof v);
+    });
+    return h.value();
+  }
+  /// Collective, on the ranks' shared path after an agreement found the settings' hashes different:
+  /// finds the first unit (group or parameter) whose settings differ, then its first differing field,
+  /// and says which value which rank has. Allocates (a refusal).
+  std::string name_differing_setting() {
+    const std::size_t G = this->groups_.size(), units = G + this->params_.size();
+    std::vector<std::int64_t> pairs(4 * units);
+    for (std::size_t u = 0; u < units; ++u) {
+      const std::uint64_t h = shared_settings_hash(u);
+      const auto hi = static_cast<std::int64_t>(h >> 32), lo = static_cast<std::int64_t>(h & 0xffffffffu);
+      pairs[4 * u] = hi, pairs[4 * u + 1] = -hi, pairs[4 * u + 2] = lo, pairs[4 * u + 3] = -lo;
+    }
+    comm_->allreduce(pairs.data(), pairs.size(), element_kind::int64, reduce_op::min);
+    std::size_t unit = 0;
+    while (unit < units && pairs[4 * unit] == -pairs[4 * unit + 1] && pairs[4 * unit + 2] == -pairs[4 * unit + 3]) ++unit;
+    const std::string generic = "the ranks' settings differ (rule options, learning rates or Newton–Schulz settings); "
+                                "every rank must make the same settings";
+    if (unit == units) return generic;
+    const std::string owner = unit < G ? "group '" + this->groups_[unit].name + "'" : "parameter '" + this->params_[unit - G].name + "'";
+    // The unit's fields, compared over the length every rank has (a longer coefficient table shows up
+    // first as a different "table rows").
+    std::vector<std::string> names;
+    std::vector<double> values;
+    std::size_t coefficients = 0;  // a, b, c of the table's rows, in row order
+    for_each_shared_setting([&](std::size_t u, const char* prefix, const char* name, double v) {
+      if (u != unit) return;
+      std::string path = std::string(prefix) + name;
+      if (std::string_view(name).starts_with("table ") && std::string_view(name) != "table rows") {
+        path = std::string(prefix) + "table[" + std::to_string(coefficients++ / 3) + "]." + (name + 6);
+      }
+      names.push_back(std::move(path));
+      values.push_back(v + 0.0);
+    });
+    std::int64_t length[1] = {static_cast<std::int64_t>(values.size())};
+    comm_->allreduce(length, 1, element_kind::int64, reduce_op::min);
+    const auto common = static_cast<std::size_t>(length[0]);
+    std::vector<double> bounds(2 * common);
+    for (std::size_t k = 0; k < common; ++k) bounds[2 * k] = values[k], bounds[2 * k + 1] = -values[k];
+    comm_->allreduce(bounds.data(), bounds.size(), element_kind::float64, reduce_op::min);
+    std::size_t field = 0;
+    while (field < common && bounds[2 * field] == -bounds[2 * field + 1]) ++field;
+    if (field == common) return generic + " (" + owner + ")";
+    const double low = bounds[2 * field], high = -bounds[2 * field + 1];
+    std::int64_t ranks_with[2] = {values[field] == low ? rank_ : ranks_, values[field] == high ? rank_ : ranks_};
+    comm_->allreduce(ranks_with, 2, element_kind::int64, reduce_op::min);
+    const auto shown = [](double v) {  // counts, enumerators and flags as integers
+      return v == std::trunc(v) && std::abs(v) < 1e15 ? std::to_string(static_cast<long long>(v)) : detail::value_text(v);
+    };
+    return "the ranks' settings differ: " + owner + " has " + names[field] + " = " + shown(low) + " on rank " +
+           std::to_string(ranks_with[0]) + " but " + shown(high) + " on rank " + std::to_string(ranks_with[1]) +
+           " (enumerators by value, flags as 0 or 1); every rank must make the same settings (rule options, learning "
+           "rates and schedules, Newton–Schulz settings)";
   }
 
   /// The collective operations an agreement can be part of, by the `who` each passes.

@@ -240,4 +240,83 @@ inline adamw_options torch() { return {"torch", adamw_form::torch, 1e-3, 0.1, 0.
 inline adamw_options moonlight() { return {"moonlight", adamw_form::moonlight, 1e-3, 0.1, 0.9, 0.95, 1e-8}; }
 }  // namespace adamw_presets
 
+// ---------------------------------------------------------------------------------------------------
+// Every option as data: for_each_setting(options, f) calls f(prefix, name, value) for each field that
+// changes what a step computes, as a double (enumerators by value, flags 0 or 1; `preset` is a label
+// and is left out). prefix + name is the field's path: prefix "" for the rule's own fields and
+// "ortho.exact", "ortho.ns." for its Newton–Schulz settings (skipped with the exact polar factor). Ranks
+// compare them to agree on their configuration (distributed_optimizer). Allocates nothing.
+// ---------------------------------------------------------------------------------------------------
+namespace detail {
+template <class F>
+void for_each_ortho_setting(const orthogonalizer& o, F& f) {
+  f("ortho.exact", o.exact ? 1.0 : 0.0);
+  if (o.exact) return;  // the Newton–Schulz settings are unused
+  for_each_setting(o.ns, [&f](const char* name, double v) { f(name, v, "ortho.ns."); });
+}
+/// Adapts f(name, value) to the (name, value, prefix) form the orthogonalizer's fields use.
+template <class F>
+struct prefixed_setting {
+  F& f;
+  void operator()(const char* name, double v, const char* prefix = "") const { f(prefix, name, v); }
+};
+inline double flag(bool b) { return b ? 1.0 : 0.0; }
+template <class E>
+double enumerator(E e) {
+  return static_cast<double>(static_cast<long long>(e));
+}
+}  // namespace detail
+
+template <class F>
+void for_each_setting(const muon_options& o, F&& f) {
+  detail::prefixed_setting<F> s{f};
+  s("lr", o.lr);
+  s("weight_decay", o.weight_decay);
+  s("momentum", o.momentum);
+  s("momentum_type", detail::enumerator(o.momentum_type));
+  s("nesterov", detail::flag(o.nesterov));
+  s("scale", detail::enumerator(o.scale));
+  s("check_finite", detail::flag(o.check_finite));
+  detail::for_each_ortho_setting(o.ortho, s);
+}
+template <class F>
+void for_each_setting(const adamuon_options& o, F&& f) {
+  detail::prefixed_setting<F> s{f};
+  s("lr", o.lr);
+  s("weight_decay", o.weight_decay);
+  s("form", detail::enumerator(o.form));
+  s("beta", o.beta);
+  s("eps", o.eps);
+  s("sign", detail::flag(o.sign));
+  s("beta2", o.beta2);
+  s("check_finite", detail::flag(o.check_finite));
+  detail::for_each_ortho_setting(o.ortho, s);
+}
+template <class F>
+void for_each_setting(const namo_options& o, F&& f) {
+  detail::prefixed_setting<F> s{f};
+  s("lr", o.lr);
+  s("weight_decay", o.weight_decay);
+  s("form", detail::enumerator(o.form));
+  s("mu1", o.mu1);
+  s("mu2", o.mu2);
+  s("eps", o.eps);
+  s("nesterov", detail::flag(o.nesterov));
+  s("rms_scale", o.rms_scale);
+  s("column_clamp", o.column_clamp);
+  s("check_finite", detail::flag(o.check_finite));
+  detail::for_each_ortho_setting(o.ortho, s);
+}
+template <class F>
+void for_each_setting(const adamw_options& o, F&& f) {
+  detail::prefixed_setting<F> s{f};
+  s("lr", o.lr);
+  s("weight_decay", o.weight_decay);
+  s("form", detail::enumerator(o.form));
+  s("beta1", o.beta1);
+  s("beta2", o.beta2);
+  s("eps", o.eps);
+  s("check_finite", detail::flag(o.check_finite));
+}
+
 }  // namespace orthopt

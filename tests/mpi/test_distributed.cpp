@@ -401,6 +401,11 @@ TEST_CASE("a refused step throws the same exception on every rank and changes no
     if (averaging == orthopt::gradient_averaging::none || comm.rank() == last) m.grads[2][5] = std::nanf("");
     const std::string nan_message = expect_same_everywhere([&] { dist.step(grads); }, value);
     CHECK(nan_message.find("blocks.0.mlp.proj.weight") != std::string::npos);
+    // With averaging the owner sees the average; the message also names the rank the NaN came from.
+    const bool names_contributor = nan_message.find("rank " + std::to_string(last) +
+                                                    "'s own gradient of 'blocks.0.mlp.proj.weight' has nan at (0, 5)") !=
+                                   std::string::npos;
+    CHECK(names_contributor == (averaging == orthopt::gradient_averaging::average && P > 1));
 
     // A wrong shape on the last rank only.
     m.fill_gradients(1, comm.rank());

@@ -38,6 +38,7 @@
 #include <cstdint>
 #include <exception>
 #include <istream>
+#include <limits>
 #include <numeric>
 #include <ostream>
 #include <span>
@@ -611,22 +612,26 @@ class distributed_optimizer : public param_registry<T, Backend> {
       }
       agree(failure, who);
       average_gradients(gradient_at);
+      // The owners check the averages, which do not say whose gradient a NaN or Inf came from: after
+      // a value refusal (on every rank alike) the ranks look in their own gradients and name it.
       run_checked_step(
           [&](std::size_t i) {
             return placement_[i].owner == rank_ ? packed(i, averaged_.data() + placement_[i].stream_offset).as_const_batch()
                                                 : gradient_at(i);
           },
-          who, nullptr);
+          who, nullptr, [&] { return nonfinite_contribution(gradient_at); });
     } else {
-      run_checked_step(gradient_at, who, failure);
+      run_checked_step(gradient_at, who, failure, [] { return std::string(); });
     }
     if (ranks_ > 1) gather_parameters();
   }
 
   /// The registry's step transaction with an agreement between the check and the updates: every rank
   /// checks the learning rates and the gradients' views, the owners the values; then all apply or none.
-  template <class GradientAt>
-  void run_checked_step(GradientAt gradient_at, const char* who, std::exception_ptr failure) {
+  /// `explain_value_refusal` (collective: every rank calls it, after a value_error of the agreement)
+  /// returns text to append to that error's message.
+  template <class GradientAt, class Explain>
+  void run_checked_step(GradientAt gradient_at, const char* who, std::exception_ptr failure, Explain explain_value_refusal) {
     bool checked = false;
     if (!failure) {
       try {
@@ -639,11 +644,53 @@ class distributed_optimizer : public param_registry<T, Backend> {
     try {
       // With the settings: check_step has set every group's rule lr to this step's scheduled value.
       agree(failure, who, settings::compared);
+    } catch (const value_error& e) {
+      if (checked) this->abandon_checked_step();
+      const std::string more = explain_value_refusal();
+      if (more.empty()) throw;
+      throw value_error(e.what() + more);
     } catch (...) {
       if (checked) this->abandon_checked_step();
       throw;
     }
     this->apply_checked_step(gradient_at);
+  }
+
+  /// Collective. The first NaN or Inf in the ranks' own gradients (before averaging), of parameters whose
+  /// rule checks values: the lowest rank holding one, its parameter and entry, as a sentence to append
+  /// to a refusal; "" when there is none (the average overflowed, or the refusal had another cause).
+  template <class GradientAt>
+  std::string nonfinite_contribution(GradientAt gradient_at) {
+    const auto n = static_cast<std::int64_t>(this->params_.size());
+    std::int64_t found[4] = {n, 0, 0, 0};  // parameter, batch item, row, column
+    double value = 0.0;
+    for (std::int64_t i = 0; i < n && found[0] == n; ++i) {
+      const auto& e = this->params_[static_cast<std::size_t>(i)];
+      const bool checks = std::visit([](const auto& r) { return r.options().check_finite; }, this->groups_[e.group.index].rule);
+      if (!checks) continue;
+      const gradient_view g = gradient_at(static_cast<std::size_t>(i));
+      for (index_t k = 0; k < g.count; ++k) {
+        if (const auto bad = find_nonfinite(be_, g[k])) {
+          found[0] = i, found[1] = k, found[2] = bad->row, found[3] = bad->col;
+          value = bad->value;
+          break;
+        }
+      }
+    }
+    // The lowest rank with one, then that rank's finding (the others contribute the largest values).
+    std::int64_t holder[1] = {found[0] < n ? rank_ : ranks_};
+    comm_->allreduce(holder, 1, element_kind::int64, reduce_op::min);
+    if (holder[0] == ranks_) return {};
+    const bool mine = holder[0] == rank_;
+    constexpr std::int64_t most = std::numeric_limits<std::int64_t>::max();
+    std::int64_t what[5] = {mine ? found[0] : most, mine ? found[1] : most, mine ? found[2] : most, mine ? found[3] : most,
+                            mine ? (std::isnan(value) ? 0 : value > 0 ? 1 : 2) : most};
+    comm_->allreduce(what, 5, element_kind::int64, reduce_op::min);
+    const auto& e = this->params_[static_cast<std::size_t>(what[0])];
+    static constexpr const char* values[] = {"nan", "inf", "-inf"};
+    return " (the gradients are averaged over the ranks; rank " + std::to_string(holder[0]) + "'s own gradient of '" + e.name +
+           "' has " + values[what[4]] + " at (" + std::to_string(what[2]) + ", " + std::to_string(what[3]) + ")" +
+           (e.param.count > 1 ? " of batch item " + std::to_string(what[1]) : std::string()) + ")";
   }
 
   /// Round by round: every rank packs, for each owner, its gradients of the owner's bucket; one

@@ -1,6 +1,8 @@
 // Property tests of the Newton–Schulz operator on the Eigen backend, float and double.
 #include <catch2/catch.hpp>
 
+#include <map>
+
 #include "test_util.hpp"
 
 using namespace testing;
@@ -426,21 +428,27 @@ TEMPLATE_TEST_CASE("Gram NS matches the standard iteration for every schedule, s
   }
 }
 
-TEMPLATE_TEST_CASE("Gram NS with a restart stays within its tolerance on ill-conditioned inputs", "[ns][gram][restart]",
-                   float, double) {
+TEMPLATE_TEST_CASE("Gram NS with its default restart stays within each preset's measured factor of the standard error",
+                   "[ns][gram][restart]", float, double) {
   // Without a restart, R_0 = X·Xᵀ carries σ² and small singular values lose digits that the accumulated
-  // polynomial then multiplies by the schedule's gain; one restart in the middle refreshes R from X. On
-  // float inputs with condition numbers 10² to 10⁶ the restarted Gram result stays within a few times
-  // the standard iteration's own error (both against a float64 reference), where the unrestarted one is
-  // tens of times off for keller and a few hundred times for polar_express (e.g. 7.1e-4 against 3.0e-6
-  // at 40×200, condition 1e4); the last check asks for more than 8× on the worst input.
+  // polynomial then multiplies by the schedule's gain; one restart refreshes R from X. The default
+  // position (gram_restart_iteration: the smallest worst rounding growth) was chosen by measurement
+  // (benchmarks/gram_restart_study.cpp: every position, 10 shapes, Gaussian and condition up to 10⁶).
+  // Here, for every preset, wide, tall and square float inputs of condition 10² to 10⁶: the Gram error
+  // against a float64 reference stays within the preset's worst measured factor of the standard
+  // iteration's own error (the study's figure, 1.5× for other inputs; docs/newton-schulz.md lists
+  // them), where no restart is far off. Double results are held to the derived tolerance.
   using T = TestType;
-  double worst_unrestarted_ratio = 0.0;
-  for (const ns_config& base : {presets::keller(), presets::polar_express(), presets::quintic(), presets::you()}) {
+  const std::map<std::string, double> measured_worst = {{"keller", 6.0}, {"polar_express", 11.0},
+                                                        {"polar_express_nanogpt", 10.5}, {"quintic", 5.7},
+                                                        {"cans", 8.8}, {"aol", 1.9}, {"you", 3.7}, {"cubic", 2.9}};
+  for (const ns_config& base : all_presets()) {
     const ns_config gram = as_gram(base), never = as_gram(base, 0);
-    // The default restart position is the one with the smallest derived amplification.
-    for (int r = 0; r < base.steps; ++r) REQUIRE(gram_gain(as_gram(base, r)) >= gram_gain(gram) * (1 - 1e-3));
-    for (const shape s : {shape{32, 32}, shape{24, 96}, shape{96, 24}, shape{40, 200}}) {
+    const int position = gram.gram_restart_iteration(std::numeric_limits<T>::epsilon() / 2);
+    // The default position has the smallest worst rounding growth of all positions.
+    for (int r = 0; r < base.steps; ++r) CHECK(gram.gram_rounding_growth(r) >= gram.gram_rounding_growth(position) * (1 - 1e-9));
+    double worst = 0.0, worst_unrestarted = 0.0;
+    for (const shape s : {shape{32, 32}, shape{24, 96}, shape{96, 24}, shape{40, 200}, shape{200, 40}}) {
       for (const double condition : {1e2, 1e4, 1e6}) {
         const index_t k = std::min(s.rows, s.cols);
         MatD x = with_singular_values(s.rows, s.cols, spread(k, 1.0 / condition, 1.0, seed_of(s, 43)),
@@ -454,15 +462,18 @@ TEMPLATE_TEST_CASE("Gram NS with a restart stays within its tolerance on ill-con
                          << standard_error << ", gram " << gram_error << ", gram without restart " << never_error);
         CHECK(gram_error <= tol<T>(10 * (schedule_gain(base) + gram_gain(gram)), s));
         CHECK(never_error <= tol<T>(10 * (schedule_gain(base) + gram_gain(never)), s));
-        // Measured, not derived: the restart keeps Gram within 4× of the standard iteration's error (an
-        // error floor of 100 ε covers inputs where the standard error is itself tiny).
-        CHECK(gram_error <= 4 * standard_error + 100 * eps<T>());
-        worst_unrestarted_ratio = std::max(worst_unrestarted_ratio, never_error / (standard_error + 100 * eps<T>()));
+        // An error floor of ε covers inputs where the standard error is itself at the last bit.
+        worst = std::max(worst, gram_error / (standard_error + eps<T>()));
+        worst_unrestarted = std::max(worst_unrestarted, never_error / (standard_error + eps<T>()));
       }
     }
+    INFO("schedule " << base.name << ": worst Gram / standard " << worst << ", without a restart " << worst_unrestarted);
+    if (std::is_same_v<T, float>) {
+      CHECK(worst <= 1.5 * measured_worst.at(base.name));
+      // What the restart is for: without it some input is further off (cubic's growth is small).
+      CHECK(worst_unrestarted > worst);
+    }
   }
-  // What the restart is for: in float, some input must show the unrestarted error well beyond 4×.
-  if (std::is_same_v<T, float>) CHECK(worst_unrestarted_ratio > 8.0);
 }
 
 TEMPLATE_TEST_CASE("Gram NS: batches, views, in place, AOL, restarts anywhere, residuals and stopping", "[ns][gram]",

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Summarize a benchmarks/run_cpu.sh run: medians over rounds, ratios paired within each round, the issue's
+"""Summarize a benchmarks/run_cpu.sh run: medians over rounds, ratios paired within each round, the
 speed targets, and (optionally) docs/benchmarks.md, its plot and the README's speed section.
 
   summarize_cpu.py RUN_DIR [--md FILE] [--png FILE] [--readme FILE] [--raw FILE]
@@ -100,7 +100,7 @@ def shapes_of(run, prefix):
 
 
 def targets(run):
-    """The issue's targets: (text, measured, met) rows, for those this run measured."""
+    """The targets: (text, measured, met) rows, for those this run measured."""
     rows = []
     ceiling_blas = run.t.get("#eff:GEMM/f32/4096/blas")
     for shape in ("768x768", "2048x2048"):
@@ -243,7 +243,7 @@ def markdown(run, ctx, np_ctx, run_dir, png_name):
           "on either backend.")
     gb, ge = run.eff("GEMM/f32/4096/blas"), run.eff("GEMM/f32/4096/eigen")
     if gb and ge:
-        a(f"\nThe ceiling rows use the run's OpenBLAS sgemm, as the issue states them. On this machine Eigen 3.4's own "
+        a(f"\nThe ceiling rows use the run's OpenBLAS sgemm, as the targets state them. On this machine Eigen 3.4's own "
           f"GEMM is faster than OpenBLAS's sgemm ({ge / 1e9:.0f} against {gb / 1e9:.0f} GFLOP/s at 4096³: the `blas` "
           "row above names the kernel set OpenBLAS chose for this CPU, while Eigen is compiled for the ISA flags listed), which is why "
           "the Eigen backend exceeds 100 % of that ceiling and why the BLAS backend, bound by its BLAS, trails the Eigen "

@@ -280,13 +280,17 @@ def markdown(run, ctx, np_ctx, run_dir, png_name):
     for shape in ("768x768", "1024x4096"):
         for impl in ("orthopt_blas", "orthopt_eigen"):
             ns = ns_name("keller", "standard", "f32", shape, impl)
-            for rule in ("muon", "adamuon", "namo", "namo_d", "adamw"):
+            for rule in ("muon", "adamuon", "namo", "namo_d", "adamw", "adamw_unchecked"):
                 n = f"STEP/{rule}/f32/{shape}/{impl}"
                 if run.ms(n) is not None:
-                    step_rows.append((shape.replace("x", "×"), IMPL_LABEL[impl], rule, fmt_ms(run.ms(n)),
-                                      fmt_r(run.ratio(n, ns)) if rule != "adamw" else "–"))
+                    if rule.startswith("adamw"):  # no NS call; the guard's cost instead: checked / unchecked
+                        guard = run.ratio(f"STEP/adamw/f32/{shape}/{impl}", f"STEP/adamw_unchecked/f32/{shape}/{impl}")
+                        other = fmt_r(guard) if rule == "adamw" and guard is not None else "–"
+                    else:
+                        other = fmt_r(run.ratio(n, ns))
+                    step_rows.append((shape.replace("x", "×"), IMPL_LABEL[impl], rule, fmt_ms(run.ms(n)), other))
     a("\n## Full rule steps, fp32 (presets: muon moonlight, adamuon/namo/namo_d code, adamw torch; keller NS)\n")
-    a(simple_table(run, step_rows, ["shape", "backend", "rule", "ms", "step / NS call"]))
+    a(simple_table(run, step_rows, ["shape", "backend", "rule", "ms", "step / NS call (adamw: with / without check_finite)"]))
     opt_rows = [(rule, IMPL_LABEL[impl], fmt_ms(run.ms(f"OPT/gpt_d512_l4/{rule}/f32/{impl}")))
                 for rule in ("muon", "adamuon") for impl in ("orthopt_blas", "orthopt_eigen") if run.ms(f"OPT/gpt_d512_l4/{rule}/f32/{impl}")]
     a("\n## optimizer::step on a transformer's parameters, fp32\n")

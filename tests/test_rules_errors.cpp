@@ -7,6 +7,8 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <string_view>
+#include <utility>
 
 #include "test_util.hpp"
 
@@ -36,7 +38,7 @@ struct snapshot {
   friend bool operator==(const snapshot&, const snapshot&) = default;
 };
 template <class State>
-snapshot take(State& st) {
+snapshot take(const State& st) {  // read-only views: a read keeps what the value guard knows
   snapshot s;
   s.step = st.step();
   for (index_t k = 0; k < st.count(); ++k) {
@@ -535,7 +537,7 @@ bool all_finite(const V& v) {
 }
 /// Every persistent tensor of a state is finite.
 template <class State>
-bool state_is_finite(State& st) {
+bool state_is_finite(const State& st) {
   for (index_t k = 0; k < st.count(); ++k) {
     if (!all_finite(st.momentum(k)) || !all_finite(st.second_moment(k)) || !all_finite(st.column_moment(k))) return false;
   }
@@ -692,8 +694,61 @@ TEMPLATE_TEST_CASE("gradients within the limits never give a non-finite step", "
           }
           REQUIRE(w.allFinite());
           REQUIRE(state_is_finite(st));
+          // A rule that says its update kept the state within its limits (AdamW: the next check then
+          // reads only the gradient) is right, entry by entry, at every scale up to the limits.
+          if (st.values_known_within(lim)) {
+            const auto& cs = std::as_const(st);
+            for (index_t i = 0; i < s.rows; ++i)
+              for (index_t j = 0; j < s.cols; ++j) {
+                REQUIRE(std::abs(static_cast<double>(cs.momentum()(i, j))) <= lim.momentum);
+                if (!cs.second_moment().empty()) REQUIRE(std::abs(static_cast<double>(cs.second_moment()(i, j))) <= lim.second);
+              }
+          }
+          CHECK(st.values_known_within(lim) == std::string_view(label).starts_with("adamw"));
         }
       });
     }
   }
+}
+
+// The value guard reads a state again whenever it cannot know it unchanged: after a mutable view of it
+// was taken (a write, a checkpoint load), after a step without the check, and when the limits tighten.
+TEMPLATE_TEST_CASE("the value guard skips only a state a checked step left within limits and nobody touched since",
+                   "[rules][errors][guard]", float, double) {
+  using T = TestType;
+  const shape s{6, 4};
+  orthopt::adamw_options o = orthopt::adamw_presets::torch();
+  AdamW<T> rule(o);
+  auto st = rule.make_state(s.rows, s.cols);
+  Mat<T> w = gaussian(s.rows, s.cols, 5).template cast<T>(), g = gaussian(s.rows, s.cols, 6).template cast<T>();
+  const auto step = [&] { rule.step(orthopt::make_view(w), orthopt::make_view(g).as_const(), st); };
+  CHECK_FALSE(st.values_known_within(rule.limits(s.rows, s.cols)));  // a fresh state: nothing noted yet
+  step();
+  CHECK(st.values_known_within(rule.limits(s.rows, s.cols)));
+  // A mutable view forgets it, and a value written through it is found by the next step.
+  st.second_moment()(2, 3) = std::numeric_limits<T>::quiet_NaN();
+  CHECK_FALSE(st.values_known_within(rule.limits(s.rows, s.cols)));
+  const Mat<T> w_before = w;
+  expect_throw<orthopt::value_error>(step, {"the state's second moment(2, 3) is nan", "unchanged"});
+  CHECK(bit_identical<T>(w, w_before));
+  st.second_moment()(2, 3) = T(0);
+  step();
+  // A tighter limit (a larger beta1 shrinks the momentum's) is not covered by what was noted.
+  rule.options().beta1 = 0.99;
+  CHECK_FALSE(st.values_known_within(rule.limits(s.rows, s.cols)));
+  step();
+  CHECK(st.values_known_within(rule.limits(s.rows, s.cols)));
+  // A step without the check notes nothing; neither does a beta too close to 1 for the margins.
+  rule.options().check_finite = false;
+  step();
+  CHECK_FALSE(st.values_known_within(rule.limits(s.rows, s.cols)));
+  rule.options().check_finite = true;
+  rule.options().beta2 = 0.99999;
+  step();
+  CHECK_FALSE(st.values_known_within(rule.limits(s.rows, s.cols)));
+  // The other rules never note it (their states are read every step; the NS call dominates anyway).
+  Muon<T> muon(orthopt::muon_presets::keller());
+  auto ms = muon.make_state(s.rows, s.cols);
+  muon.step(orthopt::make_view(w), orthopt::make_view(g).as_const(), ms);
+  CHECK_FALSE(ms.values_known_within(muon.limits(s.rows, s.cols)));
 }

@@ -31,6 +31,11 @@ class adamw : public detail::rule_base<adamw<T, Backend>, T, Backend, adamw_opti
     const double m = (1.0 - o.beta1) * r;
     return {std::min(0.8 * m, std::sqrt(r / 2.0)), m, r};
   }
+  /// A step from a gradient and a state within limits_of(o) leaves the state within them:
+  /// |β1·m + (1−β1)·g| ≤ (1 − 0.2(1−β1))·(1−β1)r and β2·v + (1−β2)·g² ≤ (1 − (1−β2)/2)·r, below the limits by
+  /// margins that dwarf the rounding of the update (a few units of 1e-7 relative) while 1−β1 ≥ 5e-4 and
+  /// 1−β2 ≥ 2e-4; closer to 1 the value check reads the state every step.
+  static bool keeps_state_within_limits(const adamw_options& o) { return o.beta1 <= 0.9995 && o.beta2 <= 0.9998; }
 
  private:
   static constexpr bool orthogonalizes = false;

@@ -158,15 +158,45 @@ class param_state {
   /// the uniform count an adaptive budget starts from.
   [[nodiscard]] int configured_ns_steps() const noexcept { return configured_ns_steps_; }
 
-  [[nodiscard]] matrix_view<T> momentum(index_t k = 0) { return row_major_view(momentum_.data() + k * rows_ * cols_, rows_, cols_); }
+  // The persistent tensors. A mutable view may be written, so taking one forgets what the value guard
+  // knew about the state (values_known_within); the read-only overloads keep it.
+  [[nodiscard]] matrix_view<T> momentum(index_t k = 0) {
+    known_limits_.reset();
+    return row_major_view(momentum_.data() + k * rows_ * cols_, rows_, cols_);
+  }
+  [[nodiscard]] matrix_view<const T> momentum(index_t k = 0) const {
+    return row_major_view(static_cast<const T*>(momentum_.data()) + k * rows_ * cols_, rows_, cols_);
+  }
   [[nodiscard]] matrix_view<T> second_moment(index_t k = 0) {
+    known_limits_.reset();
     if (second_.size() == 0) return {};
     return row_major_view(second_.data() + k * rows_ * cols_, rows_, cols_);
   }
+  [[nodiscard]] matrix_view<const T> second_moment(index_t k = 0) const {
+    if (second_.size() == 0) return {};
+    return row_major_view(static_cast<const T*>(second_.data()) + k * rows_ * cols_, rows_, cols_);
+  }
   [[nodiscard]] matrix_view<scalar_t> column_moment(index_t k = 0) {
+    known_limits_.reset();
     if (column_.size() == 0) return {};
     return row_major_view(column_.data() + k * column_width(), 1, column_width());
   }
+  [[nodiscard]] matrix_view<const scalar_t> column_moment(index_t k = 0) const {
+    if (column_.size() == 0) return {};
+    return row_major_view(static_cast<const scalar_t*>(column_.data()) + k * column_width(), 1, column_width());
+  }
+
+  /// Whether every value of the state is known to lie within `limits` without reading it: after a
+  /// checked step of a rule whose update keeps its state within the limits it checked (AdamW:
+  /// rule_base::apply_checked_step notes it), until a mutable view of a tensor is taken (momentum(),
+  /// second_moment(), column_moment(), slots(): a host's write, a checkpoint load) or the limits become
+  /// tighter than those noted. The value check then reads only the gradient.
+  [[nodiscard]] bool values_known_within(const step_limits& limits) const noexcept {
+    return known_limits_ && known_limits_->momentum <= limits.momentum && known_limits_->second <= limits.second &&
+           known_limits_->column <= limits.column;
+  }
+  /// Rules only: every value of the state now lies within `limits` (see values_known_within).
+  void note_values_within(const step_limits& limits) noexcept { known_limits_ = limits; }
 
   /// Every persistent tensor as (name, element size, data, element count): what a checkpoint stores.
   struct slot {
@@ -176,6 +206,7 @@ class param_state {
     std::size_t elements;
   };
   [[nodiscard]] std::vector<slot> slots() {
+    known_limits_.reset();
     std::vector<slot> s;
     s.push_back({"momentum", sizeof(T), momentum_.data(), momentum_.size()});
     if (second_.size() > 0) s.push_back({"second_moment", sizeof(T), second_.data(), second_.size()});
@@ -253,6 +284,7 @@ class param_state {
   typename Backend::template buffer<T> momentum_, second_, direction_, ortho_out_;
   typename Backend::template buffer<scalar_t> column_, scalars_;
   std::optional<stages::orthogonalizer_plan<T, Backend>> plan_;
+  std::optional<step_limits> known_limits_;  // values_known_within
 };
 
 namespace detail {
@@ -266,15 +298,19 @@ std::optional<value_problem> find_value_problem(Backend& be, batch_view<const T>
   for (index_t k = 0; k < G.count; ++k) {
     if (const auto bad = find_beyond(be, G[k], limits.gradient)) return value_problem{"gradient", false, k, *bad, limits.gradient};
   }
-  for (index_t k = 0; k < s.count(); ++k) {
-    if (const auto bad = find_beyond(be, s.momentum(k).as_const(), limits.momentum)) {
+  // A state a checked step left within these limits, untouched since, is not read again (for AdamW the
+  // state is two thirds of what the check would read).
+  if (s.values_known_within(limits)) return std::nullopt;
+  const param_state<T, Backend>& state = s;  // read-only views: reading keeps what is known
+  for (index_t k = 0; k < state.count(); ++k) {
+    if (const auto bad = find_beyond(be, state.momentum(k), limits.momentum)) {
       return value_problem{"momentum", true, k, *bad, limits.momentum};
     }
-    if (const auto v = s.second_moment(k); !v.empty()) {
-      if (const auto bad = find_beyond(be, v.as_const(), limits.second)) return value_problem{"second moment", true, k, *bad, limits.second};
+    if (const auto v = state.second_moment(k); !v.empty()) {
+      if (const auto bad = find_beyond(be, v, limits.second)) return value_problem{"second moment", true, k, *bad, limits.second};
     }
-    if (const auto c = s.column_moment(k); !c.empty()) {
-      if (const auto bad = find_beyond(be, c.as_const(), limits.column)) return value_problem{"column moment", true, k, *bad, limits.column};
+    if (const auto c = state.column_moment(k); !c.empty()) {
+      if (const auto bad = find_beyond(be, c, limits.column)) return value_problem{"column moment", true, k, *bad, limits.column};
     }
   }
   return std::nullopt;

@@ -219,6 +219,13 @@ class rule_base {
       for (index_t k = 0; k < W.count; ++k) self.step_one(W[k], G[k], s, k, t);
     }
     s.set_step(t);
+    // The gradient and the state were within the limits (checked), so a rule whose update keeps them
+    // there leaves a state the next check need not read (param_state::values_known_within).
+    if constexpr (requires { Derived::keeps_state_within_limits(options_); }) {
+      if (options_.check_finite && Derived::keeps_state_within_limits(options_)) {
+        s.note_values_within(Derived::limits_of(options_, s.rows(), s.cols()));
+      }
+    }
   }
 
  protected:

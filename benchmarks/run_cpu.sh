@@ -26,6 +26,10 @@ FILTER=${FILTER:-$DEFAULT_FILTER}
 
 bash "$SRC/cmake/install-debian-packages.sh" "run_cpu.sh" cmake g++ make libeigen3-dev libbenchmark-dev \
   libopenblas-openmp-dev libtorch-dev python3-numpy gnuplot-nox
+# Every BLAS row (numpy, libtorch, orthopt's BLAS backend, the GEMM ceiling) runs on OpenBLAS: its best
+# kernels for this CPU, checked; the run's metadata names the core (blas: … <core>).
+source "$SRC/cmake/openblas-kernels.sh"
+orthopt_openblas_kernels "run_cpu.sh"
 
 cmake -S "$SRC" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DORTHOPT_BUILD_BENCHMARKS=ON \
   -DORTHOPT_BENCH_NATIVE=ON -DORTHOPT_BUILD_TESTS=OFF -DORTHOPT_BUILD_EXAMPLES=OFF -DORTHOPT_INSTALL=OFF >/dev/null

@@ -11,6 +11,9 @@ cd "$repo_root"
 
 packages=(cmake g++ make libeigen3-dev libopenblas-openmp-dev libtorch-dev fortunes gnuplot-nox)
 bash cmake/install-debian-packages.sh "run_demo.sh" "${packages[@]}"
+# libtorch's matmuls and orthopt's BLAS run on OpenBLAS: its best kernels for this CPU, checked.
+source cmake/openblas-kernels.sh
+orthopt_openblas_kernels "run_demo.sh"
 
 cmake -S . -B build-demo -DCMAKE_BUILD_TYPE=Release -DORTHOPT_BUILD_TESTS=OFF -DORTHOPT_BUILD_BENCHMARKS=OFF \
       -DORTHOPT_BUILD_EXAMPLES=ON

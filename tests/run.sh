@@ -161,6 +161,10 @@ packages=(cmake g++ make python3 libeigen3-dev catch2 libbenchmark-dev zlib1g-de
           libopenblas-openmp-dev libtorch-dev fortunes libopenmpi-dev openmpi-bin
           python3-venv python3-dev python3-numpy python3-torch python3-pytest)
 step install bash cmake/install-debian-packages.sh "tests/run.sh" "${packages[@]}"
+# The BLAS tests, libtorch and numpy run on OpenBLAS: its best kernels for this CPU, checked (a generic
+# fallback would make them several times slower).
+source cmake/openblas-kernels.sh
+orthopt_openblas_kernels "tests/run.sh"
 
 # ---- Configure, build, test ----------------------------------------------------------------------
 jobs="$(nproc 2>/dev/null || echo 2)"

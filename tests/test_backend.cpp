@@ -1,6 +1,9 @@
 // The Eigen backend's primitives against float64 references, for every storage order and op.
 #include <catch2/catch.hpp>
 
+#include <cstdlib>
+#include <string>
+
 #include "test_util.hpp"
 
 using namespace testing;
@@ -284,3 +287,30 @@ TEMPLATE_TEST_CASE("for_each_entry: several views in one pass, every storage ord
   for (index_t j = 0; j < 6; ++j)
     for (index_t i = 0; i < 4; ++i) CHECK(w_got(i, j) == (j % 2 == 0 ? -1.0 : 1.0) * double(T(wide(i, j))));
 }
+
+#if defined(ORTHOPT_TEST_BLAS)
+// The BLAS backend says which BLAS it calls. With OpenBLAS (what CI links): its core, threads and
+// configuration, and whether the core is a generic fallback. tests/CMakeLists.txt runs this case once
+// more with OPENBLAS_CORETYPE=Prescott and ORTHOPT_TEST_EXPECT_CORE=Prescott, where it must say generic.
+TEST_CASE("blas_library names the BLAS, its kernel set and threads, and spots a generic fallback", "[backend][blas_info]") {
+  orthopt::blas_backend be;
+  const orthopt::blas_library_info info = orthopt::blas_library();
+  INFO("name " << info.name << ", core " << info.core << ", threads " << info.threads << ", config " << info.config);
+  if (info.name == "OpenBLAS") {
+    CHECK_FALSE(info.core.empty());
+    CHECK(info.threads >= 1);
+    CHECK(info.config.find("OpenBLAS") != std::string::npos);
+    CHECK(info.config.find(info.core) != std::string::npos);  // the configuration names the chosen core
+  } else {
+    CHECK(info.name == "not OpenBLAS");
+    CHECK(info.core.empty());
+    CHECK_FALSE(info.generic_kernels);
+  }
+  if (const char* expected = std::getenv("ORTHOPT_TEST_EXPECT_CORE")) {
+    CHECK(info.core == expected);
+    CHECK(info.generic_kernels == (std::string(expected) == "Prescott"));
+  } else {
+    CHECK(info.generic_kernels == (info.core == "Prescott" || info.core == "Core2" || info.core == "Nehalem"));
+  }
+}
+#endif

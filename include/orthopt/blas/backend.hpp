@@ -28,19 +28,94 @@
 #include <cblas.h>
 
 #include <climits>
+#include <cstdio>
+#include <cstdlib>
 #include <optional>
+#include <string>
+#include <string_view>
 #include <type_traits>
 
 #include "orthopt/eigen/backend.hpp"
 
+// OpenBLAS's own queries, referenced weakly: present when the program links OpenBLAS, null otherwise
+// (another BLAS), so that blas_library() can say which it is without requiring OpenBLAS.
+#if defined(__GNUC__) || defined(__clang__)
+extern "C" {
+char* openblas_get_corename(void);
+char* openblas_get_config(void);
+int openblas_get_num_threads(void);
+}
+#pragma weak openblas_get_corename
+#pragma weak openblas_get_config
+#pragma weak openblas_get_num_threads
+#define ORTHOPT_BLAS_QUERIES 1
+#endif
+
 namespace orthopt {
 
+/// The BLAS library the program runs on (blas_library()).
+struct blas_library_info {
+  std::string name;     ///< "OpenBLAS", or "not OpenBLAS" when its queries are absent (BLIS, MKL, reference)
+  std::string config;   ///< OpenBLAS: openblas_get_config() (version, build options, core)
+  std::string core;     ///< OpenBLAS: the kernel set it chose for this CPU ("Haswell", "SkylakeX", "Prescott")
+  int threads = 0;      ///< OpenBLAS: the threads its calls use; 0 when unknown
+  /// OpenBLAS chose a generic kernel set (Prescott, Core2, …): it did not recognise the CPU, and its
+  /// products run several times slower than the CPU allows. Fix: OPENBLAS_CORETYPE (Haswell, Zen,
+  /// SkylakeX, …) set before the program starts; docs/errors-and-guarantees.md, "BLAS kernels".
+  bool generic_kernels = false;
+};
+
+/// Which BLAS the BLAS backend calls, its kernel set and threads: for diagnostics and logs.
+inline blas_library_info blas_library() {
+  blas_library_info info;
+#if defined(ORTHOPT_BLAS_QUERIES)
+  if (&openblas_get_corename != nullptr) {
+    info.name = "OpenBLAS";
+    if (const char* core = openblas_get_corename()) info.core = core;
+    if (&openblas_get_config != nullptr) {
+      if (const char* config = openblas_get_config()) info.config = config;
+    }
+    if (&openblas_get_num_threads != nullptr) info.threads = openblas_get_num_threads();
+    std::string lower;
+    for (char c : info.core) lower += static_cast<char>(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
+    for (std::string_view generic : {"prescott", "katmai", "coppermine", "northwood", "banias", "core2", "penryn",
+                                     "dunnington", "nehalem", "atom", "athlon", "opteron", "barcelona", "bobcat"}) {
+      if (lower == generic) info.generic_kernels = true;
+    }
+    return info;
+  }
+#endif
+  info.name = "not OpenBLAS";
+  return info;
+}
+
+namespace detail {
+/// Once per program, when a BLAS backend is first made: a line on stderr if OpenBLAS runs generic
+/// kernels. ORTHOPT_BLAS_WARNING=0 in the environment silences it.
+inline void warn_once_if_generic_blas() {
+  static const bool warned = [] {
+    const char* quiet = std::getenv("ORTHOPT_BLAS_WARNING");
+    if (quiet != nullptr && std::string_view(quiet) == "0") return false;
+    const blas_library_info info = blas_library();
+    if (!info.generic_kernels) return false;
+    std::fprintf(stderr,
+                 "orthopt: OpenBLAS runs its generic %s kernels (it did not recognise this CPU), several times "
+                 "slower than the CPU allows; set OPENBLAS_CORETYPE (e.g. Haswell, Zen, SkylakeX) before the "
+                 "program starts. ORTHOPT_BLAS_WARNING=0 silences this line.\n",
+                 info.core.c_str());
+    return true;
+  }();
+  (void)warned;
+}
+}  // namespace detail
+
 /// The BLAS backend handle: an eigen_backend whose gemm and syrk call CBLAS. Copies share the Eigen
-/// backend's scratch, as eigen_backend copies do.
+/// backend's scratch, as eigen_backend copies do. Making the first one checks, once, which kernels
+/// OpenBLAS chose (detail::warn_once_if_generic_blas).
 class blas_backend : public eigen_backend {
  public:
-  blas_backend() = default;
-  explicit blas_backend(int threads) : eigen_backend(threads) {}
+  blas_backend() { detail::warn_once_if_generic_blas(); }
+  explicit blas_backend(int threads) : eigen_backend(threads) { detail::warn_once_if_generic_blas(); }
 };
 
 namespace detail {

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstddef>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -137,10 +138,11 @@ struct ns_config {
   /// broken by the smaller gram_error_gain (computed here: a plan calls this once, when made or when its
   /// step count changes). Chosen by measurement: on float inputs of condition up to 10⁶ in both
   /// orientations (benchmarks/gram_restart_study.cpp), this position's worst error is the smallest of
-  /// all positions or within 20 % of it for every preset but cubic (2.9× the standard error against 1.8×),
-  /// where the smallest gram_error_gain alone put CANS's restart after iteration 1, 5× worse than after 2. A float or double plan passes its element
-  /// type's unit roundoff: positions whose growth reaches 1/unit_roundoff are then never chosen when
-  /// another exists (with 0, every position is a candidate).
+  /// all positions or within 20 % of it for every preset but cubic (2.9× the standard error against
+  /// 1.8×), where the smallest gram_error_gain alone put CANS's restart after iteration 1, 5× worse than
+  /// after 2. A float or double plan passes its element type's unit roundoff: positions whose growth
+  /// reaches 1/unit_roundoff are then never chosen when another exists (with 0, every position is a
+  /// candidate).
   [[nodiscard]] int gram_restart_iteration(double unit_roundoff = 0.0) const {
     if (gram_restart_after >= 0) return gram_restart_after;
     const auto feasible = [&](int r) { return unit_roundoff <= 0.0 || gram_rounding_growth(r) * unit_roundoff < 1.0; };
@@ -245,29 +247,39 @@ struct ns_config {
   }
 };
 
-/// The named schedules. Each returns a full configuration with the step count its source recommends.
-/// Calls f(name, value) for every setting of `c` that changes what an iteration computes, as a double
-/// (enumerators by their value, flags as 0 or 1): what ranks compare to agree on a configuration
-/// (distributed_optimizer). The table comes last: its row count, then each row's a, b, c. `name` is
-/// only a label and is left out. Allocates nothing.
+namespace detail {
+/// A setting as the double for_each_setting reports: flags as 0 or 1, enumerators by their value.
+inline double setting_value(bool b) { return b ? 1.0 : 0.0; }
+template <class E>
+  requires std::is_enum_v<E>
+double setting_value(E e) {
+  return static_cast<double>(static_cast<long long>(e));
+}
+}  // namespace detail
+
+/// Calls f(prefix, name, value) for every setting of `c` that changes what an iteration computes, as a
+/// double (detail::setting_value), prefix + name being the setting's path: what ranks compare to agree
+/// on a configuration (distributed_optimizer). The table comes last: its row count, then each row's a,
+/// b, c. `name` is only a label and is left out. Allocates nothing.
 template <class F>
-void for_each_setting(const ns_config& c, F&& f) {
-  f("steps", static_cast<double>(c.steps));
-  f("normalization", static_cast<double>(c.normalization));
-  f("eps", c.eps);
-  f("safety", c.safety);
-  f("check_finite", c.check_finite ? 1.0 : 0.0);
-  f("absolute_eps", c.absolute_eps ? 1.0 : 0.0);
-  f("algorithm", static_cast<double>(c.algorithm));
-  f("gram_restart_after", static_cast<double>(c.gram_restart_after));
-  f("table rows", static_cast<double>(c.table.size()));
+void for_each_setting(const ns_config& c, F&& f, const char* prefix = "") {
+  f(prefix, "steps", static_cast<double>(c.steps));
+  f(prefix, "normalization", detail::setting_value(c.normalization));
+  f(prefix, "eps", c.eps);
+  f(prefix, "safety", c.safety);
+  f(prefix, "check_finite", detail::setting_value(c.check_finite));
+  f(prefix, "absolute_eps", detail::setting_value(c.absolute_eps));
+  f(prefix, "algorithm", detail::setting_value(c.algorithm));
+  f(prefix, "gram_restart_after", static_cast<double>(c.gram_restart_after));
+  f(prefix, "table rows", static_cast<double>(c.table.size()));
   for (const ns_coefficients& row : c.table) {
-    f("table a", row.a);
-    f("table b", row.b);
-    f("table c", row.c);
+    f(prefix, "table a", row.a);
+    f(prefix, "table b", row.b);
+    f(prefix, "table c", row.c);
   }
 }
 
+/// The named schedules. Each returns a full configuration with the step count its source recommends.
 namespace ns_presets {
 
 /// KellerJordan/Muon (muon.py, Jordan 2024): (3.4445, −4.7750, 2.0315) at every step, 5 steps,

@@ -242,81 +242,69 @@ inline adamw_options moonlight() { return {"moonlight", adamw_form::moonlight, 1
 
 // ---------------------------------------------------------------------------------------------------
 // Every option as data: for_each_setting(options, f) calls f(prefix, name, value) for each field that
-// changes what a step computes, as a double (enumerators by value, flags 0 or 1; `preset` is a label
-// and is left out). prefix + name is the field's path: prefix "" for the rule's own fields and
-// "ortho.exact", "ortho.ns." for its Newton–Schulz settings (skipped with the exact polar factor). Ranks
-// compare them to agree on their configuration (distributed_optimizer). Allocates nothing.
+// changes what a step computes, as a double (detail::setting_value; `preset` is a label and is left
+// out). prefix + name is the field's path: prefix "" for the rule's own fields, "ortho." and
+// "ortho.ns." for its orthogonalizer (the Newton–Schulz settings skipped with the exact polar factor).
+// Ranks compare them to agree on their configuration (distributed_optimizer). Allocates nothing.
 // ---------------------------------------------------------------------------------------------------
 namespace detail {
 template <class F>
 void for_each_ortho_setting(const orthogonalizer& o, F& f) {
-  f("ortho.exact", o.exact ? 1.0 : 0.0);
-  if (o.exact) return;  // the Newton–Schulz settings are unused
-  for_each_setting(o.ns, [&f](const char* name, double v) { f(name, v, "ortho.ns."); });
-}
-/// Adapts f(name, value) to the (name, value, prefix) form the orthogonalizer's fields use.
-template <class F>
-struct prefixed_setting {
-  F& f;
-  void operator()(const char* name, double v, const char* prefix = "") const { f(prefix, name, v); }
-};
-inline double flag(bool b) { return b ? 1.0 : 0.0; }
-template <class E>
-double enumerator(E e) {
-  return static_cast<double>(static_cast<long long>(e));
+  f("ortho.", "exact", setting_value(o.exact));
+  if (!o.exact) for_each_setting(o.ns, f, "ortho.ns.");
 }
 }  // namespace detail
 
 template <class F>
 void for_each_setting(const muon_options& o, F&& f) {
-  detail::prefixed_setting<F> s{f};
-  s("lr", o.lr);
-  s("weight_decay", o.weight_decay);
-  s("momentum", o.momentum);
-  s("momentum_type", detail::enumerator(o.momentum_type));
-  s("nesterov", detail::flag(o.nesterov));
-  s("scale", detail::enumerator(o.scale));
-  s("check_finite", detail::flag(o.check_finite));
-  detail::for_each_ortho_setting(o.ortho, s);
+  using detail::setting_value;
+  f("", "lr", o.lr);
+  f("", "weight_decay", o.weight_decay);
+  f("", "momentum", o.momentum);
+  f("", "momentum_type", setting_value(o.momentum_type));
+  f("", "nesterov", setting_value(o.nesterov));
+  f("", "scale", setting_value(o.scale));
+  f("", "check_finite", setting_value(o.check_finite));
+  detail::for_each_ortho_setting(o.ortho, f);
 }
 template <class F>
 void for_each_setting(const adamuon_options& o, F&& f) {
-  detail::prefixed_setting<F> s{f};
-  s("lr", o.lr);
-  s("weight_decay", o.weight_decay);
-  s("form", detail::enumerator(o.form));
-  s("beta", o.beta);
-  s("eps", o.eps);
-  s("sign", detail::flag(o.sign));
-  s("beta2", o.beta2);
-  s("check_finite", detail::flag(o.check_finite));
-  detail::for_each_ortho_setting(o.ortho, s);
+  using detail::setting_value;
+  f("", "lr", o.lr);
+  f("", "weight_decay", o.weight_decay);
+  f("", "form", setting_value(o.form));
+  f("", "beta", o.beta);
+  f("", "eps", o.eps);
+  f("", "sign", setting_value(o.sign));
+  f("", "beta2", o.beta2);
+  f("", "check_finite", setting_value(o.check_finite));
+  detail::for_each_ortho_setting(o.ortho, f);
 }
 template <class F>
 void for_each_setting(const namo_options& o, F&& f) {
-  detail::prefixed_setting<F> s{f};
-  s("lr", o.lr);
-  s("weight_decay", o.weight_decay);
-  s("form", detail::enumerator(o.form));
-  s("mu1", o.mu1);
-  s("mu2", o.mu2);
-  s("eps", o.eps);
-  s("nesterov", detail::flag(o.nesterov));
-  s("rms_scale", o.rms_scale);
-  s("column_clamp", o.column_clamp);
-  s("check_finite", detail::flag(o.check_finite));
-  detail::for_each_ortho_setting(o.ortho, s);
+  using detail::setting_value;
+  f("", "lr", o.lr);
+  f("", "weight_decay", o.weight_decay);
+  f("", "form", setting_value(o.form));
+  f("", "mu1", o.mu1);
+  f("", "mu2", o.mu2);
+  f("", "eps", o.eps);
+  f("", "nesterov", setting_value(o.nesterov));
+  f("", "rms_scale", o.rms_scale);
+  f("", "column_clamp", o.column_clamp);
+  f("", "check_finite", setting_value(o.check_finite));
+  detail::for_each_ortho_setting(o.ortho, f);
 }
 template <class F>
 void for_each_setting(const adamw_options& o, F&& f) {
-  detail::prefixed_setting<F> s{f};
-  s("lr", o.lr);
-  s("weight_decay", o.weight_decay);
-  s("form", detail::enumerator(o.form));
-  s("beta1", o.beta1);
-  s("beta2", o.beta2);
-  s("eps", o.eps);
-  s("check_finite", detail::flag(o.check_finite));
+  using detail::setting_value;
+  f("", "lr", o.lr);
+  f("", "weight_decay", o.weight_decay);
+  f("", "form", setting_value(o.form));
+  f("", "beta1", o.beta1);
+  f("", "beta2", o.beta2);
+  f("", "eps", o.eps);
+  f("", "check_finite", setting_value(o.check_finite));
 }
 
 }  // namespace orthopt

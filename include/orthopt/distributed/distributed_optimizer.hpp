@@ -788,12 +788,11 @@ class distributed_optimizer : public param_registry<T, Backend> {
   void agree(std::exception_ptr failure, const char* who, settings compare = settings::ignored) {
     // Tagged with the operation: ranks that called different collective operations (one steps while
     // another saves) meet here first, whatever they called, and all throw instead of pairing the
-    // collectives that follow and blocking. A 64-bit value h is compared as (h, −h) under min: equal
-    // everywhere exactly when min(h) = −min(−h) = max(h); the settings hash goes as two 32-bit halves.
+    // collectives that follow and blocking. The operation code and the settings hash (put_hash) travel
+    // beside their negations, so the minimum also gives the maximum: equal everywhere when they match.
     const std::int64_t op = operation_code(who);
-    const std::uint64_t h = compare == settings::compared ? shared_settings_hash() : 0;
-    const auto hi = static_cast<std::int64_t>(h >> 32), lo = static_cast<std::int64_t>(h & 0xffffffffu);
-    std::int64_t v[7] = {failure ? rank_ : ranks_, op, -op, hi, -hi, lo, -lo};
+    std::int64_t v[7] = {failure ? rank_ : ranks_, op, -op};
+    put_hash(compare == settings::compared ? shared_settings_hash() : 0, v + 3);
     comm_->allreduce(v, 7, element_kind::int64, reduce_op::min);
     if (v[1] != -v[2]) {
       throw value_error(std::string(who) + ": the ranks called different collective operations (" +
@@ -802,7 +801,7 @@ class distributed_optimizer : public param_registry<T, Backend> {
     }
     const std::int64_t first = v[0];
     if (first == ranks_) {
-      if (v[3] != -v[4] || v[5] != -v[6]) throw value_error(std::string(who) + ": " + name_differing_setting() + "; nothing was changed");
+      if (!hash_agreed(v + 3)) throw value_error(std::string(who) + ": " + name_differing_setting() + "; nothing was changed");
       return;
     }
     // The failing rank's exception type travels as a code: orthopt's own, and the standard library's
@@ -897,16 +896,24 @@ class distributed_optimizer : public param_registry<T, Backend> {
       f(G + i, "", "record_ns_residuals", ns.record_residuals ? 1.0 : 0.0);
     }
   }
-  /// FNV-1a over every shared setting's unit and bits (−0 counted as +0); `unit` limits it to one unit.
-  std::uint64_t shared_settings_hash(std::size_t unit = static_cast<std::size_t>(-1)) const {
+  /// A 64-bit hash h as four int64 for an allreduce(min): its two 32-bit halves, each beside its
+  /// negation, so that the minimum gives both ends; hash_agreed reads the result (min = max everywhere).
+  static void put_hash(std::uint64_t h, std::int64_t* at) noexcept {
+    const auto hi = static_cast<std::int64_t>(h >> 32), lo = static_cast<std::int64_t>(h & 0xffffffffu);
+    at[0] = hi, at[1] = -hi, at[2] = lo, at[3] = -lo;
+  }
+  static bool hash_agreed(const std::int64_t* at) noexcept { return at[0] == -at[1] && at[2] == -at[3]; }
+  /// One shared setting into a hash: its unit and its bits (−0 counted as +0).
+  static void hash_setting(fnv1a64& h, std::size_t unit, double v) noexcept {
+    const std::uint64_t at = unit;
+    v += 0.0;
+    h.update(&at, sizeof at);
+    h.update(&v, sizeof v);
+  }
+  /// FNV-1a over every shared setting.
+  std::uint64_t shared_settings_hash() const {
     fnv1a64 h;
-    for_each_shared_setting([&](std::size_t u, const char*, const char*, double v) {
-      if (unit != static_cast<std::size_t>(-1) && u != unit) return;
-      const std::uint64_t at = u;
-      v += 0.0;
-      h.update(&at, sizeof at);
-      h.update(&v, sizeof v);
-    });
+    for_each_shared_setting([&](std::size_t u, const char*, const char*, double v) { hash_setting(h, u, v); });
     return h.value();
   }
   /// Collective, on the ranks' shared path after an agreement found the settings' hashes different:
@@ -914,15 +921,13 @@ class distributed_optimizer : public param_registry<T, Backend> {
   /// and says which value which rank has. Allocates (a refusal).
   std::string name_differing_setting() {
     const std::size_t G = this->groups_.size(), units = G + this->params_.size();
-    std::vector<std::int64_t> pairs(4 * units);
-    for (std::size_t u = 0; u < units; ++u) {
-      const std::uint64_t h = shared_settings_hash(u);
-      const auto hi = static_cast<std::int64_t>(h >> 32), lo = static_cast<std::int64_t>(h & 0xffffffffu);
-      pairs[4 * u] = hi, pairs[4 * u + 1] = -hi, pairs[4 * u + 2] = lo, pairs[4 * u + 3] = -lo;
-    }
-    comm_->allreduce(pairs.data(), pairs.size(), element_kind::int64, reduce_op::min);
+    std::vector<fnv1a64> per_unit(units);
+    for_each_shared_setting([&](std::size_t u, const char*, const char*, double v) { hash_setting(per_unit[u], u, v); });
+    std::vector<std::int64_t> hashes(4 * units);
+    for (std::size_t u = 0; u < units; ++u) put_hash(per_unit[u].value(), hashes.data() + 4 * u);
+    comm_->allreduce(hashes.data(), hashes.size(), element_kind::int64, reduce_op::min);
     std::size_t unit = 0;
-    while (unit < units && pairs[4 * unit] == -pairs[4 * unit + 1] && pairs[4 * unit + 2] == -pairs[4 * unit + 3]) ++unit;
+    while (unit < units && hash_agreed(hashes.data() + 4 * unit)) ++unit;
     const std::string generic = "the ranks' settings differ (rule options, learning rates or Newton–Schulz settings); "
                                 "every rank must make the same settings";
     if (unit == units) return generic;

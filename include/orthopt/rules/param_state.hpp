@@ -293,7 +293,7 @@ namespace detail {
 /// momentum, the second moment and the column moment, batch item by batch item); nothing when all pass.
 /// One pass over each tensor, no allocation.
 template <class T, class Backend>
-std::optional<value_problem> find_value_problem(Backend& be, batch_view<const T> G, param_state<T, Backend>& s,
+std::optional<value_problem> find_value_problem(Backend& be, batch_view<const T> G, const param_state<T, Backend>& s,
                                                 const step_limits& limits) {
   for (index_t k = 0; k < G.count; ++k) {
     if (const auto bad = find_beyond(be, G[k], limits.gradient)) return value_problem{"gradient", false, k, *bad, limits.gradient};
@@ -301,15 +301,14 @@ std::optional<value_problem> find_value_problem(Backend& be, batch_view<const T>
   // A state a checked step left within these limits, untouched since, is not read again (for AdamW the
   // state is two thirds of what the check would read).
   if (s.values_known_within(limits)) return std::nullopt;
-  const param_state<T, Backend>& state = s;  // read-only views: reading keeps what is known
-  for (index_t k = 0; k < state.count(); ++k) {
-    if (const auto bad = find_beyond(be, state.momentum(k), limits.momentum)) {
+  for (index_t k = 0; k < s.count(); ++k) {  // read-only views: reading keeps what is known
+    if (const auto bad = find_beyond(be, s.momentum(k), limits.momentum)) {
       return value_problem{"momentum", true, k, *bad, limits.momentum};
     }
-    if (const auto v = state.second_moment(k); !v.empty()) {
+    if (const auto v = s.second_moment(k); !v.empty()) {
       if (const auto bad = find_beyond(be, v, limits.second)) return value_problem{"second moment", true, k, *bad, limits.second};
     }
-    if (const auto c = state.column_moment(k); !c.empty()) {
+    if (const auto c = s.column_moment(k); !c.empty()) {
       if (const auto bad = find_beyond(be, c, limits.column)) return value_problem{"column moment", true, k, *bad, limits.column};
     }
   }

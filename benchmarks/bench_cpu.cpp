@@ -605,8 +605,8 @@ std::unique_ptr<fixture_base> make_step(const std::string& rule, shape s) {
   if (rule == "namo") return std::make_unique<orthopt_step<T, Backend, orthopt::namo<T, Backend>>>(s, orthopt::namo_presets::code());
   if (rule == "namo_d") return std::make_unique<orthopt_step<T, Backend, orthopt::namo_d<T, Backend>>>(s, orthopt::namo_d_presets::code());
   auto adamw = orthopt::adamw_presets::torch();
-  // The value guard's cost: the same step without it (check_finite scans the gradient, the momentum and
-  // the second moment before writing anything).
+  // The value guard's cost: the same step without it (check_finite reads the gradient, and the state
+  // unless the previous checked step left it within its limits, before writing anything).
   if (rule == "adamw_unchecked") adamw.check_finite = false;
   return std::make_unique<orthopt_step<T, Backend, orthopt::adamw<T, Backend>>>(s, adamw);
 }

@@ -283,9 +283,10 @@ def markdown(run, ctx, np_ctx, run_dir, png_name):
             for rule in ("muon", "adamuon", "namo", "namo_d", "adamw", "adamw_unchecked"):
                 n = f"STEP/{rule}/f32/{shape}/{impl}"
                 if run.ms(n) is not None:
-                    if rule.startswith("adamw"):  # no NS call; the guard's cost instead: checked / unchecked
-                        guard = run.ratio(f"STEP/adamw/f32/{shape}/{impl}", f"STEP/adamw_unchecked/f32/{shape}/{impl}")
-                        other = fmt_r(guard) if rule == "adamw" and guard is not None else "–"
+                    if rule == "adamw":  # no NS call; the guard's cost instead: with / without check_finite
+                        other = fmt_r(run.ratio(n, f"STEP/adamw_unchecked/f32/{shape}/{impl}"))
+                    elif rule == "adamw_unchecked":
+                        other = "–"
                     else:
                         other = fmt_r(run.ratio(n, ns))
                     step_rows.append((shape.replace("x", "×"), IMPL_LABEL[impl], rule, fmt_ms(run.ms(n)), other))

@@ -26,6 +26,9 @@ _orthopt_has_flags() {
   for f in "$@"; do [[ "$flags" == *" $f "* ]] || return 1; done
 }
 
+# _orthopt_probe_field KEY "PROBE OUTPUT": the value of KEY=value in the probe's line.
+_orthopt_probe_field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p" <<<"$2"; }
+
 orthopt_openblas_kernels() {
   local who="${1:-orthopt}"
   if [[ -n "${OPENBLAS_CORETYPE:-}" ]]; then
@@ -54,8 +57,8 @@ orthopt_openblas_kernels() {
     return 0
   fi
   local core gflops
-  core=$(sed -n 's/.*core=\([^ ]*\).*/\1/p' <<<"$first")
-  gflops=$(sed -n 's/.*gflops=\([^ ]*\).*/\1/p' <<<"$first")
+  core=$(_orthopt_probe_field core "$first")
+  gflops=$(_orthopt_probe_field gflops "$first")
   case "${core,,}" in
     prescott | katmai | coppermine | northwood | banias | core2 | penryn | dunnington | nehalem | atom | athlon | opteron | barcelona | bobcat) ;;
     *)
@@ -79,9 +82,9 @@ orthopt_openblas_kernels() {
   local c out got error faster
   for c in "${candidates[@]}"; do
     out=$(OPENBLAS_CORETYPE="$c" "$probe" 2>/dev/null) || continue  # an unsupported set may crash
-    got=$(sed -n 's/.*core=\([^ ]*\).*/\1/p' <<<"$out")
-    error=$(sed -n 's/.*error=\([^ ]*\).*/\1/p' <<<"$out")
-    faster=$(sed -n 's/.*gflops=\([^ ]*\).*/\1/p' <<<"$out")
+    got=$(_orthopt_probe_field core "$out")
+    error=$(_orthopt_probe_field error "$out")
+    faster=$(_orthopt_probe_field gflops "$out")
     [[ "${got,,}" == "${c,,}" ]] || continue
     awk -v e="$error" -v f="$faster" -v g="$gflops" 'BEGIN { exit !(e + 0 < 1e-5 && f + 0 > g + 0) }' || continue
     export OPENBLAS_CORETYPE="$c"

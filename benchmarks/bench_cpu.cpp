@@ -598,24 +598,32 @@ void register_stack(Eigen::Index count, shape s) {
 #endif
 }
 
+template <class T, class Backend, class Rule, class Options>
+std::unique_ptr<fixture_base> make_rule_step(shape s, Options o, bool checked) {
+  o.check_finite = checked;
+  return std::make_unique<orthopt_step<T, Backend, Rule>>(s, std::move(o));
+}
+
+// "<rule>_unchecked": the same step with check_finite off, to measure the value guard's cost (it reads
+// the gradient, and the state unless the previous checked step left it within its limits, before
+// writing anything).
 template <class T, class Backend>
-std::unique_ptr<fixture_base> make_step(const std::string& rule, shape s) {
-  if (rule == "muon") return std::make_unique<orthopt_step<T, Backend, orthopt::muon<T, Backend>>>(s, orthopt::muon_presets::moonlight());
-  if (rule == "adamuon") return std::make_unique<orthopt_step<T, Backend, orthopt::adamuon<T, Backend>>>(s, orthopt::adamuon_presets::code());
-  if (rule == "namo") return std::make_unique<orthopt_step<T, Backend, orthopt::namo<T, Backend>>>(s, orthopt::namo_presets::code());
-  if (rule == "namo_d") return std::make_unique<orthopt_step<T, Backend, orthopt::namo_d<T, Backend>>>(s, orthopt::namo_d_presets::code());
-  auto adamw = orthopt::adamw_presets::torch();
-  // The value guard's cost: the same step without it (check_finite reads the gradient, and the state
-  // unless the previous checked step left it within its limits, before writing anything).
-  if (rule == "adamw_unchecked") adamw.check_finite = false;
-  return std::make_unique<orthopt_step<T, Backend, orthopt::adamw<T, Backend>>>(s, adamw);
+std::unique_ptr<fixture_base> make_step(const std::string& name, shape s) {
+  const bool checked = !name.ends_with("_unchecked");
+  const std::string rule = checked ? name : name.substr(0, name.size() - std::string("_unchecked").size());
+  if (rule == "muon") return make_rule_step<T, Backend, orthopt::muon<T, Backend>>(s, orthopt::muon_presets::moonlight(), checked);
+  if (rule == "adamuon") return make_rule_step<T, Backend, orthopt::adamuon<T, Backend>>(s, orthopt::adamuon_presets::code(), checked);
+  if (rule == "namo") return make_rule_step<T, Backend, orthopt::namo<T, Backend>>(s, orthopt::namo_presets::code(), checked);
+  if (rule == "namo_d") return make_rule_step<T, Backend, orthopt::namo_d<T, Backend>>(s, orthopt::namo_d_presets::code(), checked);
+  return make_rule_step<T, Backend, orthopt::adamw<T, Backend>>(s, orthopt::adamw_presets::torch(), checked);
 }
 
 template <class T>
 void register_steps(shape s) {
   const double m = static_cast<double>(std::min(s.rows, s.cols)), n = static_cast<double>(std::max(s.rows, s.cols));
   const orthopt::ns_config keller = orthopt::ns_presets::keller();  // every rule's preset here runs keller, 5 steps
-  for (const std::string rule : {"muon", "adamuon", "namo", "namo_d", "adamw", "adamw_unchecked"}) {
+  for (const std::string rule : {"muon", "adamuon", "namo", "namo_d", "adamw", "muon_unchecked", "adamuon_unchecked",
+                                  "namo_unchecked", "namo_d_unchecked", "adamw_unchecked"}) {
     const bool ns = !rule.starts_with("adamw");
     const double naive = ns ? keller.steps * naive_step_flops(m, n) : 0.0;
     const double effective = ns ? standard_flops(keller, m, n) : 0.0;

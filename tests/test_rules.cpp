@@ -3,6 +3,7 @@
 // formula and not from the library; batches; hyper-parameters changed between steps.
 #include <catch2/catch.hpp>
 #include <cstdlib>
+#include <cstring>
 #include <iostream>
 #include <utility>
 
@@ -479,10 +480,11 @@ TEMPLATE_TEST_CASE("AdamW presets match a float64 transcription of torch's and M
     check_rule<TestType, AdamW<TestType>, adamw_ref>("adamw " + o.preset, o, ++salt);
 }
 
-TEMPLATE_TEST_CASE("the one-pass AdamW and Nesterov-momentum stages equal the separate stages bit for bit",
+TEMPLATE_TEST_CASE("the one-pass AdamW, Nesterov-momentum and AdaMuon stages equal the separate stages bit for bit",
                    "[rules][adamw][fused]", float, double) {
-  // adamw's step and momentum_direction make one pass over memory; the separate stages (four passes for
-  // AdamW, two for the Nesterov momentum) are the definition they must reproduce exactly, rounding included.
+  // adamw's step, momentum_direction and AdaMuon's two fused stages make one pass over memory; the separate
+  // stages (four passes for AdamW, two or three for the others) are the definition they must reproduce
+  // exactly, rounding included.
   using T = TestType;
   namespace st = orthopt::stages;
   auto be = make_backend(2);
@@ -529,6 +531,52 @@ TEMPLATE_TEST_CASE("the one-pass AdamW and Nesterov-momentum stages equal the se
                            orthopt::make_view(u_staged));
     CHECK(m_fused == m_staged);
     CHECK(u_fused == u_staged);
+  }
+  // AdaMuon's two one-pass stages: momentum with the (Nesterov) direction and its sign, and the second
+  // moment with its division.
+  for (const auto kind : {orthopt::momentum_kind::ema, orthopt::momentum_kind::classical}) {
+    for (const bool nesterov : {false, true}) {
+      for (const bool sign : {false, true}) {
+        INFO("AdaMuon direction, " << (kind == orthopt::momentum_kind::ema ? "ema" : "classical") << ", Nesterov "
+                                   << nesterov << ", sign " << sign);
+        Mat<T> g = gaussian(rows, cols, 930).cast<T>();
+        Mat<T> m_fused = gaussian(rows, cols, 931).cast<T>();
+        g(0, 0) = T(0);  // with m(0, 0) = 0 too: sign(0) = 0 (and −0 keeps its sign bit as the sign map does)
+        m_fused(0, 0) = T(0);
+        g(1, 1) = -T(0);
+        m_fused(1, 1) = -T(0);
+        Mat<T> m_staged = m_fused, u_fused(rows, cols), u_staged(rows, cols);
+        st::momentum_sign_direction(be, kind, 0.95, nesterov, sign, orthopt::make_view(g).as_const(),
+                                    orthopt::make_view(m_fused), orthopt::make_view(u_fused));
+        st::accumulate_momentum(be, kind, 0.95, orthopt::make_view(g).as_const(), orthopt::make_view(m_staged));
+        if (nesterov) {
+          st::nesterov_direction(be, kind, 0.95, orthopt::make_view(g).as_const(),
+                                 orthopt::make_view(m_staged).as_const(), orthopt::make_view(u_staged));
+          st::sign_map(be, sign, orthopt::make_view(u_staged).as_const(), orthopt::make_view(u_staged));
+        } else {
+          st::sign_map(be, sign, orthopt::make_view(m_staged).as_const(), orthopt::make_view(u_staged));
+        }
+        CHECK(m_fused == m_staged);
+        bool same_bits = true;  // == would take −0 for +0
+        for (index_t i = 0; i < rows; ++i)
+          for (index_t j = 0; j < cols; ++j)
+            same_bits = same_bits && std::memcmp(&u_fused(i, j), &u_staged(i, j), sizeof(T)) == 0;
+        CHECK(same_bits);
+      }
+    }
+  }
+  for (const double s : {1.0, 1.0 / (1.0 - std::pow(0.999, 3.0))}) {
+    INFO("AdaMuon second moment and division, bias correction " << s);
+    const Mat<T> o = gaussian(rows, cols, 940).cast<T>() * T(0.03);
+    Mat<T> v_fused = gaussian(rows, cols, 941).cast<T>().cwiseAbs() * T(1e-3), v_staged = v_fused;
+    v_fused(2, 2) = v_staged(2, 2) = T(0);  // a zero moment beside a non-zero entry: ε decides
+    Mat<T> o_fused = o, o_staged(rows, cols);
+    st::accumulate_square_and_divide(be, 0.95, 1.0, s, 1e-8, orthopt::make_view(o_fused), orthopt::make_view(v_fused));
+    st::accumulate_square(be, 0.95, orthopt::make_view(o).as_const(), orthopt::make_view(v_staged));
+    st::divide_by_root_second_moment(be, orthopt::make_view(o).as_const(), orthopt::make_view(v_staged).as_const(), 1.0, s,
+                                     1e-8, orthopt::make_view(o_staged));
+    CHECK(v_fused == v_staged);
+    CHECK(o_fused == o_staged);
   }
 }
 

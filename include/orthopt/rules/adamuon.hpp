@@ -55,16 +55,10 @@ class adamuon : public detail::rule_base<adamuon<T, Backend>, T, Backend, adamuo
     Backend& be = this->backend_;
     const matrix_view<T> M = s.momentum(k);
     const matrix_view<T> U = s.direction(slot);
-    if (o.form == adamuon_form::paper) {
-      // Algorithm 1: M ← βM + G; U = sign(M)
-      stages::accumulate_momentum(be, momentum_kind::classical, o.beta, G, M);
-      stages::sign_map(be, o.sign, M.as_const(), U);
-    } else {
-      // The authors' code: ema momentum, Nesterov mix, sign of the mix
-      stages::accumulate_momentum(be, momentum_kind::ema, o.beta, G, M);
-      stages::nesterov_direction(be, momentum_kind::ema, o.beta, G, M.as_const(), U);
-      stages::sign_map(be, o.sign, U.as_const(), U);
-    }
+    // Algorithm 1: M ← βM + G, U = sign(M); the authors' code: ema momentum, U = sign of the Nesterov mix.
+    // One pass over G, M and U either way.
+    const bool code = o.form == adamuon_form::code;
+    stages::momentum_sign_direction(be, code ? momentum_kind::ema : momentum_kind::classical, o.beta, code, o.sign, G, M, U);
     return U;
   }
   void apply_update(matrix_view<T> W, const_matrix_view<T>, param_state<T, Backend>& s, index_t k, index_t slot,
@@ -77,8 +71,7 @@ class adamuon : public detail::rule_base<adamuon<T, Backend>, T, Backend, adamuo
     const bool v1 = o.beta2 > 0.0;
     const double beta_v = v1 ? o.beta2 : o.beta;
     const double unbias = v1 ? 1.0 / (1.0 - std::pow(o.beta2, static_cast<double>(t))) : 1.0;
-    stages::accumulate_square(be, beta_v, O.as_const(), V);
-    stages::divide_by_root_second_moment(be, O.as_const(), V.as_const(), 1.0, unbias, o.eps, O);
+    stages::accumulate_square_and_divide(be, beta_v, 1.0, unbias, o.eps, O, V);  // V, then O ⊘ √V, one pass
     scalar_t* sc = s.scalars(slot);
     frobenius_norm(be, O.as_const(), sc + 2);
     const double rms_target = 0.2 * std::sqrt(static_cast<double>(W.rows) * static_cast<double>(W.cols));

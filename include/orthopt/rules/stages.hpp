@@ -85,6 +85,32 @@ struct momentum_and_nesterov {
     u = nesterov_mix<T>{mu, g_weight}(g, m);
   }
 };
+/// AdaMuon's direction in one pass: m ← μm + w·g, then u ← sign(d) (or u ← d with the sign map off), d the
+/// Nesterov mix w·g + μm (of the new m) or m itself; each value rounded to T as momentum_update,
+/// nesterov_mix and functors::sign round it. The choices are template parameters, so that the loop holds
+/// no branch on them.
+template <class T, bool Nesterov, bool Sign>
+struct momentum_and_sign {
+  compute_t<T> mu, g_weight;
+  ORTHOPT_HD void operator()(const T& g, T& m, T& u) const {
+    m = momentum_update<T>{mu, g_weight}(g, m);
+    T d = m;
+    if constexpr (Nesterov) d = nesterov_mix<T>{mu, g_weight}(g, m);
+    if constexpr (Sign) d = functors::sign{}(d);
+    u = d;
+  }
+};
+/// v ← βv + (1−β)o², then o ← c·o / (√(v·s) + ε) with the new v: a second moment and its division in one
+/// pass, each rounded to T as square_average and divide_by_root round it.
+template <class T>
+struct square_average_and_divide {
+  square_average<T> second;
+  divide_by_root<T> direction;
+  ORTHOPT_HD void operator()(T& o, T& v) const {
+    v = second(o, v);
+    o = direction(o, v);
+  }
+};
 /// An AdamW step in one pass over g, m, v and w: the moments, the normalized direction and the decayed
 /// update, each rounded to T exactly where the separate stages round it, so the result is theirs bit
 /// for bit (decay and step as doubles, as decay_and_step takes them).
@@ -159,6 +185,21 @@ matrix_view<T> momentum_direction(Backend& be, momentum_kind kind, double mu, bo
   return scratch;
 }
 
+/// Momentum and the direction AdaMuon orthogonalizes, in one pass over G, M and U: M ← μM + w·G (w = 1−μ
+/// for ema, 1 for classical), then U ← sign(D) with D the Nesterov mix w·G + μM or M itself; with the sign
+/// map off (arXiv v1), U ← D. The values accumulate_momentum, nesterov_direction and sign_map give in
+/// up to three passes.
+template <class T, class Backend>
+void momentum_sign_direction(Backend& be, momentum_kind kind, double mu, bool nesterov, bool sign,
+                             const_matrix_view<T> G, matrix_view<T> M, matrix_view<T> U) {
+  using C = compute_t<T>;
+  const C m = static_cast<C>(mu), g_weight = kind == momentum_kind::ema ? static_cast<C>(1.0 - mu) : C(1);
+  if (nesterov && sign) for_each_entry(be, fn::momentum_and_sign<T, true, true>{m, g_weight}, G, M, U);
+  else if (nesterov) for_each_entry(be, fn::momentum_and_sign<T, true, false>{m, g_weight}, G, M, U);
+  else if (sign) for_each_entry(be, fn::momentum_and_sign<T, false, true>{m, g_weight}, G, M, U);
+  else for_each_entry(be, fn::momentum_and_sign<T, false, false>{m, g_weight}, G, M, U);
+}
+
 /// The sign map of AdaMuon (Theorem 1): U ← sign(X), sign(0) = 0, in one pass; with the map off
 /// (arXiv v1), U ← X. X may be U itself.
 template <class T, class Backend>
@@ -182,6 +223,16 @@ void divide_by_root_second_moment(Backend& be, const_matrix_view<T> X, const_mat
                                   double eps, matrix_view<T> out) {
   transform(be, X, V, out, fn::divide_by_root<T>{static_cast<compute_t<T>>(c), static_cast<compute_t<T>>(s),
                                                          static_cast<compute_t<T>>(eps)});
+}
+
+/// V ← βV + (1−β)·X⊙X, then X ← c·X ⊘ (√(V·s) + ε) with the new V, in one pass: the values
+/// accumulate_square and divide_by_root_second_moment (writing X) give in two.
+template <class T, class Backend>
+void accumulate_square_and_divide(Backend& be, double beta, double c, double s, double eps, matrix_view<T> X,
+                                  matrix_view<T> V) {
+  using C = compute_t<T>;
+  const fn::square_average_and_divide<T> f{{static_cast<C>(beta)}, {static_cast<C>(c), static_cast<C>(s), static_cast<C>(eps)}};
+  for_each_entry(be, f, X, V);
 }
 
 /// One AdamW step in one pass: M ← β1·M + (1−β1)·G, V ← β2·V + (1−β2)·G⊙G, then

@@ -12,6 +12,7 @@
 #include <Eigen/Core>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -21,7 +22,9 @@
 #include <new>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #if defined(_OPENMP)
@@ -770,9 +773,117 @@ void column_norms(eigen_backend&, matrix_view<TX> X, column_norm kind, scalar_t*
   }
 }
 
+namespace detail {
+/// Whether a view's entries lie closer along its rows than along its columns (row-major-like).
+template <class T>
+bool walks_rows(const matrix_view<T>& v) noexcept {
+  return v.col_stride <= v.row_stride;
+}
+/// Whether same-shape views can be walked together along one unit stride: they are stored in the same
+/// order, or are vectors (one row or one column), which have no other.
+template <class T0, class... T>
+bool orders_agree(const matrix_view<T0>& first, const matrix_view<T>&... rest) noexcept {
+  return first.rows <= 1 || first.cols <= 1 || ((walks_rows(rest) == walks_rows(first)) && ...);
+}
+
+/// The pointer_pack of the given entries' addresses.
+inline pointer_pack<> pointer_pack_of() { return {}; }
+template <class H, class... R>
+pointer_pack<H, R...> pointer_pack_of(H* head, R*... rest) {
+  return {head, pointer_pack_of(rest...)};
+}
+
+/// One view's part of a tile of an element-wise pass over views stored in different orders: the view's
+/// block itself when it is stored in the walk's order, else a copy of the block in the walk's order
+/// (read along the block's own unit stride, written back the same way when the view is mutable).
+template <class T>
+struct tile_operand {
+  matrix_view<T> block;
+  matrix_view<T> view;
+  bool staged = false;
+  tile_operand(matrix_view<T> whole, std::remove_const_t<T>* buffer, bool rows_fast, index_t i0, index_t j0, index_t h,
+               index_t w)
+      : block(whole.block(i0, j0, h, w)), view(block), staged(!orders_agree(whole, rows_fast_probe(rows_fast))) {
+    if (!staged) return;
+    if (rows_fast) {
+      view = matrix_view<T>(buffer, h, w, w, 1);
+      for (index_t j = 0; j < w; ++j)
+        for (index_t i = 0; i < h; ++i) buffer[i * w + j] = block(i, j);
+    } else {
+      view = matrix_view<T>(buffer, h, w, 1, h);
+      for (index_t i = 0; i < h; ++i)
+        for (index_t j = 0; j < w; ++j) buffer[i + j * h] = block(i, j);
+    }
+  }
+  void write_back(bool rows_fast) const {
+    if constexpr (!std::is_const_v<T>) {
+      if (!staged) return;
+      if (rows_fast) {
+        for (index_t j = 0; j < block.cols; ++j)
+          for (index_t i = 0; i < block.rows; ++i) block(i, j) = view(i, j);
+      } else {
+        for (index_t i = 0; i < block.rows; ++i)
+          for (index_t j = 0; j < block.cols; ++j) block(i, j) = view(i, j);
+      }
+    } else {
+      (void)rows_fast;
+    }
+  }
+  /// A 2×2 view of the walk's order, to compare a whole view's order with.
+  static matrix_view<const unsigned char> rows_fast_probe(bool rows_fast) noexcept {
+    return rows_fast ? matrix_view<const unsigned char>(nullptr, 2, 2, 2, 1) : matrix_view<const unsigned char>(nullptr, 2, 2, 1, 2);
+  }
+};
+
+/// for_each_entry over views stored in different orders (a column-major parameter beside a row-major
+/// state). A walk along one view's unit stride would cross the others' rows or columns, a new cache line
+/// for each entry, at strides that are often multiples of 4 KiB and so fall into one cache set (measured:
+/// an AdamW step on a column-major 1024×4096 float matrix took 16 ns per entry against 1.2 row-major).
+/// Instead, tiles of 64×64 (measured against 32 and 128: the fewest pages and lines per entry): the views stored in the first view's order are walked in place, the others
+/// copied into a small buffer along their own unit stride, and the mutable ones copied back. Bands of
+/// tile rows are split over the handle's threads; each entry is still visited exactly once.
+template <class F, class... T>
+void for_each_entry_tiled(const eigen_backend& be, const F& f, matrix_view<T>... xs) {
+  constexpr index_t tile = 64;
+  const auto& first = first_of(xs...);
+  const bool rows_fast = walks_rows(first);
+  const index_t rows = first.rows, cols = first.cols, bands = (rows + tile - 1) / tile;
+  const int parts = static_cast<int>(std::min<index_t>(elementwise_threads(be, first.size()), bands));
+  parallel_for_threads(parts, [&](int t) {
+    std::tuple<std::array<std::remove_const_t<T>, tile * tile>...> buffers;
+    for (index_t b = split_point(bands, parts, t), end = split_point(bands, parts, t + 1); b < end; ++b) {
+      const index_t i0 = b * tile, h = std::min(tile, rows - i0);
+      for (index_t j0 = 0; j0 < cols; j0 += tile) {
+        const index_t w = std::min(tile, cols - j0);
+        std::apply(
+            [&](auto&... buffer) {
+              const std::tuple<tile_operand<T>...> operands{tile_operand<T>(xs, buffer.data(), rows_fast, i0, j0, h, w)...};
+              std::apply(
+                  [&](const auto&... op) {
+                    // Every operand now runs along the walk's unit stride: one vectorizable pass per line.
+                    if (rows_fast) {
+                      for (index_t i = 0; i < h; ++i) entries_in_range(f, pointer_pack_of(&op.view(i, 0)...), 0, w);
+                    } else {
+                      for (index_t j = 0; j < w; ++j) entries_in_range(f, pointer_pack_of(&op.view(0, j)...), 0, h);
+                    }
+                    (op.write_back(rows_fast), ...);
+                  },
+                  operands);
+            },
+            buffers);
+      }
+    }
+  });
+}
+}  // namespace detail
+
 /// Y(i,j) ← f(X(i,j)). Y may be X itself (in place); partial overlap is not allowed.
 template <class T, class U, class F>
 void transform(eigen_backend& be, matrix_view<T> X, matrix_view<U> Y, F f) {
+  if (!detail::orders_agree(Y, X)) {
+    detail::for_each_entry_tiled(be, [&f](U& y, const T& x) { y = static_cast<U>(f(x)); }, Y, X);
+    return;
+  }
   struct visitor {
     matrix_view<T> X;
     matrix_view<U> Y;
@@ -790,6 +901,10 @@ void transform(eigen_backend& be, matrix_view<T> X, matrix_view<U> Y, F f) {
 /// Z(i,j) ← f(X(i,j), Y(i,j)). Z may be X or Y.
 template <class T, class U, class V, class F>
 void transform(eigen_backend& be, matrix_view<T> X, matrix_view<U> Y, matrix_view<V> Z, F f) {
+  if (!detail::orders_agree(Z, X, Y)) {
+    detail::for_each_entry_tiled(be, [&f](V& z, const T& x, const U& y) { z = static_cast<V>(f(x, y)); }, Z, X, Y);
+    return;
+  }
   struct visitor {
     matrix_view<T> X;
     matrix_view<U> Y;
@@ -812,6 +927,10 @@ void transform(eigen_backend& be, matrix_view<T> X, matrix_view<U> Y, matrix_vie
 template <class F, class... T>
 void for_each_entry(eigen_backend& be, F f, matrix_view<T>... Xs) {
   static_assert(sizeof...(T) > 0, "for_each_entry needs at least one view");
+  if (!detail::orders_agree(Xs...)) {
+    detail::for_each_entry_tiled(be, f, Xs...);
+    return;
+  }
   struct visitor {
     F f;
     detail::view_pack<T...> pack;

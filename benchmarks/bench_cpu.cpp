@@ -374,10 +374,12 @@ struct orthopt_polar final : fixture_base {
 };
 
 /// One step of a rule on one matrix: W and G fixed Gaussian (W scaled like an initialization), the state
-/// made once. The first call (in the constructor) is the one --check compares.
-template <class T, class Backend, class Rule>
+/// made once. The first call (in the constructor) is the one --check compares. W and G are row-major, as
+/// torch's, numpy's and the state's own tensors are; `Storage` = matrix<T> gives column-major ones (a
+/// parameter stored in the other order than its state).
+template <class T, class Backend, class Rule, class Storage = row_matrix<T>>
 struct orthopt_step final : fixture_base {
-  matrix<T> W, G;
+  Storage W, G;
   Rule rule;
   orthopt::param_state<T, Backend> state;
   template <class Options>
@@ -598,10 +600,10 @@ void register_stack(Eigen::Index count, shape s) {
 #endif
 }
 
-template <class T, class Backend, class Rule, class Options>
+template <class T, class Backend, class Rule, class Options, class Storage = row_matrix<T>>
 std::unique_ptr<fixture_base> make_rule_step(shape s, Options o, bool checked) {
   o.check_finite = checked;
-  return std::make_unique<orthopt_step<T, Backend, Rule>>(s, std::move(o));
+  return std::make_unique<orthopt_step<T, Backend, Rule, Storage>>(s, std::move(o));
 }
 
 // "<rule>_unchecked": the same step with check_finite off, to measure the value guard's cost (it reads
@@ -615,6 +617,10 @@ std::unique_ptr<fixture_base> make_step(const std::string& name, shape s) {
   if (rule == "adamuon") return make_rule_step<T, Backend, orthopt::adamuon<T, Backend>>(s, orthopt::adamuon_presets::code(), checked);
   if (rule == "namo") return make_rule_step<T, Backend, orthopt::namo<T, Backend>>(s, orthopt::namo_presets::code(), checked);
   if (rule == "namo_d") return make_rule_step<T, Backend, orthopt::namo_d<T, Backend>>(s, orthopt::namo_d_presets::code(), checked);
+  if (rule == "adamw_column_major") {  // the parameter and its gradient column-major, the state row-major
+    return make_rule_step<T, Backend, orthopt::adamw<T, Backend>, orthopt::adamw_options, matrix<T>>(
+        s, orthopt::adamw_presets::torch(), checked);
+  }
   return make_rule_step<T, Backend, orthopt::adamw<T, Backend>>(s, orthopt::adamw_presets::torch(), checked);
 }
 
@@ -623,7 +629,7 @@ void register_steps(shape s) {
   const double m = static_cast<double>(std::min(s.rows, s.cols)), n = static_cast<double>(std::max(s.rows, s.cols));
   const orthopt::ns_config keller = orthopt::ns_presets::keller();  // every rule's preset here runs keller, 5 steps
   for (const std::string rule : {"muon", "adamuon", "namo", "namo_d", "adamw", "muon_unchecked", "adamuon_unchecked",
-                                  "namo_unchecked", "namo_d_unchecked", "adamw_unchecked"}) {
+                                  "namo_unchecked", "namo_d_unchecked", "adamw_unchecked", "adamw_column_major"}) {
     const bool ns = !rule.starts_with("adamw");
     const double naive = ns ? keller.steps * naive_step_flops(m, n) : 0.0;
     const double effective = ns ? standard_flops(keller, m, n) : 0.0;
@@ -760,6 +766,11 @@ bool check_all() {
     const auto a = make_step<T, orthopt::eigen_backend>(rule, {96, 160});
     const auto b = make_step<T, orthopt::blas_backend>(rule, {96, 160});
     ok = compare("STEP/" + rule + "/" + type_name<T>() + "/96x160 blas vs eigen", *a, *b, bound) && ok;
+  }
+  {  // The storage order of the parameter changes how a pass walks memory, not a single value.
+    const auto a = make_step<T, orthopt::eigen_backend>("adamw", {96, 160});
+    const auto b = make_step<T, orthopt::eigen_backend>("adamw_column_major", {96, 160});
+    ok = compare(std::string("STEP/adamw/") + type_name<T>() + "/96x160 column-major vs row-major", *a, *b, 0.0) && ok;
   }
   if (sizeof(T) == 4) {
     // Muon: AdaMuon's first step is sign(O) elementwise (V̂ = O²), where rounding may flip entries near 0.

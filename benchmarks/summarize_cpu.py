@@ -288,8 +288,14 @@ def markdown(run, ctx, np_ctx, run_dir, png_name):
                     per_ns = "–" if rule == "adamw" else fmt_r(run.ratio(n, ns))
                     guard = fmt_r(run.ratio(n, f"STEP/{rule}_unchecked/f32/{shape}/{impl}"))
                     step_rows.append((shape.replace("x", "×"), IMPL_LABEL[impl], rule, fmt_ms(run.ms(n)), per_ns, guard))
+            n = f"STEP/adamw_column_major/f32/{shape}/{impl}"
+            if run.ms(n) is not None:  # against the row-major step, in the guard's column
+                step_rows.append((shape.replace("x", "×"), IMPL_LABEL[impl], "adamw, column-major W and G",
+                                  fmt_ms(run.ms(n)), "–", f"{fmt_r(run.ratio(n, f'STEP/adamw/f32/{shape}/{impl}'))} (/ row-major)"))
     a("\n## Full rule steps, fp32 (presets: muon moonlight, adamuon/namo/namo_d code, adamw torch; keller NS)\n")
     a(simple_table(run, step_rows, ["shape", "backend", "rule", "ms", "step / NS call", "with / without check_finite"]))
+    a("\nW and G are row-major, as the state is; the column-major AdamW row shows a parameter stored in the other "
+      "order than its state: the backend then walks the pass in tiles, staging the other order through a buffer.")
     opt_rows = [(rule, IMPL_LABEL[impl], fmt_ms(run.ms(f"OPT/gpt_d512_l4/{rule}/f32/{impl}")))
                 for rule in ("muon", "adamuon") for impl in ("orthopt_blas", "orthopt_eigen") if run.ms(f"OPT/gpt_d512_l4/{rule}/f32/{impl}")]
     a("\n## optimizer::step on a transformer's parameters, fp32\n")

@@ -153,6 +153,25 @@ TEMPLATE_TEST_CASE("norms are accurate over the whole finite range", "[backend][
     orthopt::column_norms(be, orthopt::make_view(xt), orthopt::column_norm::l2, cols.data());
     orthopt::column_norms(be, orthopt::make_view(xt), orthopt::column_norm::l2, cols.data());
     for (index_t j = 0; j < 29; ++j) CHECK(cols[j] == Approx(c * (xt.col(j).template cast<double>() / c).norm()).epsilon(1e-12));
+    // Stored by rows (walked along the rows, one sum per column): the same sums in the same order, so
+    // the same bits, the rescaled range included.
+    const MatRM<T> xr = xt;
+    std::vector<double> cols_r(29), l1(29), l1_r(29);
+    orthopt::column_norms(be, orthopt::make_view(xr), orthopt::column_norm::l2, cols_r.data());
+    orthopt::column_norms(be, orthopt::make_view(xt), orthopt::column_norm::l1, l1.data());
+    orthopt::column_norms(be, orthopt::make_view(xr), orthopt::column_norm::l1, l1_r.data());
+    CHECK(cols_r == cols);
+    CHECK(l1_r == l1);
+  }
+  {  // Non-finite columns, stored by rows: NaN where a column has a NaN, Inf where it has an Inf.
+    MatRM<T> xr = x.cast<T>();
+    xr(3, 1) = std::numeric_limits<T>::quiet_NaN();
+    xr(7, 2) = std::numeric_limits<T>::infinity();
+    std::vector<double> cols_r(29);
+    orthopt::column_norms(be, orthopt::make_view(xr), orthopt::column_norm::l2, cols_r.data());
+    CHECK(std::isnan(cols_r[1]));
+    CHECK(cols_r[2] == std::numeric_limits<double>::infinity());
+    CHECK(cols_r[0] == Approx(xr.col(0).template cast<double>().norm()).epsilon(1e-12));
   }
   Mat<T> xt = x.cast<T>();
   std::vector<double> l1(29);

@@ -759,6 +759,33 @@ void frobenius_norm(eigen_backend& be, matrix_view<TX> X, scalar_t* out) {
 template <class TX>
 void column_norms(eigen_backend&, matrix_view<TX> X, column_norm kind, scalar_t* out) {
   using T = std::remove_const_t<TX>;
+  if (X.col_stride < X.row_stride && X.rows > 1) {
+    // Stored by rows: walk the rows, one running sum per column, rather than down each column (a cache line
+    // and, at a row stride of 4 KiB or more, a page per entry). Each column's sum takes its entries in the
+    // same order as the walk down the column, so the results are the same bits.
+    std::fill(out, out + X.cols, 0.0);
+    for (index_t i = 0; i < X.rows; ++i) {
+      const auto* row = &X(i, 0);
+      if (kind == column_norm::l1) {
+        for (index_t j = 0; j < X.cols; ++j) out[j] += std::abs(double(row[j * X.col_stride]));
+      } else {
+        for (index_t j = 0; j < X.cols; ++j) out[j] += double(row[j * X.col_stride]) * double(row[j * X.col_stride]);
+      }
+    }
+    if (kind == column_norm::l2) {
+      for (index_t j = 0; j < X.cols; ++j) {
+        if (out[j] > 1e-280 && out[j] < 1e280) {
+          out[j] = std::sqrt(out[j]);
+        } else {  // under- or overflow (or NaN, Inf): the column again, with the rescaled passes
+          const auto col = X.column(j);
+          out[j] = detail::stable_norm<T>([&](auto&& f) {
+            for (index_t i = 0; i < col.rows; ++i) f(col(i, 0));
+          });
+        }
+      }
+    }
+    return;
+  }
   for (index_t j = 0; j < X.cols; ++j) {
     const auto col = X.column(j);
     if (kind == column_norm::l1) {

@@ -226,9 +226,12 @@ double gram_flops(const orthopt::ns_config& cfg, double m, double n) {
 // ---------------------------------------------------------------------------------------------------
 // Newton–Schulz
 // ---------------------------------------------------------------------------------------------------
+/// orthopt's call on row-major G and Q, the order numpy's and torch's peers hold theirs in (and the
+/// order of a rule's direction), so that a step and its NS call, and orthopt and its peers, run the same
+/// products.
 template <class T, class Backend>
 struct orthopt_ns final : fixture_base {
-  matrix<T> G, Q;
+  row_matrix<T> G, Q;
   orthopt::newton_schulz<T, Backend> ns;
   orthopt_ns(shape s, const orthopt::ns_config& cfg) : G(gaussian<T>(s.rows, s.cols, 0)), Q(s.rows, s.cols), ns(s.rows, s.cols, cfg) {
     call();

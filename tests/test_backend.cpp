@@ -317,7 +317,9 @@ TEMPLATE_TEST_CASE("element-wise passes over views stored in different orders vi
     m = T(0.5) * m + g;
     u = g - T(3) * m;
   };
-  for (const auto& [rows, cols] : {std::pair<index_t, index_t>{1, 70}, {70, 1}, {33, 70}, {64, 64}, {130, 257}, {300, 90}}) {
+  // 300×257 (77 100 entries): long enough for the bands to be split over the backend's two threads.
+  for (const auto& [rows, cols] :
+       {std::pair<index_t, index_t>{1, 70}, {70, 1}, {33, 70}, {64, 64}, {130, 257}, {300, 90}, {300, 257}}) {
     for (int orders = 0; orders < 8; ++orders) {
       const bool g_rm = (orders & 1) != 0, m_rm = (orders & 2) != 0, u_rm = (orders & 4) != 0;
       INFO(rows << "x" << cols << ", G " << (g_rm ? "row" : "column") << "-major, M " << (m_rm ? "row" : "column")
@@ -344,6 +346,39 @@ TEMPLATE_TEST_CASE("element-wise passes over views stored in different orders vi
       CHECK(G.value() == MatD(gt.template cast<double>()));
       CHECK(X.value() == MatD(xt.template cast<double>()));
     }
+  }
+  auto be = make_backend(2);
+  const index_t rows = 150, cols = 520;  // 78 000 entries: split over both threads
+  {
+    INFO("a view with a step between its entries (every other row of a column-major matrix) beside a row-major one");
+    const MatD g = gaussian(2 * rows, cols, 74), m0 = gaussian(rows, cols, 75);
+    Mat<T> wide = g.cast<T>();
+    const Mat<T> wide_before = wide;
+    const orthopt::matrix_view<T> every_other(wide.data(), rows, cols, 2, 2 * rows);  // rows 0, 2, 4, …
+    MatRM<T> m = m0.cast<T>();
+    orthopt::for_each_entry(be, [](T& x, T& y) { y = y - x; x = T(2) * x; }, every_other, orthopt::make_view(m));
+    bool all_equal = true;
+    for (index_t j = 0; j < cols; ++j) {
+      for (index_t i = 0; i < 2 * rows; ++i) {
+        // Even rows doubled; odd rows (between the view's entries) untouched.
+        all_equal = all_equal && wide(i, j) == (i % 2 == 0 ? T(T(2) * wide_before(i, j)) : wide_before(i, j));
+      }
+      for (index_t i = 0; i < rows; ++i) all_equal = all_equal && m(i, j) == T(T(m0(i, j)) - wide_before(2 * i, j));
+    }
+    CHECK(all_equal);
+  }
+  {
+    INFO("the same view given twice, stored in the other order than the first view");
+    const MatD a0 = gaussian(rows, cols, 76), b0 = gaussian(rows, cols, 77);
+    const Mat<T> a = a0.cast<T>();
+    MatRM<T> b = b0.cast<T>();
+    // As on one entry in sequence: the first reference's write is what the second reads.
+    orthopt::for_each_entry(be, [](const T& x, T& first, T& second) { first = x; second = second + T(1); },
+                            orthopt::make_view(a).as_const(), orthopt::make_view(b), orthopt::make_view(b));
+    bool all_equal = true;
+    for (index_t i = 0; i < rows; ++i)
+      for (index_t j = 0; j < cols; ++j) all_equal = all_equal && b(i, j) == T(a(i, j) + T(1));
+    CHECK(all_equal);
   }
 }
 

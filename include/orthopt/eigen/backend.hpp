@@ -12,7 +12,6 @@
 #include <Eigen/Core>
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -820,9 +819,29 @@ pointer_pack<H, R...> pointer_pack_of(H* head, R*... rest) {
   return {head, pointer_pack_of(rest...)};
 }
 
-/// One view's part of a tile of an element-wise pass over views stored in different orders: the view's
-/// block itself when it is stored in the walk's order, else a copy of the block in the walk's order
-/// (read along the block's own unit stride, written back the same way when the view is mutable).
+/// Whether the tiled walk below copies a view through a buffer: unless its entries are adjacent along the
+/// walk's inner dimension (rows when rows_fast), which a view stored in the other order, or with a
+/// step between entries (every other row), is not.
+template <class T>
+bool needs_staging(const matrix_view<T>& v, bool rows_fast) noexcept {
+  return (rows_fast ? v.col_stride : v.row_stride) != 1;
+}
+
+/// Whether the tiled walk would copy one view twice (for_each_entry may be given the same view twice):
+/// the two copies would not see each other's writes, so such a pass takes the entry-by-entry walk.
+template <class... T>
+bool stages_a_view_twice(bool rows_fast, const matrix_view<T>&... xs) noexcept {
+  const void* const data[] = {static_cast<const void*>(xs.data)...};
+  const bool staged[] = {needs_staging(xs, rows_fast)...};
+  for (std::size_t i = 0; i < sizeof...(T); ++i)
+    for (std::size_t j = 0; j < i; ++j)
+      if (data[i] == data[j] && (staged[i] || staged[j])) return true;
+  return false;
+}
+
+/// One view's part of a tile of the walk below: the view's block itself when its entries are adjacent
+/// along the walk, else a copy of the block laid out that way (read along the block's own unit stride,
+/// written back the same way when the view is mutable).
 template <class T>
 struct tile_operand {
   matrix_view<T> block;
@@ -830,9 +849,7 @@ struct tile_operand {
   bool staged = false;
   tile_operand(matrix_view<T> whole, std::remove_const_t<T>* buffer, bool rows_fast, index_t i0, index_t j0, index_t h,
                index_t w)
-      : block(whole.block(i0, j0, h, w)),
-        view(block),
-        staged(whole.rows > 1 && whole.cols > 1 && walks_rows(whole) != rows_fast) {
+      : block(whole.block(i0, j0, h, w)), view(block), staged(needs_staging(whole, rows_fast)) {
     if (!staged) return;
     if (rows_fast) {
       view = matrix_view<T>(buffer, h, w, w, 1);
@@ -866,8 +883,8 @@ struct tile_operand {
 /// an AdamW step on a column-major 1024×4096 float matrix, one thread, took 16 ns per entry against 1.1
 /// row-major). Instead, tiles of 64×64 (faster than 32 or 128 there: 4.5 ns per entry): the views stored
 /// in the first view's order are walked in place, the others copied into a small buffer along their own
-/// unit stride, and the mutable ones copied back. Bands of tile rows are split over the handle's
-/// threads; each entry is still visited exactly once.
+/// unit stride, and the mutable ones copied back (f, element-wise arithmetic, does not throw). Bands of
+/// tile rows are split over the handle's threads; each entry is still visited exactly once.
 template <class F, class... T>
 void for_each_entry_tiled(const eigen_backend& be, const F& f, matrix_view<T>... xs) {
   constexpr index_t tile = 64;
@@ -876,14 +893,25 @@ void for_each_entry_tiled(const eigen_backend& be, const F& f, matrix_view<T>...
   const index_t rows = first.rows, cols = first.cols, bands = (rows + tile - 1) / tile;
   const int parts = static_cast<int>(std::min<index_t>(elementwise_threads(be, first.size()), bands));
   parallel_for_threads(parts, [&](int t) {
-    std::tuple<std::array<std::remove_const_t<T>, tile * tile>...> buffers;
+    // A tile of every operand's element type on this thread's stack, left uninitialized (a staged tile is
+    // filled before it is read); 16 KiB per float operand.
+    alignas(64) unsigned char storage[tile * tile * (sizeof(std::remove_const_t<T>) + ...)];
+    unsigned char* cursor = storage;
+    const auto take = [&](auto type) {
+      using U = typename decltype(type)::type;
+      U* p = reinterpret_cast<U*>(cursor);
+      cursor += tile * tile * sizeof(U);
+      return p;
+    };
+    // Braced initialization evaluates left to right: operand k gets the k-th tile of the storage.
+    const std::tuple<std::remove_const_t<T>*...> buffers{take(std::type_identity<std::remove_const_t<T>>{})...};
     for (index_t b = split_point(bands, parts, t), end = split_point(bands, parts, t + 1); b < end; ++b) {
       const index_t i0 = b * tile, h = std::min(tile, rows - i0);
       for (index_t j0 = 0; j0 < cols; j0 += tile) {
         const index_t w = std::min(tile, cols - j0);
         std::apply(
-            [&](auto&... buffer) {
-              const std::tuple<tile_operand<T>...> operands{tile_operand<T>(xs, buffer.data(), rows_fast, i0, j0, h, w)...};
+            [&](auto*... buffer) {
+              const std::tuple<tile_operand<T>...> operands{tile_operand<T>(xs, buffer, rows_fast, i0, j0, h, w)...};
               std::apply(
                   [&](const auto&... op) {
                     // Every operand now runs along the walk's unit stride: one vectorizable pass per line.
@@ -906,7 +934,7 @@ void for_each_entry_tiled(const eigen_backend& be, const F& f, matrix_view<T>...
 /// Y(i,j) ← f(X(i,j)). Y may be X itself (in place); partial overlap is not allowed.
 template <class T, class U, class F>
 void transform(eigen_backend& be, matrix_view<T> X, matrix_view<U> Y, F f) {
-  if (!detail::orders_agree(Y, X)) {
+  if (!detail::orders_agree(Y, X) && !detail::stages_a_view_twice(detail::walks_rows(Y), Y, X)) {
     detail::for_each_entry_tiled(be, [&f](U& y, const T& x) { y = static_cast<U>(f(x)); }, Y, X);
     return;
   }
@@ -927,7 +955,7 @@ void transform(eigen_backend& be, matrix_view<T> X, matrix_view<U> Y, F f) {
 /// Z(i,j) ← f(X(i,j), Y(i,j)). Z may be X or Y.
 template <class T, class U, class V, class F>
 void transform(eigen_backend& be, matrix_view<T> X, matrix_view<U> Y, matrix_view<V> Z, F f) {
-  if (!detail::orders_agree(Z, X, Y)) {
+  if (!detail::orders_agree(Z, X, Y) && !detail::stages_a_view_twice(detail::walks_rows(Z), Z, X, Y)) {
     detail::for_each_entry_tiled(be, [&f](V& z, const T& x, const U& y) { z = static_cast<V>(f(x, y)); }, Z, X, Y);
     return;
   }
@@ -953,7 +981,8 @@ void transform(eigen_backend& be, matrix_view<T> X, matrix_view<U> Y, matrix_vie
 template <class F, class... T>
 void for_each_entry(eigen_backend& be, F f, matrix_view<T>... Xs) {
   static_assert(sizeof...(T) > 0, "for_each_entry needs at least one view");
-  if (!detail::orders_agree(Xs...)) {
+  const bool rows_fast = detail::walks_rows(detail::first_of(Xs...));
+  if (!detail::orders_agree(Xs...) && !detail::stages_a_view_twice(rows_fast, Xs...)) {
     detail::for_each_entry_tiled(be, f, Xs...);
     return;
   }

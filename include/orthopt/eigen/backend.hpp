@@ -758,6 +758,12 @@ void frobenius_norm(eigen_backend& be, matrix_view<TX> X, scalar_t* out) {
 template <class TX>
 void column_norms(eigen_backend&, matrix_view<TX> X, column_norm kind, scalar_t* out) {
   using T = std::remove_const_t<TX>;
+  const auto column_l2 = [&](index_t j) {
+    const auto col = X.column(j);
+    return detail::stable_norm<T>([&](auto&& f) {
+      for (index_t i = 0; i < col.rows; ++i) f(col(i, 0));
+    });
+  };
   if (X.col_stride < X.row_stride && X.rows > 1) {
     // Stored by rows: walk the rows, one running sum per column, rather than down each column (a cache line
     // and, at a row stride of 4 KiB or more, a page per entry). Each column's sum takes its entries in the
@@ -776,10 +782,7 @@ void column_norms(eigen_backend&, matrix_view<TX> X, column_norm kind, scalar_t*
         if (out[j] > 1e-280 && out[j] < 1e280) {
           out[j] = std::sqrt(out[j]);
         } else {  // under- or overflow (or NaN, Inf): the column again, with the rescaled passes
-          const auto col = X.column(j);
-          out[j] = detail::stable_norm<T>([&](auto&& f) {
-            for (index_t i = 0; i < col.rows; ++i) f(col(i, 0));
-          });
+          out[j] = column_l2(j);
         }
       }
     }
@@ -792,9 +795,7 @@ void column_norms(eigen_backend&, matrix_view<TX> X, column_norm kind, scalar_t*
       for (index_t i = 0; i < col.rows; ++i) s += std::abs(double(col(i, 0)));
       out[j] = s;
     } else {
-      out[j] = detail::stable_norm<T>([&](auto&& f) {
-        for (index_t i = 0; i < col.rows; ++i) f(col(i, 0));
-      });
+      out[j] = column_l2(j);
     }
   }
 }
@@ -837,6 +838,13 @@ bool stages_a_view_twice(bool rows_fast, const matrix_view<T>&... xs) noexcept {
     for (std::size_t j = 0; j < i; ++j)
       if (data[i] == data[j] && (staged[i] || staged[j])) return true;
   return false;
+}
+
+/// Whether an element-wise pass over these same-shape views (the first sets the walk's order) takes the
+/// tiled walk below: their storage orders differ, and no view would be staged twice.
+template <class T0, class... T>
+bool walks_in_tiles(const matrix_view<T0>& first, const matrix_view<T>&... rest) noexcept {
+  return !orders_agree(first, rest...) && !stages_a_view_twice(walks_rows(first), first, rest...);
 }
 
 /// One view's part of a tile of the walk below: the view's block itself when its entries are adjacent
@@ -934,7 +942,7 @@ void for_each_entry_tiled(const eigen_backend& be, const F& f, matrix_view<T>...
 /// Y(i,j) ← f(X(i,j)). Y may be X itself (in place); partial overlap is not allowed.
 template <class T, class U, class F>
 void transform(eigen_backend& be, matrix_view<T> X, matrix_view<U> Y, F f) {
-  if (!detail::orders_agree(Y, X) && !detail::stages_a_view_twice(detail::walks_rows(Y), Y, X)) {
+  if (detail::walks_in_tiles(Y, X)) {
     detail::for_each_entry_tiled(be, [&f](U& y, const T& x) { y = static_cast<U>(f(x)); }, Y, X);
     return;
   }
@@ -955,7 +963,7 @@ void transform(eigen_backend& be, matrix_view<T> X, matrix_view<U> Y, F f) {
 /// Z(i,j) ← f(X(i,j), Y(i,j)). Z may be X or Y.
 template <class T, class U, class V, class F>
 void transform(eigen_backend& be, matrix_view<T> X, matrix_view<U> Y, matrix_view<V> Z, F f) {
-  if (!detail::orders_agree(Z, X, Y) && !detail::stages_a_view_twice(detail::walks_rows(Z), Z, X, Y)) {
+  if (detail::walks_in_tiles(Z, X, Y)) {
     detail::for_each_entry_tiled(be, [&f](V& z, const T& x, const U& y) { z = static_cast<V>(f(x, y)); }, Z, X, Y);
     return;
   }
@@ -981,8 +989,7 @@ void transform(eigen_backend& be, matrix_view<T> X, matrix_view<U> Y, matrix_vie
 template <class F, class... T>
 void for_each_entry(eigen_backend& be, F f, matrix_view<T>... Xs) {
   static_assert(sizeof...(T) > 0, "for_each_entry needs at least one view");
-  const bool rows_fast = detail::walks_rows(detail::first_of(Xs...));
-  if (!detail::orders_agree(Xs...) && !detail::stages_a_view_twice(rows_fast, Xs...)) {
+  if (detail::walks_in_tiles(Xs...)) {
     detail::for_each_entry_tiled(be, f, Xs...);
     return;
   }

@@ -127,6 +127,7 @@ struct settings {
   std::int64_t val_sequences = 128;  // fixed validation windows, evaluated every eval_every steps
   // Modes and paths.
   bool quick = false, sweep = false, full = false;
+  bool first_run = false;  // none of --full, --quick, --sweep: the short default run (set by parse)
   std::string data = "/usr/share/games/fortunes";
   std::string out = "gpt-output";
   std::map<method, double> lr_override;
@@ -711,7 +712,8 @@ settings parse(int argc, char** argv) {
       throw std::invalid_argument("unknown argument '" + a + "' (try --help)");
     }
   }
-  if (!s.full && !s.quick && !s.sweep) {
+  s.first_run = !s.full && !s.quick && !s.sweep;
+  if (s.first_run) {
     // The first run: the five rules on one seed, half the study's steps; the same model, schedule shape
     // and learning rates.
     if (!seeds_given) s.seeds = 1;
@@ -825,7 +827,7 @@ int main(int argc, char** argv) try {
     if (r.seed == 0 && !r.budget_report.empty()) budgets += std::string("--- ") + method_name(r.m) + " (seed 0), the last commit ---\n" + r.budget_report + "\n";
   }
   if (!budgets.empty()) std::printf("\nAdaptive Newton–Schulz budget decisions:\n\n%s", budgets.c_str());
-  if (!s.full && !s.quick) {
+  if (s.first_run) {
     std::printf("\nThis was the first run (seed 0, the five rules, 400 steps). The study the README's table comes from,\n"
                 "every optimizer and the adaptive budget, 800 steps, two seeds, is `bash examples/run_demo.sh --full`.\n");
   }

@@ -399,13 +399,15 @@ struct orthopt_step final : fixture_base {
   }
 };
 
-/// The GPT-style model of bench_common.hpp, stepped by orthopt's optimizer.
+/// The GPT-style model of bench_common.hpp, stepped by orthopt's optimizer. Parameters and gradients
+/// are row-major, as torch's and the state's are. `checked`: check_finite in both groups (the default);
+/// off, the same step without the value guard, to measure its cost on a whole step.
 template <class T, class Backend, class Rule>
 struct orthopt_optimizer final : fixture_base {
   struct tensor {
     std::string name;
     Eigen::Index rows, cols, blocks;  // blocks: row blocks registered as one batch parameter
-    matrix<T> value, grad;
+    row_matrix<T> value, grad;
   };
   std::vector<tensor> tensors;
   orthopt::optimizer<T, Backend> opt;
@@ -413,14 +415,17 @@ struct orthopt_optimizer final : fixture_base {
   double naive_flops = 0.0, effective_flops = 0.0;
 
   template <class Options>
-  explicit orthopt_optimizer(Options options) {
+  orthopt_optimizer(Options options, bool checked) {
     for (const bench::gpt_tensor& spec : bench::gpt_tensors()) {
       const auto seed = static_cast<unsigned>(tensors.size());
       tensors.push_back({spec.name, spec.rows, spec.cols, spec.blocks, gaussian<T>(spec.rows, spec.cols, seed) * T(0.02),
                          gaussian<T>(spec.rows, spec.cols, 1000u + seed)});
     }
+    options.check_finite = checked;
+    orthopt::adamw_options adamw_options = orthopt::adamw_presets::torch();
+    adamw_options.check_finite = checked;
     const auto rule_group = opt.add_group("rule", Rule(std::move(options)));
-    const auto adamw_group = opt.add_group("adamw", orthopt::adamw<T, Backend>(orthopt::adamw_presets::torch()));
+    const auto adamw_group = opt.add_group("adamw", orthopt::adamw<T, Backend>(adamw_options));
     const orthopt::param_router router(rule_group, adamw_group);
     for (auto& t : tensors) {
       const auto w = orthopt::split_rows(orthopt::make_view(t.value), t.blocks);
@@ -649,10 +654,16 @@ void register_steps(shape s) {
   }
 }
 
+// "<rule>_unchecked": the same optimizer with check_finite off in both groups (the guard's cost on a
+// whole step, the Newton–Schulz rule's parameters and AdamW's together).
 template <class T, class Backend>
-std::unique_ptr<fixture_base> make_optimizer_fixture(const std::string& rule) {
-  if (rule == "muon") return std::make_unique<orthopt_optimizer<T, Backend, orthopt::muon<T, Backend>>>(orthopt::muon_presets::moonlight());
-  return std::make_unique<orthopt_optimizer<T, Backend, orthopt::adamuon<T, Backend>>>(orthopt::adamuon_presets::code());
+std::unique_ptr<fixture_base> make_optimizer_fixture(const std::string& name) {
+  const bool checked = !name.ends_with("_unchecked");
+  const std::string rule = checked ? name : name.substr(0, name.size() - std::string("_unchecked").size());
+  if (rule == "muon") {
+    return std::make_unique<orthopt_optimizer<T, Backend, orthopt::muon<T, Backend>>>(orthopt::muon_presets::moonlight(), checked);
+  }
+  return std::make_unique<orthopt_optimizer<T, Backend, orthopt::adamuon<T, Backend>>>(orthopt::adamuon_presets::code(), checked);
 }
 
 template <class T>
@@ -662,7 +673,7 @@ void register_optimizer() {
   const double naive = bench::gpt_dims::layers * 5 * (4 * naive_step_flops(d, d) + 2 * naive_step_flops(d, 4 * d));
   const double effective = bench::gpt_dims::layers * (4 * standard_flops(orthopt::ns_presets::keller(), d, d) +
                                                 2 * standard_flops(orthopt::ns_presets::keller(), d, 4 * d));
-  for (const std::string rule : {"muon", "adamuon"}) {
+  for (const std::string rule : {"muon", "adamuon", "muon_unchecked", "adamuon_unchecked"}) {
     for (const auto& [impl, backend] : backends) {
       add("OPT/gpt_d512_l4/" + rule + "/" + type_name<T>() + "/" + impl,
           [=, backend = backend]() -> std::unique_ptr<fixture_base> {
@@ -782,6 +793,11 @@ bool check_all() {
     ok = compare("OPT/gpt_d512_l4/muon/f32 blas vs eigen (attn.qkv)", *a, *b, bound) && ok;
   }
 #endif
+  if (sizeof(T) == 4) {  // The value guard reads; it changes no value.
+    const auto a = make_optimizer_fixture<T, orthopt::eigen_backend>("adamuon");
+    const auto b = make_optimizer_fixture<T, orthopt::eigen_backend>("adamuon_unchecked");
+    ok = compare("OPT/gpt_d512_l4/adamuon/f32 checked vs unchecked (attn.qkv)", *a, *b, 0.0) && ok;
+  }
   return ok;
 }
 

@@ -21,7 +21,7 @@ ROUNDS=${ROUNDS:-3}
 JOBS=${JOBS:-2}
 OUT=${OUT:-$BUILD_DIR/run-$(date +%F-%H%M%S)}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(nproc)}
-DEFAULT_FILTER='^(NS/keller/(standard|gram)/f32/|NS/keller/(standard|gram)/f64/(768x768|2048x2048|1024x4096)/|NS/[a-z_]+/standard/f32/768x768/orthopt_|NS/polar_express/(standard|gram)/f32/(768x768|1024x4096)/|BATCH/keller/f32/|STEP/[a-z_]+/f32/|POLAR/f32/|OPT/gpt_d512_l4/[a-z]+/f32/|GEMM/)'
+DEFAULT_FILTER='^(NS/keller/(standard|gram)/f32/|NS/keller/(standard|gram)/f64/(768x768|2048x2048|1024x4096)/|NS/[a-z_]+/standard/f32/768x768/orthopt_|NS/polar_express/(standard|gram)/f32/(768x768|1024x4096)/|BATCH/keller/f32/|STEP/[a-z_]+/f32/|POLAR/f32/|OPT/gpt_d512_l4/[a-z_]+/f32/|GEMM/)'
 FILTER=${FILTER:-$DEFAULT_FILTER}
 
 bash "$SRC/cmake/install-debian-packages.sh" "run_cpu.sh" cmake g++ make libeigen3-dev libbenchmark-dev \

@@ -296,12 +296,13 @@ def markdown(run, ctx, np_ctx, run_dir, png_name):
     a(simple_table(run, step_rows, ["shape", "backend", "rule", "ms", "step / NS call", "with / without check_finite"]))
     a("\nW and G are row-major, as the state is; the column-major AdamW row shows a parameter stored in the other "
       "order than its state: the backend then walks the pass in tiles, staging the other order through a buffer.")
-    opt_rows = [(rule, IMPL_LABEL[impl], fmt_ms(run.ms(f"OPT/gpt_d512_l4/{rule}/f32/{impl}")))
+    opt_rows = [(rule, IMPL_LABEL[impl], fmt_ms(run.ms(f"OPT/gpt_d512_l4/{rule}/f32/{impl}")),
+                 fmt_r(run.ratio(f"OPT/gpt_d512_l4/{rule}/f32/{impl}", f"OPT/gpt_d512_l4/{rule}_unchecked/f32/{impl}")))
                 for rule in ("muon", "adamuon") for impl in ("orthopt_blas", "orthopt_eigen") if run.ms(f"OPT/gpt_d512_l4/{rule}/f32/{impl}")]
     a("\n## optimizer::step on a transformer's parameters, fp32\n")
     a("d_model 512, 4 layers, MLP 4×, vocabulary 8192: 24 matrices to the rule (QKV as three 512² blocks), embeddings, "
       "head, norms and biases (11.3 M values) to AdamW by orthopt's router.\n")
-    a(simple_table(run, opt_rows, ["rule", "backend", "ms per step"]))
+    a(simple_table(run, opt_rows, ["rule", "backend", "ms per step", "with / without check_finite"]))
     polar_rows = [(s.replace("x", "×"), fmt_ms(run.ms(f"POLAR/f32/{s}/orthopt_eigen")),
                    fmt_ms(run.ms(ns_name("keller", "standard", "f32", s, "orthopt_eigen"))))
                   for s in ("768x768", "1024x4096") if run.ms(f"POLAR/f32/{s}/orthopt_eigen")]

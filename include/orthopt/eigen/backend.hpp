@@ -828,15 +828,23 @@ bool needs_staging(const matrix_view<T>& v, bool rows_fast) noexcept {
   return (rows_fast ? v.col_stride : v.row_stride) != 1;
 }
 
+/// ORTHOPT_VECTOR_TRANSPOSE: 1 where transpose_copy moves blocks in registers (compilers with
+/// __builtin_shufflevector: GCC 12 and later, Clang), else 0; defining it as 0 beforehand turns that off.
+/// nvcc is left out: no CUDA source includes this header, and its front end need not know the builtin.
+#if !defined(ORTHOPT_VECTOR_TRANSPOSE)
 #if !defined(__CUDACC__) && defined(__has_builtin)
 #if __has_builtin(__builtin_shufflevector)
 #define ORTHOPT_VECTOR_TRANSPOSE 1
 #endif
 #endif
+#endif
+#if !defined(ORTHOPT_VECTOR_TRANSPOSE)
+#define ORTHOPT_VECTOR_TRANSPOSE 0
+#endif
 
-#if defined(ORTHOPT_VECTOR_TRANSPOSE)
+#if ORTHOPT_VECTOR_TRANSPOSE
 /// The lanes of 16-byte vectors of elements of `Bytes` bytes: GCC and Clang vector extensions, which
-/// compile to the target's own shuffles (SSE2 and up, NEON) without naming an instruction set.
+/// compile to the target's own shuffles (SSE2 and later, NEON) without naming an instruction set.
 template <std::size_t Bytes>
 struct transpose_lanes {
   using lane = std::conditional_t<Bytes == 8, std::uint64_t, std::conditional_t<Bytes == 4, std::uint32_t, std::uint16_t>>;
@@ -863,14 +871,14 @@ inline void transpose_stage(V* r, std::integer_sequence<int, K...>) noexcept {
 
 /// dst(i, j) ← src(j, i) for i < rows, j < cols: src's rows and dst's rows are contiguous, with leading
 /// dimensions src_ld and dst_ld. The tiled walk's copies between a view stored in one order and a buffer
-/// in the other. Where the compiler has vector extensions, blocks of 16 bytes a side are loaded as rows,
+/// in the other. With ORTHOPT_VECTOR_TRANSPOSE, blocks of 16 bytes a side are loaded as rows,
 /// transposed in registers and stored as rows (one load and one store per 16 bytes) instead of moving
 /// one entry at a time: bench_cpu's STEP/adamw_column_major, 768×768 float on one thread, went from 4.4×
 /// to 2.1× the row-major step (docs/benchmarks.md).
 template <class E>
 void transpose_copy(const E* src, index_t src_ld, E* dst, index_t dst_ld, index_t rows, index_t cols) noexcept {
   index_t blocked_rows = 0, blocked_cols = 0;
-#if defined(ORTHOPT_VECTOR_TRANSPOSE)
+#if ORTHOPT_VECTOR_TRANSPOSE
   if constexpr (std::is_trivially_copyable_v<E> && (sizeof(E) == 2 || sizeof(E) == 4 || sizeof(E) == 8)) {
     using lanes = transpose_lanes<sizeof(E)>;
     using V = typename lanes::vector;
@@ -984,10 +992,11 @@ struct tile_operand {
 /// state). A walk along one view's unit stride would cross the others' rows or columns, a new cache line
 /// for each entry, at strides that are often multiples of 4 KiB and so fall into one cache set (measured:
 /// an AdamW step on a column-major 1024×4096 float matrix, one thread, took 16 ns per entry against 1.1
-/// row-major). Instead, tiles of 64×64 (faster than 32 or 128 there: 4.5 ns per entry): the views stored
-/// in the first view's order are walked in place, the others copied into a small buffer along their own
-/// unit stride, and the mutable ones copied back (f, element-wise arithmetic, does not throw). Bands of
-/// tile rows are split over the handle's threads; each entry is still visited exactly once.
+/// row-major; on another machine, the numbers of docs/benchmarks.md). Instead, tiles of 64×64 (faster
+/// than 32 or 128 there): the views stored in the first view's order are walked in place, the others
+/// copied into a small buffer (transpose_copy) and the mutable ones copied back (f, element-wise
+/// arithmetic, does not throw). Bands of tile rows are split over the handle's threads; each entry is
+/// still visited exactly once.
 template <class F, class... T>
 void for_each_entry_tiled(const eigen_backend& be, const F& f, matrix_view<T>... xs) {
   constexpr index_t tile = 64;

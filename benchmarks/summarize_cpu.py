@@ -301,7 +301,8 @@ def markdown(run, ctx, np_ctx, run_dir, png_name):
                 for rule in ("muon", "adamuon") for impl in ("orthopt_blas", "orthopt_eigen") if run.ms(f"OPT/gpt_d512_l4/{rule}/f32/{impl}")]
     a("\n## optimizer::step on a transformer's parameters, fp32\n")
     a("d_model 512, 4 layers, MLP 4×, vocabulary 8192: 24 matrices to the rule (QKV as three 512² blocks), embeddings, "
-      "head, norms and biases (11.3 M values) to AdamW by orthopt's router.\n")
+      "head, norms and biases (8.5 M values) to AdamW by orthopt's router; parameters and gradients row-major. The "
+      "last column: the step against the same optimizer with check_finite off in both groups.\n")
     a(simple_table(run, opt_rows, ["rule", "backend", "ms per step", "with / without check_finite"]))
     polar_rows = [(s.replace("x", "×"), fmt_ms(run.ms(f"POLAR/f32/{s}/orthopt_eigen")),
                    fmt_ms(run.ms(ns_name("keller", "standard", "f32", s, "orthopt_eigen"))))

@@ -436,6 +436,93 @@ ORTHOPT_NOINLINE void entries_in_range(const F& f, pointer_pack<T...> p, index_t
   for (index_t k = begin; k < end; ++k) call_at_offset(f, p, k);
 }
 
+/// ORTHOPT_VECTOR_TRANSPOSE: 1 where transpose_copy moves blocks in registers (compilers with
+/// __builtin_shufflevector: GCC 12 and later, Clang), else 0; defining it as 0 beforehand turns that off.
+/// nvcc is left out: no CUDA source includes this header, and its front end need not know the builtin.
+#if !defined(ORTHOPT_VECTOR_TRANSPOSE)
+#if !defined(__CUDACC__) && defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector)
+#define ORTHOPT_VECTOR_TRANSPOSE 1
+#endif
+#endif
+#endif
+#if !defined(ORTHOPT_VECTOR_TRANSPOSE)
+#define ORTHOPT_VECTOR_TRANSPOSE 0
+#endif
+
+#if ORTHOPT_VECTOR_TRANSPOSE
+/// The lanes of 16-byte vectors of elements of `Bytes` bytes: GCC and Clang vector extensions, which
+/// compile to the target's own shuffles (SSE2 and later, NEON) without naming an instruction set.
+template <std::size_t Bytes>
+struct transpose_lanes {
+  using lane = std::conditional_t<Bytes == 8, std::uint64_t, std::conditional_t<Bytes == 4, std::uint32_t, std::uint16_t>>;
+  static constexpr int count = static_cast<int>(16 / Bytes);
+  typedef lane vector __attribute__((vector_size(16)));
+};
+
+/// One stage of a count×count transpose held in `count` row vectors: rows p and p + half (p's bit of
+/// `half` clear) exchange their off-diagonal blocks of width `half`. After the stages for half = 1, 2,
+/// … count/2, row i holds what was column i.
+template <int Count, int Half, class V, int... K>
+inline void transpose_stage(V* r, std::integer_sequence<int, K...>) noexcept {
+  // Lane k of the lower result: a's lane where k's block is the lower half of its pair, else b's.
+  constexpr auto lower = [](int k) { return (k % (2 * Half) < Half) ? k : Count + k - Half; };
+  constexpr auto upper = [](int k) { return (k % (2 * Half) < Half) ? k + Half : Count + k; };
+  for (int p = 0; p < Count; ++p) {
+    if ((p & Half) != 0) continue;
+    const V a = r[p], b = r[p + Half];
+    r[p] = __builtin_shufflevector(a, b, lower(K)...);
+    r[p + Half] = __builtin_shufflevector(a, b, upper(K)...);
+  }
+}
+#endif
+
+/// dst(i, j) ← src(j, i) for i < rows, j < cols: src's rows and dst's rows are contiguous, with leading
+/// dimensions src_ld and dst_ld. The tiled walk's copies between a view stored in one order and a buffer
+/// in the other, and the symmetric products' mirror. With ORTHOPT_VECTOR_TRANSPOSE, blocks of 16 bytes a side are loaded as rows,
+/// transposed in registers and stored as rows (one load and one store per 16 bytes) instead of moving
+/// one entry at a time: bench_cpu's STEP/adamw_column_major, 768×768 float on one thread, went from 4.4×
+/// to 2.1× the row-major step (docs/benchmarks.md).
+template <class E>
+void transpose_copy(const E* src, index_t src_ld, E* dst, index_t dst_ld, index_t rows, index_t cols) noexcept {
+  index_t blocked_rows = 0, blocked_cols = 0;
+#if ORTHOPT_VECTOR_TRANSPOSE
+  if constexpr (std::is_trivially_copyable_v<E> && (sizeof(E) == 2 || sizeof(E) == 4 || sizeof(E) == 8)) {
+    using lanes = transpose_lanes<sizeof(E)>;
+    using V = typename lanes::vector;
+    constexpr int n = lanes::count;
+    blocked_rows = rows - rows % n;
+    blocked_cols = cols - cols % n;
+    const auto block = [&](index_t i0, index_t j0) {
+      V r[n];
+      for (int k = 0; k < n; ++k) std::memcpy(&r[k], src + (j0 + k) * src_ld + i0, sizeof(V));
+      if constexpr (n >= 2) transpose_stage<n, 1>(r, std::make_integer_sequence<int, n>{});
+      if constexpr (n >= 4) transpose_stage<n, 2>(r, std::make_integer_sequence<int, n>{});
+      if constexpr (n >= 8) transpose_stage<n, 4>(r, std::make_integer_sequence<int, n>{});
+      for (int k = 0; k < n; ++k) std::memcpy(dst + (i0 + k) * dst_ld + j0, &r[k], sizeof(V));
+    };
+    // The inner loop runs along the rows of the side with the longer stride between rows (the matrix,
+    // beside a small buffer): n of its rows are streamed to the end before the next n, so each of its
+    // cache lines is met once. Across its rows instead, every block would touch n lines a whole row
+    // apart, which at strides of a multiple of 4 KiB share a few cache sets and are evicted before
+    // the next block uses the rest of them.
+    if (src_ld >= dst_ld) {
+      for (index_t j0 = 0; j0 < blocked_cols; j0 += n)
+        for (index_t i0 = 0; i0 < blocked_rows; i0 += n) block(i0, j0);
+    } else {
+      for (index_t i0 = 0; i0 < blocked_rows; i0 += n)
+        for (index_t j0 = 0; j0 < blocked_cols; j0 += n) block(i0, j0);
+    }
+  }
+#endif
+  // What the blocks leave: the last rows % n rows of dst across the blocked columns, then the last
+  // cols % n columns whole.
+  for (index_t j = 0; j < blocked_cols; ++j)
+    for (index_t i = blocked_rows; i < rows; ++i) dst[i * dst_ld + j] = src[j * src_ld + i];
+  for (index_t j = blocked_cols; j < cols; ++j)
+    for (index_t i = 0; i < rows; ++i) dst[i * dst_ld + j] = src[j * src_ld + i];
+}
+
 /// upper(C) ← lower(C)ᵀ for a column-major n×n C with column stride cs. Tiled through a small buffer:
 /// a block below the diagonal is read column by column (contiguous), transposed in the buffer, and
 /// written column by column above it, so no access walks across columns — which, at a column stride
@@ -453,10 +540,9 @@ void mirror_lower_to_upper(const eigen_backend& be, index_t n, T* c, index_t cs)
       const index_t j0 = jt * tile, j1 = std::min(n, j0 + tile);
       for (index_t it = 0; it <= jt; ++it) {
         const index_t i0 = it * tile, i1 = std::min(n, i0 + tile);
-        for (index_t i = i0; i < i1; ++i) {  // lower block C[j0:j1, i0:i1], column i contiguous over j
-          const T* column = c + i * cs;
-          for (index_t j = j0; j < j1; ++j) buffer[(j - j0) * tile + (i - i0)] = column[j];
-        }
+        // The lower block C[j0:j1, i0:i1] (column i contiguous over j) into the buffer by rows: buffer row
+        // j - j0 holds C[j, i0:i1].
+        transpose_copy(c + i0 * cs + j0, cs, buffer, tile, j1 - j0, i1 - i0);
         for (index_t j = j0; j < j1; ++j) {  // upper block C[i0:i1, j0:j1], column j contiguous over i < j
           T* column = c + j * cs;
           const T* row = buffer + (j - j0) * tile - i0;
@@ -826,93 +912,6 @@ pointer_pack<H, R...> pointer_pack_of(H* head, R*... rest) {
 template <class T>
 bool needs_staging(const matrix_view<T>& v, bool rows_fast) noexcept {
   return (rows_fast ? v.col_stride : v.row_stride) != 1;
-}
-
-/// ORTHOPT_VECTOR_TRANSPOSE: 1 where transpose_copy moves blocks in registers (compilers with
-/// __builtin_shufflevector: GCC 12 and later, Clang), else 0; defining it as 0 beforehand turns that off.
-/// nvcc is left out: no CUDA source includes this header, and its front end need not know the builtin.
-#if !defined(ORTHOPT_VECTOR_TRANSPOSE)
-#if !defined(__CUDACC__) && defined(__has_builtin)
-#if __has_builtin(__builtin_shufflevector)
-#define ORTHOPT_VECTOR_TRANSPOSE 1
-#endif
-#endif
-#endif
-#if !defined(ORTHOPT_VECTOR_TRANSPOSE)
-#define ORTHOPT_VECTOR_TRANSPOSE 0
-#endif
-
-#if ORTHOPT_VECTOR_TRANSPOSE
-/// The lanes of 16-byte vectors of elements of `Bytes` bytes: GCC and Clang vector extensions, which
-/// compile to the target's own shuffles (SSE2 and later, NEON) without naming an instruction set.
-template <std::size_t Bytes>
-struct transpose_lanes {
-  using lane = std::conditional_t<Bytes == 8, std::uint64_t, std::conditional_t<Bytes == 4, std::uint32_t, std::uint16_t>>;
-  static constexpr int count = static_cast<int>(16 / Bytes);
-  typedef lane vector __attribute__((vector_size(16)));
-};
-
-/// One stage of a count×count transpose held in `count` row vectors: rows p and p + half (p's bit of
-/// `half` clear) exchange their off-diagonal blocks of width `half`. After the stages for half = 1, 2,
-/// … count/2, row i holds what was column i.
-template <int Count, int Half, class V, int... K>
-inline void transpose_stage(V* r, std::integer_sequence<int, K...>) noexcept {
-  // Lane k of the lower result: a's lane where k's block is the lower half of its pair, else b's.
-  constexpr auto lower = [](int k) { return (k % (2 * Half) < Half) ? k : Count + k - Half; };
-  constexpr auto upper = [](int k) { return (k % (2 * Half) < Half) ? k + Half : Count + k; };
-  for (int p = 0; p < Count; ++p) {
-    if ((p & Half) != 0) continue;
-    const V a = r[p], b = r[p + Half];
-    r[p] = __builtin_shufflevector(a, b, lower(K)...);
-    r[p + Half] = __builtin_shufflevector(a, b, upper(K)...);
-  }
-}
-#endif
-
-/// dst(i, j) ← src(j, i) for i < rows, j < cols: src's rows and dst's rows are contiguous, with leading
-/// dimensions src_ld and dst_ld. The tiled walk's copies between a view stored in one order and a buffer
-/// in the other. With ORTHOPT_VECTOR_TRANSPOSE, blocks of 16 bytes a side are loaded as rows,
-/// transposed in registers and stored as rows (one load and one store per 16 bytes) instead of moving
-/// one entry at a time: bench_cpu's STEP/adamw_column_major, 768×768 float on one thread, went from 4.4×
-/// to 2.1× the row-major step (docs/benchmarks.md).
-template <class E>
-void transpose_copy(const E* src, index_t src_ld, E* dst, index_t dst_ld, index_t rows, index_t cols) noexcept {
-  index_t blocked_rows = 0, blocked_cols = 0;
-#if ORTHOPT_VECTOR_TRANSPOSE
-  if constexpr (std::is_trivially_copyable_v<E> && (sizeof(E) == 2 || sizeof(E) == 4 || sizeof(E) == 8)) {
-    using lanes = transpose_lanes<sizeof(E)>;
-    using V = typename lanes::vector;
-    constexpr int n = lanes::count;
-    blocked_rows = rows - rows % n;
-    blocked_cols = cols - cols % n;
-    const auto block = [&](index_t i0, index_t j0) {
-      V r[n];
-      for (int k = 0; k < n; ++k) std::memcpy(&r[k], src + (j0 + k) * src_ld + i0, sizeof(V));
-      if constexpr (n >= 2) transpose_stage<n, 1>(r, std::make_integer_sequence<int, n>{});
-      if constexpr (n >= 4) transpose_stage<n, 2>(r, std::make_integer_sequence<int, n>{});
-      if constexpr (n >= 8) transpose_stage<n, 4>(r, std::make_integer_sequence<int, n>{});
-      for (int k = 0; k < n; ++k) std::memcpy(dst + (i0 + k) * dst_ld + j0, &r[k], sizeof(V));
-    };
-    // The inner loop runs along the rows of the side with the longer stride between rows (the matrix,
-    // beside a small buffer): n of its rows are streamed to the end before the next n, so each of its
-    // cache lines is met once. Across its rows instead, every block would touch n lines a whole row
-    // apart, which at strides of a multiple of 4 KiB share a few cache sets and are evicted before
-    // the next block uses the rest of them.
-    if (src_ld >= dst_ld) {
-      for (index_t j0 = 0; j0 < blocked_cols; j0 += n)
-        for (index_t i0 = 0; i0 < blocked_rows; i0 += n) block(i0, j0);
-    } else {
-      for (index_t i0 = 0; i0 < blocked_rows; i0 += n)
-        for (index_t j0 = 0; j0 < blocked_cols; j0 += n) block(i0, j0);
-    }
-  }
-#endif
-  // What the blocks leave: the last rows % n rows of dst across the blocked columns, then the last
-  // cols % n columns whole.
-  for (index_t j = 0; j < blocked_cols; ++j)
-    for (index_t i = blocked_rows; i < rows; ++i) dst[i * dst_ld + j] = src[j * src_ld + i];
-  for (index_t j = blocked_cols; j < cols; ++j)
-    for (index_t i = 0; i < rows; ++i) dst[i * dst_ld + j] = src[j * src_ld + i];
 }
 
 /// Whether the tiled walk would copy one view twice (for_each_entry may be given the same view twice):

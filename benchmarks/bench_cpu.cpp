@@ -50,6 +50,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -616,13 +617,22 @@ std::unique_ptr<fixture_base> make_rule_step(shape s, Options o, bool checked) {
   return std::make_unique<orthopt_step<T, Backend, Rule, Storage>>(s, std::move(o));
 }
 
+/// A benchmark's rule name and whether its value guard is on: "<rule>_unchecked" names the rule with
+/// check_finite off.
+struct guarded_rule {
+  std::string rule;
+  bool checked;
+  explicit guarded_rule(const std::string& name) : rule(name), checked(!name.ends_with("_unchecked")) {
+    if (!checked) rule.resize(name.size() - std::string_view("_unchecked").size());
+  }
+};
+
 // "<rule>_unchecked": the same step with check_finite off, to measure the value guard's cost (it reads
 // the gradient, and the state unless the previous checked step left it within its limits, before
 // writing anything).
 template <class T, class Backend>
 std::unique_ptr<fixture_base> make_step(const std::string& name, shape s) {
-  const bool checked = !name.ends_with("_unchecked");
-  const std::string rule = checked ? name : name.substr(0, name.size() - std::string("_unchecked").size());
+  const auto [rule, checked] = guarded_rule(name);
   if (rule == "muon") return make_rule_step<T, Backend, orthopt::muon<T, Backend>>(s, orthopt::muon_presets::moonlight(), checked);
   if (rule == "adamuon") return make_rule_step<T, Backend, orthopt::adamuon<T, Backend>>(s, orthopt::adamuon_presets::code(), checked);
   if (rule == "namo") return make_rule_step<T, Backend, orthopt::namo<T, Backend>>(s, orthopt::namo_presets::code(), checked);
@@ -660,8 +670,7 @@ void register_steps(shape s) {
 // whole step, the Newton–Schulz rule's parameters and AdamW's together).
 template <class T, class Backend>
 std::unique_ptr<fixture_base> make_optimizer_fixture(const std::string& name) {
-  const bool checked = !name.ends_with("_unchecked");
-  const std::string rule = checked ? name : name.substr(0, name.size() - std::string("_unchecked").size());
+  const auto [rule, checked] = guarded_rule(name);
   if (rule == "muon") {
     return std::make_unique<orthopt_optimizer<T, Backend, orthopt::muon<T, Backend>>>(orthopt::muon_presets::moonlight(), checked);
   }
